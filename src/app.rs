@@ -1,0 +1,223 @@
+//! Wiring and shutdown order.
+//!
+//! `run` owns the pipeline: inputs → bounded chunk channel → batcher thread → sender task.
+//! Shutdown closes things front to back: inputs stop, the batcher drains the channel and seals
+//! what it has, the sender keeps delivering until `shutdown_timeout` after shutdown began and
+//! then reports what it could not deliver.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tokio::sync::{mpsc, watch};
+
+use crate::batch::Limits;
+use crate::batcher::Batcher;
+use crate::config::Settings;
+use crate::input::{self, Intake};
+use crate::output::{MemoryGate, Sender};
+use crate::reject::DeadLetter;
+use crate::telemetry::Stats;
+
+/// Chunks in flight between the inputs and the batcher.
+const CHANNEL_CHUNKS: usize = 64;
+
+/// What a run did; `main` maps it to an exit code in stdin mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub lines_received: u64,
+    pub lines_invalid: u64,
+    pub lines_delivered: u64,
+    pub lines_dead_lettered: u64,
+    pub lines_partial_dropped: u64,
+    pub lines_dropped: u64,
+    pub lines_undelivered: u64,
+}
+
+/// The world `run` needs that tests replace.
+#[derive(Default)]
+pub struct Io {
+    /// Where the stdin input reads from (the process's stdin when `None`).
+    pub stdin: Option<Box<dyn Read + Send>>,
+    /// Counters; pass your own to watch them from outside.
+    pub stats: Option<Arc<Stats>>,
+}
+
+/// Runs the agent until `shutdown` resolves or, with the stdin input, until stdin ends.
+pub async fn run(
+    settings: Settings,
+    io: Io,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Report> {
+    if !settings.inputs.udp.is_empty() {
+        bail!("config key `input.udp`: the UDP input is not available in this build yet; remove the [[input.udp]] tables");
+    }
+    if !settings.inputs.tail.is_empty() {
+        bail!("config key `input.tail`: the tail input is not available in this build yet; remove the [[input.tail]] tables");
+    }
+    if settings.inputs.stdin.is_none() {
+        bail!("no input is configured: enable [input.stdin] (or pass --stdin)");
+    }
+    if settings.output.org.is_empty() {
+        tracing::warn!(
+            "output.org is empty: InfluxDB 2.x needs it (VictoriaMetrics and InfluxDB 3 do not)"
+        );
+    }
+    if settings.output.token.is_empty() {
+        tracing::warn!("no token configured (output.token, output.token_file or LINESHIP_TOKEN); requests carry no Authorization header");
+    }
+
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+        format!(
+            "cannot create state_dir {}; create it or point state_dir at a writable directory",
+            settings.state_dir.display()
+        )
+    })?;
+    let _lock = lock_state_dir(&settings.state_dir)?;
+
+    let stats = io.stats.unwrap_or_default();
+    let dead_letter = Arc::new(DeadLetter::open(
+        &settings.state_dir,
+        settings.agent.rejected_max_bytes,
+    )?);
+    let (deadline_tx, deadline_rx) = watch::channel(None::<Instant>);
+    let sender = Arc::new(Sender::new(
+        &settings.output,
+        stats.clone(),
+        dead_letter.clone(),
+        deadline_rx,
+    )?);
+    let memory = Arc::new(MemoryGate::new(settings.output.memory_limit));
+
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(CHANNEL_CHUNKS);
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+    let batcher = Batcher {
+        chunks: chunk_rx,
+        stop: stop_rx,
+        limits: Limits {
+            max_lines: settings.agent.batch_max_lines,
+            max_bytes: settings.agent.batch_max_bytes,
+            flush_interval: settings.agent.flush_interval,
+        },
+        gzip_level: settings.output.gzip_level,
+        out: batch_tx,
+        memory: memory.clone(),
+        stats: stats.clone(),
+    }
+    .spawn()
+    .context("cannot start the batcher thread")?;
+    let sender_task = tokio::spawn(sender.clone().run(batch_rx, memory));
+
+    // Inputs.
+    let stop_inputs = Arc::new(AtomicBool::new(false));
+    let (stdin_done_tx, mut stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(st) = &settings.inputs.stdin {
+        let intake = Intake::new(
+            &st.line,
+            settings.agent.max_line_bytes,
+            stats.register_input("stdin"),
+            dead_letter.clone(),
+        );
+        let reader = io.stdin.unwrap_or_else(|| Box::new(std::io::stdin()));
+        let (tx, stop, max) = (
+            chunk_tx.clone(),
+            stop_inputs.clone(),
+            settings.agent.max_line_bytes,
+        );
+        std::thread::Builder::new()
+            .name("lineship-stdin".into())
+            .spawn(move || {
+                input::stdin::run(reader, intake, max, tx, stop);
+                let _ = stdin_done_tx.send(());
+            })
+            .context("cannot start the stdin thread")?;
+    }
+    // Only the inputs hold senders now: the batcher sees the channel close when they all end.
+    drop(chunk_tx);
+
+    tracing::info!(
+        url = %settings.output.url,
+        state_dir = %settings.state_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "lineship started"
+    );
+
+    let mut summary = tokio::time::interval(settings.agent.summary_interval);
+    summary.tick().await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!(timeout = ?settings.agent.shutdown_timeout, "shutting down: draining the pipeline");
+                break;
+            }
+            _ = &mut stdin_done_rx => {
+                tracing::debug!("stdin ended; draining the pipeline");
+                break;
+            }
+            _ = summary.tick() => stats.log_summary(),
+        }
+    }
+
+    // Shutdown, front to back.
+    let deadline = Instant::now() + settings.agent.shutdown_timeout;
+    stop_inputs.store(true, Relaxed);
+    let _ = deadline_tx.send(Some(deadline));
+    drop(stop_tx);
+    let undelivered = sender_task.await.context("sender task failed")?;
+    let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+
+    stats.lines_undelivered.fetch_add(undelivered, Relaxed);
+    let report = Report {
+        lines_received: stats.lines_received(),
+        lines_invalid: stats.lines_invalid(),
+        lines_delivered: stats.lines_delivered.load(Relaxed),
+        lines_dead_lettered: stats.lines_dead_lettered.load(Relaxed),
+        lines_partial_dropped: stats.lines_partial_dropped.load(Relaxed),
+        lines_dropped: stats.lines_dropped(),
+        lines_undelivered: stats.lines_undelivered.load(Relaxed),
+    };
+    stats.log_summary();
+    if report.lines_undelivered > 0 {
+        tracing::error!(
+            lines = report.lines_undelivered,
+            url = %settings.output.url,
+            "lines were not delivered within shutdown_timeout and are LOST (no disk spool in this build); raise agent.shutdown_timeout or fix the server"
+        );
+    }
+    Ok(report)
+}
+
+/// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        bail!(
+            "state_dir {} is in use by another lineship process (pid {}); stop it, or give this run its own state_dir",
+            dir.display(),
+            pid.trim()
+        );
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}

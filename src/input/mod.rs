@@ -1,0 +1,112 @@
+//! Inputs and what they share: turning raw bytes into chunks of checked lines.
+//!
+//! [`Intake`] owns one input's line options, destination and counters. Inputs feed it raw
+//! reads; it frames, normalises and checks each line, appends the good ones to a chunk buffer
+//! and deals with the bad ones (count, rate-limited warning, dead-letter copy). A bad line
+//! never affects its neighbours.
+
+pub mod stdin;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::batch::{Chunk, Dest};
+use crate::config::LineSettings;
+use crate::line::{normalize_line, LineError, LineOptions, Outcome};
+use crate::reject::{excerpt, DeadLetter, RateLimited};
+use crate::telemetry::InputStats;
+
+/// How often an input may warn about invalid lines.
+const INVALID_WARN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Intake {
+    opts: LineOptions,
+    dest: Dest,
+    stats: Arc<InputStats>,
+    dead_letter: Arc<DeadLetter>,
+    warn: RateLimited,
+    /// Lines accepted into the current chunk buffer.
+    pending_lines: u32,
+}
+
+impl Intake {
+    pub fn new(
+        line: &LineSettings,
+        max_line_bytes: usize,
+        stats: Arc<InputStats>,
+        dead_letter: Arc<DeadLetter>,
+    ) -> Self {
+        Intake {
+            opts: LineOptions {
+                precision: line.precision,
+                max_line_bytes,
+                stamp_missing: line.stamp_missing,
+            },
+            dest: Dest::new(&line.bucket, line.precision),
+            stats,
+            dead_letter,
+            warn: RateLimited::new(INVALID_WARN_EVERY),
+            pending_lines: 0,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<InputStats> {
+        &self.stats
+    }
+
+    /// The arrival timestamp for lines read now, in this input's precision.
+    pub fn stamp_now(&self) -> Option<i64> {
+        self.opts
+            .stamp_missing
+            .then(|| self.opts.precision.timestamp(SystemTime::now()))
+    }
+
+    /// Handles one framed line: good lines are appended to `out`, bad ones reported.
+    pub fn line(&mut self, line: Result<&[u8], LineError>, stamp: Option<i64>, out: &mut Vec<u8>) {
+        match line {
+            // The framer dropped an overlong line's bytes to stay bounded in memory.
+            Err(e) => self.reject(b"", e),
+            Ok(l) => match normalize_line(l, &self.opts, stamp, out) {
+                Outcome::Accepted => self.pending_lines += 1,
+                Outcome::Skipped => {}
+                Outcome::Rejected(e) => self.reject(l, e),
+            },
+        }
+    }
+
+    fn reject(&mut self, line: &[u8], err: LineError) {
+        self.stats.add_invalid(err.reason(), 1);
+        self.dead_letter.write(&self.stats.name, err.reason(), line);
+        if let Some(suppressed) = self.warn.check(Instant::now()) {
+            tracing::warn!(
+                input = %self.stats.name,
+                reason = err.reason(),
+                line = %excerpt(line),
+                suppressed,
+                dead_letter = %self.dead_letter.path().display(),
+                "invalid line skipped: {err}; the line was copied to the dead-letter file"
+            );
+        }
+    }
+
+    /// Takes the accepted lines in `buf` as a chunk (leaving `buf` empty), or `None` if empty.
+    pub fn take_chunk(&mut self, buf: &mut Vec<u8>, capacity: usize) -> Option<Chunk> {
+        let lines = std::mem::take(&mut self.pending_lines);
+        if buf.is_empty() {
+            return None;
+        }
+        let data = std::mem::replace(buf, Vec::with_capacity(capacity));
+        Some(Chunk {
+            dest: self.dest.clone(),
+            data,
+            lines,
+            ack: None,
+        })
+    }
+
+    /// Counts a chunk that made it onto the channel.
+    pub fn count_sent(&self, chunk_lines: u32) {
+        self.stats.lines.fetch_add(chunk_lines as u64, Relaxed);
+    }
+}

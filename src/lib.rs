@@ -1,0 +1,27 @@
+//! lineship ships InfluxDB line protocol: it reads lines from its inputs, checks every line,
+//! batches them, gzips each batch and POSTs it to `/api/v2/write`, retrying with backoff.
+//!
+//! ```text
+//!  stdin (thread) ─► crossbeam bounded<Chunk> ─► batcher thread ─► sender (tokio + reqwest) ─► /api/v2/write
+//!                    chunks of checked lines      group by (bucket,   N requests in flight
+//!                    (never one message per       precision); seal     retry/backoff, bisect
+//!                     line)                       + gzip               on 400/413
+//! ```
+//!
+//! Lines are forwarded byte for byte: the only changes are CRLF → LF and a timestamp appended
+//! to lines that have none. Backpressure runs back to front: the sender bounds the bytes it
+//! holds, the batcher blocks, the channel fills, and the inputs block.
+
+pub mod app;
+pub mod batch;
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod input;
+pub mod line;
+pub mod output;
+pub mod reject;
+pub mod telemetry;
+
+pub use app::{run, Io, Report};
+pub use config::Settings;

@@ -1,0 +1,421 @@
+//! The sender: takes sealed batches and delivers them with up to `max_in_flight` requests,
+//! following DESIGN's status table (bisect on 400, split on 413, retry with one shared backoff
+//! gate, dead-letter what the server refuses for good).
+//!
+//! Invariants: a batch leaves the sender only as delivered, dead-lettered (with the server's
+//! message), counted as partially dropped by the server (422), or — once the shutdown deadline
+//! passes — returned as undelivered to the caller. Batches waiting in memory are bounded by
+//! [`MemoryGate`], which pushes back on the batcher thread.
+
+pub mod client;
+pub mod retry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::batch::{self, Batch, Encoder};
+use crate::config::OutputSettings;
+use crate::reject::DeadLetter;
+use crate::telemetry::{Health, Stats};
+use client::{Client, Reply};
+use retry::{classify, parse_dropped, Gate, Verdict};
+
+/// Bounds the bytes of sealed batches held in memory. The batcher thread blocks in
+/// [`MemoryGate::acquire`]; the sender releases when a batch is done.
+pub struct MemoryGate {
+    limit: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl MemoryGate {
+    pub fn new(limit: usize) -> Self {
+        MemoryGate {
+            limit,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `n` more bytes fit (one batch always fits when nothing is held), or until
+    /// `give_up()` says to stop waiting (shutdown), then takes them.
+    pub fn acquire(&self, n: usize, give_up: impl Fn() -> bool) {
+        let mut used = self.used.lock().unwrap();
+        while *used > 0 && *used + n > self.limit && !give_up() {
+            used = self
+                .freed
+                .wait_timeout(used, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        *used += n;
+    }
+
+    pub fn release(&self, n: usize) {
+        let mut used = self.used.lock().unwrap();
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+
+    pub fn used(&self) -> usize {
+        *self.used.lock().unwrap()
+    }
+}
+
+/// Everything a delivery needs, shared by all in-flight requests of one output.
+pub struct Sender {
+    client: Client,
+    settings: OutputSettings,
+    gate: Mutex<Gate>,
+    stats: Arc<Stats>,
+    dead_letter: Arc<DeadLetter>,
+    /// Set when shutdown begins: retries stop at this instant.
+    deadline: watch::Receiver<Option<Instant>>,
+}
+
+/// How a wait at the gate ended.
+enum Go {
+    Now,
+    /// Draining and the gate opens after the deadline: one last try now.
+    LastTry,
+    GiveUp,
+}
+
+type Delivery = Pin<Box<dyn Future<Output = Result<(), u32>> + Send>>;
+
+impl Sender {
+    pub fn new(
+        settings: &OutputSettings,
+        stats: Arc<Stats>,
+        dead_letter: Arc<DeadLetter>,
+        deadline: watch::Receiver<Option<Instant>>,
+    ) -> anyhow::Result<Self> {
+        Ok(Sender {
+            client: Client::new(settings)?,
+            settings: settings.clone(),
+            gate: Mutex::new(Gate::new(Instant::now())),
+            stats,
+            dead_letter,
+            deadline,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Delivers batches from `rx` until it closes and every delivery has finished. Returns the
+    /// number of lines given up on at the shutdown deadline.
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Batch>,
+        memory: Arc<MemoryGate>,
+    ) -> u64 {
+        let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let mut undelivered = 0u64;
+        let mut reap = |r: Result<Result<(), u32>, tokio::task::JoinError>| match r {
+            Ok(Ok(())) => {}
+            Ok(Err(n)) => undelivered += n as u64,
+            Err(e) => {
+                tracing::error!(error = %e, "a delivery task failed; its lines are counted as undelivered")
+            }
+        };
+        while let Some(batch) = rx.recv().await {
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let (me, memory) = (self.clone(), memory.clone());
+            tasks.spawn(async move {
+                let size = batch.body.len();
+                let r = me.deliver(batch).await;
+                memory.release(size);
+                drop(permit);
+                r
+            });
+            while let Some(r) = tasks.try_join_next() {
+                reap(r);
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            reap(r);
+        }
+        undelivered
+    }
+
+    /// Delivers one batch; `Err(lines)` when the shutdown deadline passed first.
+    fn deliver(self: Arc<Self>, batch: Batch) -> Delivery {
+        Box::pin(async move {
+            let mut consecutive_500 = 0u32;
+            loop {
+                let last_try = match self.wait_gate().await {
+                    Go::Now => false,
+                    Go::LastTry => true,
+                    Go::GiveUp => return Err(batch.lines),
+                };
+                let epoch = self.gate.lock().unwrap().epoch();
+                let wait = match self.client.send(&batch, self.request_timeout()).await {
+                    Ok(reply) => {
+                        self.stats.count_request(&reply.status.to_string());
+                        if reply.status == 500 {
+                            consecutive_500 += 1;
+                        } else {
+                            consecutive_500 = 0;
+                        }
+                        match classify(reply.status) {
+                            Verdict::Delivered => {
+                                self.reachable(&reply);
+                                self.stats
+                                    .lines_delivered
+                                    .fetch_add(batch.lines as u64, Relaxed);
+                                self.stats.batches_delivered.fetch_add(1, Relaxed);
+                                self.stats
+                                    .bytes_sent
+                                    .fetch_add(batch.body.len() as u64, Relaxed);
+                                return Ok(());
+                            }
+                            Verdict::Bisect | Verdict::Split => {
+                                self.reachable(&reply);
+                                return self.refused_lines(batch, &reply).await;
+                            }
+                            Verdict::Partial => {
+                                self.reachable(&reply);
+                                let dropped = parse_dropped(&reply.message)
+                                    .unwrap_or(0)
+                                    .min(batch.lines as u64);
+                                tracing::warn!(
+                                    status = 422,
+                                    dropped,
+                                    lines = batch.lines,
+                                    message = %reply.message,
+                                    "server kept part of a batch and dropped the rest (partial write); not retried"
+                                );
+                                self.stats.lines_partial_dropped.fetch_add(dropped, Relaxed);
+                                self.stats
+                                    .lines_delivered
+                                    .fetch_add(batch.lines as u64 - dropped, Relaxed);
+                                return Ok(());
+                            }
+                            Verdict::Reject => {
+                                self.reachable(&reply);
+                                self.dead_letter_batch(&batch, &reply);
+                                return Ok(());
+                            }
+                            Verdict::Misconfigured => {
+                                self.failing(
+                                    &reply.status.to_string(),
+                                    &self.misconfig_cause(&reply),
+                                );
+                                Some(self.settings.max_backoff)
+                            }
+                            Verdict::Retry => {
+                                if consecutive_500 >= self.settings.poison_retries {
+                                    tracing::warn!(
+                                        lines = batch.lines,
+                                        attempts = consecutive_500,
+                                        message = %reply.message,
+                                        "batch failed with 500 on every attempt; bisecting it to find a poisoned line"
+                                    );
+                                    return self.refused_lines(batch, &reply).await;
+                                }
+                                let msg =
+                                    format!("server answered {}: {}", reply.status, reply.message);
+                                self.failing(&reply.status.to_string(), &msg);
+                                reply
+                                    .retry_after
+                                    .map(|d| d.min(self.settings.max_retry_after))
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        consecutive_500 = 0;
+                        self.stats.count_request(e.class());
+                        self.failing(e.class(), &e.to_string());
+                        None
+                    }
+                };
+                if last_try {
+                    return Err(batch.lines);
+                }
+                self.stats.retries.fetch_add(1, Relaxed);
+                let delay = self.gate.lock().unwrap().failed(
+                    Instant::now(),
+                    epoch,
+                    wait,
+                    (self.settings.initial_backoff, self.settings.max_backoff),
+                    rand::random::<f64>(),
+                );
+                tracing::debug!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    lines = batch.lines,
+                    "retrying batch"
+                );
+            }
+        })
+    }
+
+    /// The server refused lines of this batch (400, 413, or a poisoned 500): bisect down to
+    /// single lines, dead-letter a single line that still fails, deliver the rest.
+    async fn refused_lines(self: Arc<Self>, batch: Batch, reply: &Reply) -> Result<(), u32> {
+        if batch.lines <= 1 {
+            self.dead_letter_batch(&batch, reply);
+            return Ok(());
+        }
+        let level = self.settings.gzip_level;
+        let b = batch.clone();
+        let halves = tokio::task::spawn_blocking(move || -> std::io::Result<(Batch, Batch)> {
+            let data = batch::decode(&b)?;
+            let ((a, na), (c, nc)) = batch::split_lines(&data, b.lines);
+            let mut enc = Encoder::new(level);
+            let half = |d: &[u8], n: u32| batch::RawBatch {
+                dest: b.dest.clone(),
+                data: d.to_vec(),
+                lines: n,
+                acks: Vec::new(),
+            };
+            Ok((enc.encode(half(a, na)), enc.encode(half(c, nc))))
+        })
+        .await;
+        let (a, c) = match halves {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, lines = batch.lines, "cannot decode a refused batch to split it; dead-lettering it whole");
+                self.dead_letter_batch(&batch, reply);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "split task failed");
+                return Err(batch.lines);
+            }
+        };
+        tracing::debug!(
+            status = reply.status,
+            lines = batch.lines,
+            "splitting refused batch in halves"
+        );
+        let ra = self.clone().deliver(a).await;
+        let rc = self.deliver(c).await;
+        match (ra, rc) {
+            (Ok(()), Ok(())) => Ok(()),
+            (a, c) => Err(a.err().unwrap_or(0) + c.err().unwrap_or(0)),
+        }
+    }
+
+    fn dead_letter_batch(&self, batch: &Batch, reply: &Reply) {
+        let reason = format!("http {}: {}", reply.status, reply.message);
+        match batch::decode(batch) {
+            Ok(data) => self.dead_letter.write("output", &reason, &data),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot decode a refused batch for the dead-letter file")
+            }
+        }
+        self.stats
+            .lines_dead_lettered
+            .fetch_add(batch.lines as u64, Relaxed);
+        tracing::error!(
+            status = reply.status,
+            lines = batch.lines,
+            message = %reply.message,
+            dead_letter = %self.dead_letter.path().display(),
+            "server refused lines for good; they were written to the dead-letter file"
+        );
+    }
+
+    fn misconfig_cause(&self, reply: &Reply) -> String {
+        let what = match reply.status {
+            401 => "the server rejected the token (401 Unauthorized): check output.token, output.token_file or LINESHIP_TOKEN",
+            403 => "the token may not write to this bucket (403 Forbidden): grant it write permission",
+            _ => "org, bucket or write path not found (404): check output.org, output.bucket and the path in output.url",
+        };
+        format!(
+            "{what}; data is kept and retried every {:?}; server said: {}",
+            self.settings.max_backoff, reply.message
+        )
+    }
+
+    /// Records that the server answered (so it is reachable); logs the recovery once.
+    fn reachable(&self, reply: &Reply) {
+        self.gate.lock().unwrap().succeeded();
+        let mut h = self.stats.health.lock().unwrap();
+        if !h.ok {
+            tracing::info!(
+                url = %self.settings.url,
+                status = reply.status,
+                failing_for_s = h.since_instant.elapsed().as_secs(),
+                "server accepts writes again"
+            );
+            *h = Health {
+                ok: true,
+                last: String::new(),
+                since: SystemTime::now(),
+                since_instant: Instant::now(),
+            };
+        }
+        h.last = reply.status.to_string();
+    }
+
+    /// Records a failure; logs only when the failure kind changes, not per retry.
+    fn failing(&self, kind: &str, message: &str) {
+        let mut h = self.stats.health.lock().unwrap();
+        if h.ok || h.last != kind {
+            tracing::error!(
+                url = %self.settings.url,
+                failure = kind,
+                "writes are failing: {message}; retrying with backoff, nothing is dropped"
+            );
+            *h = Health {
+                ok: false,
+                last: kind.to_owned(),
+                since: SystemTime::now(),
+                since_instant: Instant::now(),
+            };
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        match *self.deadline.borrow() {
+            Some(dl) => self
+                .settings
+                .timeout
+                .min(dl.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1)),
+            None => self.settings.timeout,
+        }
+    }
+
+    async fn wait_gate(&self) -> Go {
+        let mut deadline = self.deadline.clone();
+        loop {
+            let open_at = self.gate.lock().unwrap().open_at();
+            let now = Instant::now();
+            let dl = *deadline.borrow_and_update();
+            if let Some(dl) = dl {
+                if now >= dl {
+                    return Go::GiveUp;
+                }
+                if open_at > dl {
+                    return Go::LastTry;
+                }
+            }
+            if open_at <= now {
+                return Go::Now;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(open_at.into()) => {}
+                changed = deadline.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(open_at.into()).await;
+                    }
+                }
+            }
+        }
+    }
+}

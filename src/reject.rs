@@ -1,0 +1,170 @@
+//! Rejected lines: the dead-letter files under `state_dir/rejected/` and the rate-limited
+//! warning that tells the operator about them.
+//!
+//! Every rejected line is written with a comment header naming its source and reason, so the
+//! file can be fixed up and replayed with `lineship --stdin`. The directory is capped: the live
+//! file rotates to `rejected.lp.1` at half the cap, so at most the cap is kept, and what rotates
+//! out is gone (the count stays in the metrics).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+const FILE: &str = "rejected.lp";
+const OLD: &str = "rejected.lp.1";
+/// How much of a bad line is quoted in a log message.
+const LOG_PREFIX_BYTES: usize = 120;
+
+pub struct DeadLetter {
+    dir: PathBuf,
+    max_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    file: Option<File>,
+    size: u64,
+}
+
+impl DeadLetter {
+    pub fn open(state_dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let dir = state_dir.join("rejected");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create dead-letter directory {}", dir.display()))?;
+        let size = std::fs::metadata(dir.join(FILE))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(DeadLetter {
+            dir,
+            max_bytes,
+            inner: Mutex::new(Inner { file: None, size }),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// Appends lines (each `\n`-terminated or not) under one header comment. Errors are logged,
+    /// never returned: failing to keep a copy of a bad line must not stop good ones.
+    pub fn write(&self, source: &str, reason: &str, lines: &[u8]) {
+        let mut rec = Vec::with_capacity(lines.len() + 128);
+        let ts = humantime::format_rfc3339_seconds(SystemTime::now());
+        let reason = reason.replace('\n', " ");
+        rec.extend_from_slice(format!("# {ts} source={source} reason={reason}\n").as_bytes());
+        rec.extend_from_slice(lines);
+        if !lines.ends_with(b"\n") {
+            rec.push(b'\n');
+        }
+        let mut g = self.inner.lock().unwrap();
+        if let Err(e) = self.append(&mut g, &rec) {
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot write rejected lines to the dead-letter file; check the disk and permissions of state_dir");
+        }
+    }
+
+    fn append(&self, g: &mut Inner, rec: &[u8]) -> std::io::Result<()> {
+        let half = (self.max_bytes / 2).max(1);
+        if g.size > 0 && g.size + rec.len() as u64 > half {
+            g.file = None;
+            std::fs::rename(self.dir.join(FILE), self.dir.join(OLD))?;
+            g.size = 0;
+        }
+        if g.file.is_none() {
+            g.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(FILE))?,
+            );
+        }
+        g.file.as_mut().expect("opened above").write_all(rec)?;
+        g.size += rec.len() as u64;
+        Ok(())
+    }
+}
+
+/// A warning that fires at most once per `every`, reporting how many were suppressed.
+pub struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    pub fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed_since_last)` when a message may be logged now.
+    pub fn check(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The start of a line, printable, for log messages.
+pub fn excerpt(line: &[u8]) -> String {
+    let cut = &line[..line.len().min(LOG_PREFIX_BYTES)];
+    let mut s = String::from_utf8_lossy(cut).escape_debug().to_string();
+    if line.len() > LOG_PREFIX_BYTES {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_writes_headers_and_rotates_within_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetter::open(dir.path(), 400).unwrap();
+        dl.write("stdin", "bad_field_value", b"m f=x");
+        let text = std::fs::read_to_string(dl.path()).unwrap();
+        assert!(text.starts_with("# "));
+        assert!(
+            text.contains("source=stdin reason=bad_field_value\nm f=x\n"),
+            "{text}"
+        );
+        for _ in 0..20 {
+            dl.write("stdin", "r", b"0123456789012345678901234567890123456789\n");
+        }
+        let live = std::fs::metadata(dl.path()).unwrap().len();
+        let old = std::fs::metadata(dir.path().join("rejected").join(OLD))
+            .unwrap()
+            .len();
+        assert!(live + old <= 400, "{live} + {old}");
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let mut r = RateLimited::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(r.check(t), Some(0));
+        assert_eq!(r.check(t + Duration::from_secs(1)), None);
+        assert_eq!(r.check(t + Duration::from_secs(2)), None);
+        assert_eq!(r.check(t + Duration::from_secs(10)), Some(2));
+    }
+
+    #[test]
+    fn excerpt_is_bounded_and_printable() {
+        assert_eq!(excerpt(b"a\tb"), "a\\tb");
+        assert!(excerpt(&[b'x'; 500]).chars().count() <= LOG_PREFIX_BYTES + 1);
+    }
+}

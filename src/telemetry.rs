@@ -1,0 +1,170 @@
+//! Counters, output health and logging setup.
+//!
+//! Counters are plain atomics shared through `Arc<Stats>`; the hot paths add whole chunk or
+//! batch totals, never per line. Rare events (invalid lines, HTTP statuses) go through small
+//! mutex-protected maps. The telemetry endpoint and the summary log line read from here.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crate::config::LogFormat;
+
+/// Counters of one input.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    pub name: String,
+    /// Lines accepted by the validator and handed to the pipeline.
+    pub lines: AtomicU64,
+    /// Raw bytes read.
+    pub bytes: AtomicU64,
+    /// Invalid lines by reason.
+    pub invalid: Mutex<BTreeMap<&'static str, u64>>,
+    /// Lines dropped by reason (e.g. UDP `channel_full`).
+    pub dropped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl InputStats {
+    pub fn new(name: impl Into<String>) -> Self {
+        InputStats {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid.lock().unwrap().values().sum()
+    }
+    pub fn add_invalid(&self, reason: &'static str, n: u64) {
+        *self.invalid.lock().unwrap().entry(reason).or_default() += n;
+    }
+    pub fn add_dropped(&self, reason: &'static str, n: u64) {
+        *self.dropped.lock().unwrap().entry(reason).or_default() += n;
+    }
+}
+
+/// Pipeline-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub inputs: Mutex<Vec<Arc<InputStats>>>,
+    pub lines_delivered: AtomicU64,
+    /// Lines the server refused for good (400 down to one line, 413 single line, other 4xx).
+    pub lines_dead_lettered: AtomicU64,
+    /// Lines the server reported dropped in a 422 partial write.
+    pub lines_partial_dropped: AtomicU64,
+    /// Lines given up on at shutdown (not delivered within `shutdown_timeout`).
+    pub lines_undelivered: AtomicU64,
+    pub batches_sealed: AtomicU64,
+    pub batches_delivered: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub retries: AtomicU64,
+    pub requests: Mutex<BTreeMap<String, u64>>,
+    pub health: Mutex<Health>,
+}
+
+/// What the output last saw; `/health` and the summary line report it.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub ok: bool,
+    /// Last HTTP status, or a transport error class such as `connect`.
+    pub last: String,
+    pub since: SystemTime,
+    pub since_instant: Instant,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            ok: true,
+            last: "none".into(),
+            since: SystemTime::now(),
+            since_instant: Instant::now(),
+        }
+    }
+}
+
+impl Stats {
+    pub fn register_input(&self, name: impl Into<String>) -> Arc<InputStats> {
+        let s = Arc::new(InputStats::new(name));
+        self.inputs.lock().unwrap().push(s.clone());
+        s
+    }
+
+    /// Counts one request outcome: an HTTP status or a transport error class.
+    pub fn count_request(&self, outcome: &str) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry(outcome.to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn lines_received(&self) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.lines.load(Relaxed))
+            .sum()
+    }
+
+    pub fn lines_invalid(&self) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.invalid_total())
+            .sum()
+    }
+
+    pub fn lines_dropped(&self) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.dropped.lock().unwrap().values().sum::<u64>())
+            .sum()
+    }
+
+    /// Logs the periodic summary line.
+    pub fn log_summary(&self) {
+        let h = self.health.lock().unwrap().clone();
+        tracing::info!(
+            lines_in = self.lines_received(),
+            delivered = self.lines_delivered.load(Relaxed),
+            invalid = self.lines_invalid(),
+            dropped = self.lines_dropped(),
+            dead_lettered = self.lines_dead_lettered.load(Relaxed),
+            partial_dropped = self.lines_partial_dropped.load(Relaxed),
+            retries = self.retries.load(Relaxed),
+            last_status = %h.last,
+            healthy = h.ok,
+            "summary"
+        );
+    }
+}
+
+/// Sets up the global tracing subscriber. `RUST_LOG` overrides `level`. Under journald
+/// (`JOURNAL_STREAM` set) no ANSI colours and no timestamps are written: journald adds its own.
+pub fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
+    let res = match (format, journald) {
+        (LogFormat::Json, true) => builder.json().without_time().try_init(),
+        (LogFormat::Json, false) => builder.json().try_init(),
+        (LogFormat::Text, true) => builder.without_time().try_init(),
+        (LogFormat::Text, false) => builder.try_init(),
+    };
+    // A second init (tests running `run` in-process) keeps the first subscriber.
+    let _ = res;
+}
