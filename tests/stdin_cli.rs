@@ -1,0 +1,222 @@
+//! The real binary in stdin mode: exit codes, config errors that name the key, `check`,
+//! and the state_dir lock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{lineship_command, run_stdin, run_with_timeout, write_config, FakeInflux, Reply};
+
+fn config(dir: &std::path::Path, url: &str, extra: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+state_dir = "{}"
+[agent]
+flush_interval = "50ms"
+shutdown_timeout = "1s"
+log_level = "info"
+[output]
+url = "{url}"
+org = "o"
+bucket = "b"
+token = "super-secret-token"
+initial_backoff = "10ms"
+max_backoff = "50ms"
+{extra}
+"#,
+            dir.join("state").display()
+        ),
+    )
+}
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn exit_0_when_everything_is_delivered() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let out = run_stdin(&cfg, b"m v=1i 1\nm v=2i 2\n", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(fake.accepted_lines(), vec!["m v=1i 1", "m v=2i 2"]);
+    assert!(!out.stderr.contains("super-secret-token"));
+}
+
+#[test]
+fn exit_65_when_some_lines_are_invalid_and_the_rest_is_delivered() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let out = run_stdin(&cfg, b"m v=1i 1\nthis is bad\nm v=2i 2\n", T);
+    assert_eq!(out.code, Some(65), "{}", out.stderr);
+    assert_eq!(fake.accepted_lines(), vec!["m v=1i 1", "m v=2i 2"]);
+    assert!(out.stderr.contains("invalid line"), "{}", out.stderr);
+}
+
+#[test]
+fn exit_75_and_an_error_naming_the_loss_when_the_server_is_down() {
+    let fake = FakeInflux::start().default_reply(Reply::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let out = run_stdin(&cfg, b"m v=1i 1\nm v=2i 2\n", T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(out.stderr.contains("not delivered"), "{}", out.stderr);
+    assert!(out.stderr.contains("lines=2"), "{}", out.stderr);
+}
+
+#[test]
+fn unreachable_server_is_logged_once_with_url_and_reason() {
+    // Bind and drop a listener so nothing listens on the port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &url, "");
+    let out = run_stdin(&cfg, b"m v=1i 1\n", T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    let failing: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("writes are failing"))
+        .collect();
+    assert_eq!(
+        failing.len(),
+        1,
+        "logged once per state change, not per retry:\n{}",
+        out.stderr
+    );
+    assert!(
+        failing[0].contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        failing[0]
+    );
+    assert!(failing[0].contains("connect"), "{}", failing[0]);
+}
+
+#[test]
+fn bad_config_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[agent]\nflush_intervall = \"1s\"\n", "flush_intervall"),
+        ("[agent]\nbatch_max_bytes = \"lots\"\n", "batch_max_bytes"),
+        ("[output]\nmax_in_flight = 0\n", "output.max_in_flight"),
+    ];
+    for (i, (extra, key)) in cases.iter().enumerate() {
+        let sub = dir.path().join(i.to_string());
+        std::fs::create_dir_all(&sub).unwrap();
+        // Append to the base config; for [output] keys, splice into the existing table.
+        let cfg = if extra.starts_with("[output]") {
+            config(&sub, "http://127.0.0.1:1", &extra.replace("[output]\n", ""))
+        } else {
+            let c = config(&sub, "http://127.0.0.1:1", "");
+            let text = std::fs::read_to_string(&c)
+                .unwrap()
+                .replace("[agent]\n", extra);
+            std::fs::write(&c, text).unwrap();
+            c
+        };
+        let out = run_with_timeout(
+            {
+                let mut c = lineship_command();
+                c.arg("check").arg("--config").arg(&cfg);
+                c
+            },
+            b"",
+            T,
+        );
+        assert_eq!(out.code, Some(2), "{key}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(key),
+            "error names {key}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn check_prints_effective_settings_with_the_token_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:1", "");
+    let mut c = lineship_command();
+    c.arg("--config").arg(&cfg).arg("check");
+    let out = run_with_timeout(c, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("batch_max_lines: 5000"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("[redacted]"));
+    assert!(!out.stdout.contains("super-secret-token"));
+}
+
+#[test]
+fn a_second_process_on_the_same_state_dir_is_refused() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    // The first run holds the lock while its stdin stays open.
+    let mut c = lineship_command();
+    c.arg("--config").arg(&cfg).arg("--stdin");
+    let mut first = common::Daemon::spawn_with_open_stdin(c);
+    assert!(
+        first.wait_for_stderr("lineship started", Duration::from_secs(20)),
+        "{}",
+        first.stderr_so_far()
+    );
+    let out = run_stdin(&cfg, b"m v=1i 1\n", T);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("in use by another lineship process"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("pid {}", first.pid())),
+        "{}",
+        out.stderr
+    );
+    first.write_stdin(b"m v=2i 2\n");
+    first.close_stdin();
+    let res = first.wait(T);
+    assert_eq!(res.code, Some(0), "{}", res.stderr);
+    assert_eq!(
+        fake.accepted_lines(),
+        vec!["m v=2i 2"],
+        "only the lock holder delivered"
+    );
+}
+
+#[test]
+fn sigterm_drains_the_pipeline_and_delivers_what_was_read() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A long flush interval: only the shutdown drain can seal this batch.
+    let cfg = config(dir.path(), &fake.url(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("flush_interval = \"50ms\"", "flush_interval = \"1h\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut c = lineship_command();
+    c.arg("--config").arg(&cfg).arg("--stdin");
+    let mut d = common::Daemon::spawn_with_open_stdin(c);
+    assert!(
+        d.wait_for_stderr("lineship started", Duration::from_secs(20)),
+        "{}",
+        d.stderr_so_far()
+    );
+    d.write_stdin(b"m v=1i 1\nm v=2i 2\n");
+    // Give the stdin thread a moment to read and queue the lines (stdin stays open).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(fake.requests().is_empty(), "nothing sealed before shutdown");
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(fake.accepted_lines(), vec!["m v=1i 1", "m v=2i 2"]);
+    assert!(out.stderr.contains("shutting down"), "{}", out.stderr);
+}
