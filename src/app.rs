@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 
-use crate::batch::Limits;
+use crate::batch::{AckRouter, Limits};
 use crate::batcher::Batcher;
 use crate::config::Settings;
 use crate::input::{self, Intake};
@@ -87,10 +87,12 @@ pub async fn run(
         settings.agent.rejected_max_bytes,
     )?);
     let (deadline_tx, deadline_rx) = watch::channel(None::<Instant>);
+    let acks = Arc::new(AckRouter::default());
     let sender = Arc::new(Sender::new(
         &settings.output,
         stats.clone(),
         dead_letter.clone(),
+        acks.clone(),
         deadline_rx,
     )?);
     let memory = Arc::new(MemoryGate::new(settings.output.memory_limit));
@@ -117,7 +119,8 @@ pub async fn run(
 
     // Inputs.
     let stop_inputs = Arc::new(AtomicBool::new(false));
-    let (stdin_done_tx, mut stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stdin_done_tx, stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let stdin_mode = settings.inputs.stdin.is_some();
     if let Some(st) = &settings.inputs.stdin {
         let intake = Intake::new(
             &st.line,
@@ -139,6 +142,10 @@ pub async fn run(
             })
             .context("cannot start the stdin thread")?;
     }
+    // Further inputs start here, each with a clone of `chunk_tx`, `stop_inputs`, its own
+    // `stats.register_input(..)`, `dead_letter` and (if it needs acks) `acks`.
+    let _ = &acks;
+
     // Only the inputs hold senders now: the batcher sees the channel close when they all end.
     drop(chunk_tx);
 
@@ -152,13 +159,22 @@ pub async fn run(
     let mut summary = tokio::time::interval(settings.agent.summary_interval);
     summary.tick().await;
     tokio::pin!(shutdown);
+    // With stdin enabled, the run ends at its EOF; otherwise only a signal ends it.
+    let stdin_done = async move {
+        if stdin_mode {
+            let _ = stdin_done_rx.await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::pin!(stdin_done);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!(timeout = ?settings.agent.shutdown_timeout, "shutting down: draining the pipeline");
                 break;
             }
-            _ = &mut stdin_done_rx => {
+            _ = &mut stdin_done => {
                 tracing::debug!("stdin ended; draining the pipeline");
                 break;
             }

@@ -42,6 +42,35 @@ pub struct Ack {
     pub offset: u64,
 }
 
+/// Routes acknowledgements of delivered batches back to the inputs that asked for them
+/// (by `Ack::input`). Inputs that need acks register a handler before the pipeline starts.
+#[derive(Default)]
+pub struct AckRouter {
+    routes: std::sync::RwLock<HashMap<u32, Box<dyn Fn(Ack) + Send + Sync>>>,
+}
+
+impl AckRouter {
+    pub fn register(&self, input: u32, handler: impl Fn(Ack) + Send + Sync + 'static) {
+        self.routes
+            .write()
+            .unwrap()
+            .insert(input, Box::new(handler));
+    }
+
+    /// Called once a batch's lines are delivered, dead-lettered or durably stored.
+    pub fn ack(&self, acks: &[Ack]) {
+        if acks.is_empty() {
+            return;
+        }
+        let routes = self.routes.read().unwrap();
+        for a in acks {
+            if let Some(h) = routes.get(&a.input) {
+                h(*a);
+            }
+        }
+    }
+}
+
 /// One channel message: many complete, checked, `\n`-terminated lines for one destination.
 #[derive(Debug)]
 pub struct Chunk {

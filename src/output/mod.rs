@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::batch::{self, Batch, Encoder};
+use crate::batch::{self, AckRouter, Batch, Encoder};
 use crate::config::OutputSettings;
 use crate::reject::DeadLetter;
 use crate::telemetry::{Health, Stats};
@@ -75,6 +75,7 @@ pub struct Sender {
     gate: Mutex<Gate>,
     stats: Arc<Stats>,
     dead_letter: Arc<DeadLetter>,
+    acks: Arc<AckRouter>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Receiver<Option<Instant>>,
 }
@@ -94,6 +95,7 @@ impl Sender {
         settings: &OutputSettings,
         stats: Arc<Stats>,
         dead_letter: Arc<DeadLetter>,
+        acks: Arc<AckRouter>,
         deadline: watch::Receiver<Option<Instant>>,
     ) -> anyhow::Result<Self> {
         Ok(Sender {
@@ -102,6 +104,7 @@ impl Sender {
             gate: Mutex::new(Gate::new(Instant::now())),
             stats,
             dead_letter,
+            acks,
             deadline,
         })
     }
@@ -136,7 +139,13 @@ impl Sender {
             let (me, memory) = (self.clone(), memory.clone());
             tasks.spawn(async move {
                 let size = batch.body.len();
-                let r = me.deliver(batch).await;
+                let acks = batch.acks.clone();
+                let r = me.clone().deliver(batch).await;
+                // Handled for good (delivered, dead-lettered or partially kept): inputs may
+                // forget these lines. Undelivered lines are not acknowledged.
+                if r.is_ok() {
+                    me.acks.ack(&acks);
+                }
                 memory.release(size);
                 drop(permit);
                 r
