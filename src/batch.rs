@@ -46,8 +46,10 @@ pub struct Ack {
 /// (by `Ack::input`). Inputs that need acks register a handler before the pipeline starts.
 #[derive(Default)]
 pub struct AckRouter {
-    routes: std::sync::RwLock<HashMap<u32, Box<dyn Fn(Ack) + Send + Sync>>>,
+    routes: std::sync::RwLock<HashMap<u32, AckHandler>>,
 }
+
+type AckHandler = Box<dyn Fn(Ack) + Send + Sync>;
 
 impl AckRouter {
     pub fn register(&self, input: u32, handler: impl Fn(Ack) + Send + Sync + 'static) {
