@@ -68,6 +68,8 @@ pub struct Health {
     pub ok: bool,
     /// Last HTTP status, or a transport error class such as `connect`.
     pub last: String,
+    /// What the last failure said (empty while healthy).
+    pub message: String,
     pub since: SystemTime,
     pub since_instant: Instant,
 }
@@ -77,6 +79,7 @@ impl Default for Health {
         Health {
             ok: true,
             last: "none".into(),
+            message: String::new(),
             since: SystemTime::now(),
             since_instant: Instant::now(),
         }

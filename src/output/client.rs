@@ -71,9 +71,7 @@ impl Client {
                     path.display()
                 )
             })?;
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
+            b = b.tls_certs_merge(certs);
         }
         let http = b.build().context("cannot build the HTTP client")?;
         Ok(Client {

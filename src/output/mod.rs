@@ -364,6 +364,7 @@ impl Sender {
             *h = Health {
                 ok: true,
                 last: String::new(),
+                message: String::new(),
                 since: SystemTime::now(),
                 since_instant: Instant::now(),
             };
@@ -383,6 +384,7 @@ impl Sender {
             *h = Health {
                 ok: false,
                 last: kind.to_owned(),
+                message: message.to_owned(),
                 since: SystemTime::now(),
                 since_instant: Instant::now(),
             };
