@@ -12,17 +12,18 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch::{AckRouter, Limits};
 use crate::batcher::Batcher;
-use crate::config::Settings;
+use crate::config::{FsyncPolicy, Settings};
 use crate::input::{self, Intake};
 use crate::output::{MemoryGate, Sender};
 use crate::reject::DeadLetter;
+use crate::spool::Spool;
 use crate::telemetry::Stats;
 
 /// Chunks in flight between the inputs and the batcher.
@@ -37,7 +38,12 @@ pub struct Report {
     pub lines_dead_lettered: u64,
     pub lines_partial_dropped: u64,
     pub lines_dropped: u64,
+    /// Lines lost: neither delivered nor spooled.
     pub lines_undelivered: u64,
+    /// Lines left in the spool at exit (delivered by a later run).
+    pub lines_spooled: u64,
+    /// Lines the spool dropped at its size cap.
+    pub lines_spool_dropped: u64,
 }
 
 /// The world `run` needs that tests replace.
@@ -88,11 +94,28 @@ pub async fn run(
     )?);
     let (deadline_tx, deadline_rx) = watch::channel(None::<Instant>);
     let acks = Arc::new(AckRouter::default());
+    let spool = Arc::new(Spool::open(
+        &settings.state_dir,
+        &settings.spool,
+        stats.clone(),
+    )?);
+    let backlog = spool.backlog();
+    if backlog.records > 0 {
+        tracing::info!(
+            records = backlog.records,
+            lines = backlog.lines,
+            bytes = backlog.bytes,
+            "spool holds undelivered data from an earlier run; replaying it first"
+        );
+    }
+    let spooled = Arc::new(tokio::sync::Notify::new());
     let sender = Arc::new(Sender::new(
         &settings.output,
         stats.clone(),
         dead_letter.clone(),
         acks.clone(),
+        spool.clone(),
+        spooled.clone(),
         deadline_rx,
     )?);
     let memory = Arc::new(MemoryGate::new(settings.output.memory_limit));
@@ -111,6 +134,9 @@ pub async fn run(
         gzip_level: settings.output.gzip_level,
         out: batch_tx,
         memory: memory.clone(),
+        spool: spool.clone(),
+        spooled,
+        acks: acks.clone(),
         stats: stats.clone(),
     }
     .spawn()
@@ -144,7 +170,6 @@ pub async fn run(
     }
     // Further inputs start here, each with a clone of `chunk_tx`, `stop_inputs`, its own
     // `stats.register_input(..)`, `dead_letter` and (if it needs acks) `acks`.
-    let _ = &acks;
 
     // Only the inputs hold senders now: the batcher sees the channel close when they all end.
     drop(chunk_tx);
@@ -155,6 +180,23 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "lineship started"
     );
+
+    // Spool durability: fsync (per policy) and persist the cursor periodically; acks of
+    // batches that became durable go back to their inputs.
+    let sync_task = {
+        let (spool, acks) = (spool.clone(), acks.clone());
+        let every = match settings.spool.fsync {
+            FsyncPolicy::Interval => settings.spool.fsync_interval,
+            _ => Duration::from_millis(500),
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                sync_spool(&spool, &acks).await;
+            }
+        })
+    };
 
     let mut summary = tokio::time::interval(settings.agent.summary_interval);
     summary.tick().await;
@@ -187,10 +229,11 @@ pub async fn run(
     stop_inputs.store(true, Relaxed);
     let _ = deadline_tx.send(Some(deadline));
     drop(stop_tx);
-    let undelivered = sender_task.await.context("sender task failed")?;
+    sender_task.await.context("sender task failed")?;
     let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
-
-    stats.lines_undelivered.fetch_add(undelivered, Relaxed);
+    sync_task.abort();
+    sync_spool(&spool, &acks).await;
+    let left = spool.backlog();
     let report = Report {
         lines_received: stats.lines_received(),
         lines_invalid: stats.lines_invalid(),
@@ -199,16 +242,38 @@ pub async fn run(
         lines_partial_dropped: stats.lines_partial_dropped.load(Relaxed),
         lines_dropped: stats.lines_dropped(),
         lines_undelivered: stats.lines_undelivered.load(Relaxed),
+        lines_spooled: left.lines,
+        lines_spool_dropped: stats.spool_dropped_lines.load(Relaxed),
     };
     stats.log_summary();
+    if report.lines_spooled > 0 {
+        tracing::warn!(
+            lines = report.lines_spooled,
+            records = left.records,
+            spool = %spool.dir().display(),
+            url = %settings.output.url,
+            "not everything was delivered before shutdown; the rest is kept in the spool and the next run delivers it first"
+        );
+    }
     if report.lines_undelivered > 0 {
         tracing::error!(
             lines = report.lines_undelivered,
             url = %settings.output.url,
-            "lines were not delivered within shutdown_timeout and are LOST (no disk spool in this build); raise agent.shutdown_timeout or fix the server"
+            "lines were neither delivered nor spooled and are LOST; see the errors above"
         );
     }
     Ok(report)
+}
+
+async fn sync_spool(spool: &Arc<Spool>, acks: &Arc<AckRouter>) {
+    let sp = spool.clone();
+    match tokio::task::spawn_blocking(move || sp.sync()).await {
+        Ok(Ok(durable)) => acks.ack(&durable),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, spool = %spool.dir().display(), "cannot sync the spool; check the disk")
+        }
+        Err(e) => tracing::error!(error = %e, "spool sync task failed"),
+    }
 }
 
 /// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.

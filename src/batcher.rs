@@ -1,6 +1,8 @@
-//! The batcher thread: receives chunks from the inputs, groups them with [`batch::Builder`],
-//! gzips sealed batches and hands them to the sender, waiting at the [`MemoryGate`] when the
-//! sender is behind (which fills the channel, which pushes back on the inputs).
+//! The batcher thread: receives chunks from the inputs, groups them with [`Builder`], gzips
+//! sealed batches and hands them to the sender — or, when the sender is behind (memory full),
+//! the server is failing, or the spool already holds data, appends them to the spool.
+//! With `when_full = "block"` a full spool blocks this thread, which fills the channel, which
+//! pushes back on the inputs.
 //!
 //! Shutdown: when `stop` closes, it keeps draining the channel until every input has hung up
 //! or it stayed empty for a short grace period, seals everything and exits; dropping its
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
 use tokio::sync::mpsc;
 
-use crate::batch::{Batch, Builder, Chunk, Encoder, Limits, RawBatch};
+use crate::batch::{AckRouter, Batch, Builder, Chunk, Encoder, Limits, RawBatch};
 use crate::output::MemoryGate;
+use crate::spool::{Appended, Spool};
 use crate::telemetry::Stats;
 
 /// After stop, how long the channel must stay empty before the batcher stops waiting for
@@ -28,6 +31,10 @@ pub struct Batcher {
     pub gzip_level: u32,
     pub out: mpsc::UnboundedSender<Batch>,
     pub memory: Arc<MemoryGate>,
+    pub spool: Arc<Spool>,
+    /// Wakes the sender's replay when a batch was spooled.
+    pub spooled: Arc<tokio::sync::Notify>,
+    pub acks: Arc<AckRouter>,
     pub stats: Arc<Stats>,
 }
 
@@ -75,20 +82,46 @@ impl Batcher {
         for raw in sealed.drain(..) {
             let batch = encoder.encode(raw);
             self.stats.batches_sealed.fetch_add(1, Relaxed);
-            // At shutdown nothing may wait on a sender that is itself waiting on a dead server.
-            self.memory
-                .acquire(batch.body.len(), || stopping || stop_closed(&self.stop));
-            if let Err(e) = self.out.send(batch) {
-                let lines = e.0.lines;
-                self.memory.release(e.0.body.len());
-                self.stats
-                    .lines_undelivered
-                    .fetch_add(lines as u64, Relaxed);
-                tracing::error!(
-                    lines,
-                    "sender is gone; a sealed batch could not be handed over and is lost"
-                );
+            // Keep order: while the spool holds anything, new batches queue behind it. Also
+            // spool when the server is failing or memory is full, so memory stays bounded.
+            let healthy = self.stats.health.lock().unwrap().ok;
+            let size = batch.body.len();
+            if self.spool.unacked() == 0 && healthy && self.memory.try_acquire(size) {
+                self.hand_over(batch, size);
+                continue;
             }
+            let give_up = || stopping || stop_closed(&self.stop);
+            match self.spool.append(&batch, give_up) {
+                Ok((Appended::Stored, durable)) => {
+                    self.acks.ack(&durable);
+                    self.spooled.notify_one();
+                }
+                Ok((Appended::DroppedNewest, _)) => {}
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        spool = %self.spool.dir().display(),
+                        "cannot write to the spool; holding the batch in memory instead (check disk space and permissions)"
+                    );
+                    // At shutdown nothing may wait on a sender stuck on a dead server.
+                    self.memory.acquire(size, give_up);
+                    self.hand_over(batch, size);
+                }
+            }
+        }
+    }
+
+    fn hand_over(&self, batch: Batch, size: usize) {
+        if let Err(e) = self.out.send(batch) {
+            let lines = e.0.lines;
+            self.memory.release(size);
+            self.stats
+                .lines_undelivered
+                .fetch_add(lines as u64, Relaxed);
+            tracing::error!(
+                lines,
+                "sender is gone; a sealed batch could not be handed over and is lost"
+            );
         }
     }
 }

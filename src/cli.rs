@@ -28,4 +28,17 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config and print the effective settings (secrets redacted); exit 2 if bad.
     Check,
+    /// Inspect the disk spool under state_dir (read-only; safe while the daemon runs).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Segments, records, lines and bytes waiting, and the age of the oldest record.
+    Status,
+    /// Check every record's CRC; exit 1 and say where if anything is damaged.
+    Verify,
 }

@@ -21,6 +21,7 @@ pub mod input;
 pub mod line;
 pub mod output;
 pub mod reject;
+pub mod spool;
 pub mod telemetry;
 
 pub use app::{run, Io, Report};

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lineship::cli::{Cli, Command};
+use lineship::cli::{Cli, Command, SpoolAction};
 use lineship::config::Settings;
 
 /// Bad config or usage.
@@ -29,12 +29,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::Check) = cli.command {
-        println!(
-            "config {} is valid; effective settings:\n{settings:#?}",
-            config.display()
-        );
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::Check) => {
+            println!(
+                "config {} is valid; effective settings:\n{settings:#?}",
+                config.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Spool { action }) => return spool_command(&settings, action),
+        None => {}
     }
     lineship::telemetry::init_logging(&settings.agent.log_level, settings.agent.log_format);
     let stdin_mode = settings.inputs.stdin.is_some();
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
         Ok(report) if stdin_mode => {
-            if report.lines_undelivered > 0 {
+            if report.lines_undelivered > 0
+                || report.lines_spooled > 0
+                || report.lines_spool_dropped > 0
+            {
                 ExitCode::from(EXIT_UNDELIVERED)
             } else if report.lines_invalid > 0
                 || report.lines_dead_lettered > 0
@@ -77,6 +84,66 @@ fn main() -> ExitCode {
             }
         }
         Ok(_) => ExitCode::SUCCESS,
+    }
+}
+
+fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
+    let inspection = match lineship::spool::inspect(&settings.state_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the spool under {}: {e}",
+                settings.state_dir.display()
+            );
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let dir = settings.state_dir.join("spool");
+    match action {
+        SpoolAction::Status => {
+            let b = inspection.backlog();
+            let age = b.oldest_created_at_ms.map(|ms| {
+                let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                let age = std::time::SystemTime::now()
+                    .duration_since(created)
+                    .unwrap_or_default();
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+                    .to_string()
+            });
+            println!("spool:    {}", dir.display());
+            println!("segments: {}", b.segments);
+            println!("records:  {}", b.records);
+            println!("lines:    {}", b.lines);
+            println!("bytes:    {}", b.bytes);
+            println!(
+                "oldest:   {}",
+                age.map_or("-".to_owned(), |a| format!("{a} ago"))
+            );
+            ExitCode::SUCCESS
+        }
+        SpoolAction::Verify => {
+            let problems = inspection.problems();
+            let records: usize = inspection
+                .segments
+                .iter()
+                .filter_map(|s| s.scan.as_ref())
+                .map(|s| s.records.len())
+                .sum();
+            if problems.is_empty() {
+                println!(
+                    "spool {} is intact: {} segments, {records} records, every CRC matches",
+                    dir.display(),
+                    inspection.segments.len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                println!("spool {} has {} problem(s); the daemon skips damaged records at start and counts them", dir.display(), problems.len());
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
     }
 }
 

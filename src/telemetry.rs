@@ -58,6 +58,13 @@ pub struct Stats {
     pub batches_delivered: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub retries: AtomicU64,
+    /// Spool gauges: bytes of segment files, records not yet delivered.
+    pub spool_bytes: AtomicU64,
+    pub spool_records: AtomicU64,
+    /// Lines the spool dropped at its size cap (`when_full`).
+    pub spool_dropped_lines: AtomicU64,
+    /// Damaged spool records skipped at recovery or replay.
+    pub spool_corrupt_records: AtomicU64,
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub health: Mutex<Health>,
 }

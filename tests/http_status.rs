@@ -331,14 +331,15 @@ async fn other_4xx_and_501_dead_letter_the_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undeliverable_data_is_reported_at_the_shutdown_deadline() {
+async fn undeliverable_data_goes_to_the_spool_at_the_shutdown_deadline() {
     let fake = FakeInflux::start().default_reply(Reply::status(503));
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&fake.url(), dir.path(), "");
     s.agent.shutdown_timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();
     let report = run(s, join(&lines(30))).await;
-    assert_eq!(report.lines_undelivered, 30);
+    assert_eq!(report.lines_spooled, 30, "kept in the spool, not lost");
+    assert_eq!(report.lines_undelivered, 0);
     assert_eq!(report.lines_delivered, 0);
     assert!(
         started.elapsed() < Duration::from_secs(5),

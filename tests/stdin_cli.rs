@@ -56,14 +56,22 @@ fn exit_65_when_some_lines_are_invalid_and_the_rest_is_delivered() {
 }
 
 #[test]
-fn exit_75_and_an_error_naming_the_loss_when_the_server_is_down() {
+fn exit_75_when_the_server_is_down_and_the_data_waits_in_the_spool() {
     let fake = FakeInflux::start().default_reply(Reply::status(503));
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &fake.url(), "");
     let out = run_stdin(&cfg, b"m v=1i 1\nm v=2i 2\n", T);
     assert_eq!(out.code, Some(75), "{}", out.stderr);
-    assert!(out.stderr.contains("not delivered"), "{}", out.stderr);
+    assert!(out.stderr.contains("kept in the spool"), "{}", out.stderr);
     assert!(out.stderr.contains("lines=2"), "{}", out.stderr);
+    // The next run, with the server back, delivers the spooled lines first.
+    fake.set_default_reply(Reply::status(204));
+    let out = run_stdin(&cfg, b"m v=3i 3\n", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        fake.accepted_lines(),
+        vec!["m v=1i 1", "m v=2i 2", "m v=3i 3"]
+    );
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //!
 //! Invariants: a batch leaves the sender only as delivered, dead-lettered (with the server's
 //! message), counted as partially dropped by the server (422), or — once the shutdown deadline
-//! passes — returned as undelivered to the caller. Batches waiting in memory are bounded by
-//! [`MemoryGate`], which pushes back on the batcher thread.
+//! passes — written to the spool (live batches) or left in it (spooled records). Batches in
+//! memory are bounded by [`MemoryGate`]; past it the batcher spools instead.
 
 pub mod client;
 pub mod retry;
@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::batch::{self, AckRouter, Batch, Encoder};
+use crate::batch::{self, Ack, AckRouter, Batch, Encoder};
 use crate::config::OutputSettings;
 use crate::reject::DeadLetter;
+use crate::spool::{self, RecordId, Spool};
 use crate::telemetry::{Health, Stats};
 use client::{Client, Reply};
 use retry::{classify, parse_dropped, Gate, Verdict};
@@ -57,6 +58,16 @@ impl MemoryGate {
         *used += n;
     }
 
+    /// Takes `n` bytes if they fit now (one batch always fits when nothing is held).
+    pub fn try_acquire(&self, n: usize) -> bool {
+        let mut used = self.used.lock().unwrap();
+        if *used > 0 && *used + n > self.limit {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
     pub fn release(&self, n: usize) {
         let mut used = self.used.lock().unwrap();
         *used = used.saturating_sub(n);
@@ -76,6 +87,9 @@ pub struct Sender {
     stats: Arc<Stats>,
     dead_letter: Arc<DeadLetter>,
     acks: Arc<AckRouter>,
+    spool: Arc<Spool>,
+    /// Woken when the batcher spools a batch.
+    spooled: Arc<tokio::sync::Notify>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Receiver<Option<Instant>>,
 }
@@ -88,7 +102,14 @@ enum Go {
     GiveUp,
 }
 
-type Delivery = Pin<Box<dyn Future<Output = Result<(), u32>> + Send>>;
+/// `Err` holds what was not delivered when the shutdown deadline passed (whole or split).
+type Delivery = Pin<Box<dyn Future<Output = Result<(), Vec<Batch>>> + Send>>;
+
+/// Where a delivery's batch came from.
+enum Work {
+    Live(Batch),
+    Spooled(RecordId, Batch),
+}
 
 impl Sender {
     pub fn new(
@@ -96,6 +117,8 @@ impl Sender {
         stats: Arc<Stats>,
         dead_letter: Arc<DeadLetter>,
         acks: Arc<AckRouter>,
+        spool: Arc<Spool>,
+        spooled: Arc<tokio::sync::Notify>,
         deadline: watch::Receiver<Option<Instant>>,
     ) -> anyhow::Result<Self> {
         Ok(Sender {
@@ -105,6 +128,8 @@ impl Sender {
             stats,
             dead_letter,
             acks,
+            spool,
+            spooled,
             deadline,
         })
     }
@@ -113,54 +138,112 @@ impl Sender {
         &self.client
     }
 
-    /// Delivers batches from `rx` until it closes and every delivery has finished. Returns the
-    /// number of lines given up on at the shutdown deadline.
+    /// Delivers live batches from `rx` and spooled records, oldest spooled first, until `rx`
+    /// closes and nothing deliverable is left (or the shutdown deadline passed). Live batches
+    /// not delivered by the deadline go to the spool; spooled ones stay there.
     pub async fn run(
         self: Arc<Self>,
         mut rx: mpsc::UnboundedReceiver<Batch>,
         memory: Arc<MemoryGate>,
-    ) -> u64 {
+    ) {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks = JoinSet::new();
-        let mut undelivered = 0u64;
-        let mut reap = |r: Result<Result<(), u32>, tokio::task::JoinError>| match r {
-            Ok(Ok(())) => {}
-            Ok(Err(n)) => undelivered += n as u64,
-            Err(e) => {
-                tracing::error!(error = %e, "a delivery task failed; its lines are counted as undelivered")
-            }
-        };
-        while let Some(batch) = rx.recv().await {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut rx_open = true;
+        loop {
+            while tasks.try_join_next().is_some() {}
             let permit = slots
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
+            let past_deadline = self.deadline.borrow().is_some_and(|d| Instant::now() >= d);
+            let mut work = None;
+            if !past_deadline && self.spool.has_pending() {
+                let sp = self.spool.clone();
+                if let Ok(Some((id, b))) = tokio::task::spawn_blocking(move || sp.next()).await {
+                    work = Some(Work::Spooled(id, b));
+                }
+            }
+            let work = match work {
+                Some(w) => w,
+                None if !rx_open => {
+                    if past_deadline || !self.spool.has_pending() {
+                        break;
+                    }
+                    continue;
+                }
+                None => tokio::select! {
+                    b = rx.recv() => match b {
+                        Some(b) => Work::Live(b),
+                        None => {
+                            rx_open = false;
+                            continue;
+                        }
+                    },
+                    _ = self.spooled.notified() => continue,
+                    // Re-check the deadline and the spool now and then.
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                },
+            };
             let (me, memory) = (self.clone(), memory.clone());
             tasks.spawn(async move {
-                let size = batch.body.len();
-                let acks = batch.acks.clone();
-                let r = me.clone().deliver(batch).await;
-                // Handled for good (delivered, dead-lettered or partially kept): inputs may
-                // forget these lines. Undelivered lines are not acknowledged.
-                if r.is_ok() {
-                    me.acks.ack(&acks);
+                match work {
+                    Work::Live(batch) => {
+                        let size = batch.body.len();
+                        let acks = batch.acks.clone();
+                        match me.clone().deliver(batch).await {
+                            // Handled for good (delivered, dead-lettered or partially kept):
+                            // inputs may forget these lines.
+                            Ok(()) => me.acks.ack(&acks),
+                            Err(left) => me.spool_undelivered(left, acks).await,
+                        }
+                        memory.release(size);
+                    }
+                    Work::Spooled(id, batch) => {
+                        let ok = me.clone().deliver(batch).await.is_ok();
+                        let sp = me.spool.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if ok {
+                                sp.ack(id)
+                            } else {
+                                sp.release(id)
+                            }
+                        })
+                        .await;
+                    }
                 }
-                memory.release(size);
                 drop(permit);
-                r
             });
-            while let Some(r) = tasks.try_join_next() {
-                reap(r);
-            }
         }
-        while let Some(r) = tasks.join_next().await {
-            reap(r);
-        }
-        undelivered
+        while tasks.join_next().await.is_some() {}
     }
 
-    /// Delivers one batch; `Err(lines)` when the shutdown deadline passed first.
+    /// Puts live batches that missed the shutdown deadline into the spool.
+    async fn spool_undelivered(&self, mut left: Vec<Batch>, acks: Vec<Ack>) {
+        if let Some(first) = left.first_mut() {
+            first.acks = acks;
+        }
+        let sp = self.spool.clone();
+        let stats = self.stats.clone();
+        let router = self.acks.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for b in left {
+                match sp.append(&b, || true) {
+                    Ok((spool::Appended::Stored, durable)) => router.ack(&durable),
+                    Ok((spool::Appended::DroppedNewest, _)) => {
+                        stats.lines_undelivered.fetch_add(b.lines as u64, Relaxed);
+                    }
+                    Err(e) => {
+                        stats.lines_undelivered.fetch_add(b.lines as u64, Relaxed);
+                        tracing::error!(lines = b.lines, error = %e, spool = %sp.dir().display(), "cannot write undelivered lines to the spool at shutdown; they are lost");
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Delivers one batch; `Err` with what is left when the shutdown deadline passed first.
     fn deliver(self: Arc<Self>, batch: Batch) -> Delivery {
         Box::pin(async move {
             let mut consecutive_500 = 0u32;
@@ -168,7 +251,7 @@ impl Sender {
                 let last_try = match self.wait_gate().await {
                     Go::Now => false,
                     Go::LastTry => true,
-                    Go::GiveUp => return Err(batch.lines),
+                    Go::GiveUp => return Err(vec![batch]),
                 };
                 let epoch = self.gate.lock().unwrap().epoch();
                 let wait = match self.client.send(&batch, self.request_timeout()).await {
@@ -252,7 +335,7 @@ impl Sender {
                     }
                 };
                 if last_try {
-                    return Err(batch.lines);
+                    return Err(vec![batch]);
                 }
                 self.stats.retries.fetch_add(1, Relaxed);
                 let delay = self.gate.lock().unwrap().failed(
@@ -273,7 +356,7 @@ impl Sender {
 
     /// The server refused lines of this batch (400, 413, or a poisoned 500): bisect down to
     /// single lines, dead-letter a single line that still fails, deliver the rest.
-    async fn refused_lines(self: Arc<Self>, batch: Batch, reply: &Reply) -> Result<(), u32> {
+    async fn refused_lines(self: Arc<Self>, batch: Batch, reply: &Reply) -> Result<(), Vec<Batch>> {
         if batch.lines <= 1 {
             self.dead_letter_batch(&batch, reply);
             return Ok(());
@@ -301,8 +384,8 @@ impl Sender {
                 return Ok(());
             }
             Err(e) => {
-                tracing::error!(error = %e, "split task failed");
-                return Err(batch.lines);
+                tracing::error!(error = %e, "split task failed; keeping the batch whole");
+                return Err(vec![batch]);
             }
         };
         tracing::debug!(
@@ -314,7 +397,7 @@ impl Sender {
         let rc = self.deliver(c).await;
         match (ra, rc) {
             (Ok(()), Ok(())) => Ok(()),
-            (a, c) => Err(a.err().unwrap_or(0) + c.err().unwrap_or(0)),
+            (a, c) => Err(a.err().into_iter().chain(c.err()).flatten().collect()),
         }
     }
 
@@ -428,5 +511,40 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_gate_blocks_past_the_limit_until_released() {
+        let gate = Arc::new(MemoryGate::new(100));
+        gate.acquire(60, || false);
+        // One batch always fits when nothing else is held; a second one past the limit waits.
+        let g = gate.clone();
+        let waiter = std::thread::spawn(move || {
+            g.acquire(60, || false);
+            Instant::now()
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !waiter.is_finished(),
+            "acquire must wait while 60 + 60 > 100"
+        );
+        let released_at = Instant::now();
+        gate.release(60);
+        let acquired_at = waiter.join().unwrap();
+        assert!(acquired_at >= released_at);
+        assert_eq!(gate.used(), 60);
+    }
+
+    #[test]
+    fn memory_gate_gives_way_at_shutdown() {
+        let gate = MemoryGate::new(100);
+        gate.acquire(90, || false);
+        gate.acquire(90, || true);
+        assert_eq!(gate.used(), 180);
     }
 }

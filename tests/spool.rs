@@ -1,0 +1,154 @@
+//! The disk spool with the real binary: outages across runs lose nothing, and the spool
+//! commands report what is there.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{lineship_command, run_stdin, run_with_timeout, write_config, FakeInflux, Reply};
+
+const T: Duration = Duration::from_secs(120);
+
+fn config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+state_dir = "{}"
+[agent]
+flush_interval = "100ms"
+shutdown_timeout = "1s"
+[output]
+url = "{url}"
+org = "o"
+bucket = "b"
+token = "t"
+initial_backoff = "10ms"
+max_backoff = "100ms"
+"#,
+            dir.join("state").display()
+        ),
+    )
+}
+
+fn lines(from: usize, to: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in from..to {
+        s.push_str(&format!(
+            "spooltest,host=h{} seq={i}i {}\n",
+            i % 10,
+            1_600_000_000_000_000_000u64 + i as u64
+        ));
+    }
+    s.into_bytes()
+}
+
+fn seqs(fake: &FakeInflux) -> HashSet<usize> {
+    fake.accepted_lines()
+        .iter()
+        .map(|l| {
+            let i = l.find("seq=").expect("seq field") + 4;
+            l[i..l[i..].find('i').unwrap() + i].parse().unwrap()
+        })
+        .collect()
+}
+
+fn lineship(args: &[&str], cfg: &std::path::Path) -> common::RunOutput {
+    let mut c = lineship_command();
+    c.args(args).arg("--config").arg(cfg);
+    run_with_timeout(c, b"", T)
+}
+
+#[test]
+fn outage_across_runs_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Run 1: nothing listens (connection refused).
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(dir.path(), &format!("http://127.0.0.1:{dead_port}"));
+    let out = run_stdin(&cfg, &lines(0, 100_000), T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(out.stderr.contains("kept in the spool"), "{}", out.stderr);
+
+    let status = lineship(&["spool", "status"], &cfg);
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    assert!(
+        status.stdout.contains("lines:    100000"),
+        "{}",
+        status.stdout
+    );
+    let verify = lineship(&["spool", "verify"], &cfg);
+    assert_eq!(verify.code, Some(0), "{}", verify.stdout);
+    assert!(verify.stdout.contains("intact"), "{}", verify.stdout);
+
+    // Run 2: the server answers 503. The spool is replayed (and fails), new lines queue behind.
+    let fake = FakeInflux::start().default_reply(Reply::status(503));
+    let cfg = config(dir.path(), &fake.url());
+    let out = run_stdin(&cfg, &lines(100_000, 200_000), T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(
+        !fake.requests().is_empty(),
+        "the spool was retried while the server failed"
+    );
+    assert!(seqs(&fake).is_empty());
+
+    // Run 3: the server is back. Everything from both outages arrives.
+    fake.set_default_reply(Reply::status(204));
+    let out = run_stdin(&cfg, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let got = seqs(&fake);
+    let missing: Vec<usize> = (0..200_000).filter(|i| !got.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "lost lines, first {missing:?}");
+    assert_eq!(got.len(), 200_000);
+    let status = lineship(&["spool", "status"], &cfg);
+    assert!(status.stdout.contains("lines:    0"), "{}", status.stdout);
+}
+
+#[test]
+fn verify_names_damage_and_the_daemon_still_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeInflux::start().default_reply(Reply::status(503));
+    let cfg = config(dir.path(), &fake.url());
+    let out = run_stdin(&cfg, &lines(0, 20_000), T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+
+    // Flip a byte inside the first record's body.
+    let spool = dir.path().join("state/spool");
+    let seg = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .min()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let verify = lineship(&["spool", "verify"], &cfg);
+    assert_eq!(verify.code, Some(1), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains(&seg.display().to_string()),
+        "{}",
+        verify.stdout
+    );
+    assert!(verify.stdout.contains("offset 0"), "{}", verify.stdout);
+
+    fake.set_default_reply(Reply::status(204));
+    let out = run_stdin(&cfg, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("damaged"),
+        "the skipped record is reported: {}",
+        out.stderr
+    );
+    let got = seqs(&fake);
+    assert!(
+        got.len() > 10_000 && got.len() < 20_000,
+        "only the damaged record is lost: {}",
+        got.len()
+    );
+}
