@@ -84,6 +84,7 @@ impl Loop {
         socket: UdpSocket,
         slots: usize,
         slot_bytes: usize,
+        hold_bytes: usize,
         (tx, rx): (Sender<Chunk>, Receiver<Chunk>),
         stop: Arc<AtomicBool>,
     ) -> Loop {
@@ -109,6 +110,7 @@ impl Loop {
             stop: stop.clone(),
             slots,
             slot_bytes,
+            hold_bytes,
             drops_baseline: 0,
         };
         let thread = std::thread::spawn(move || worker.run());
@@ -166,6 +168,7 @@ fn truncated_datagram_is_counted_and_keeps_only_complete_lines() {
         sock,
         4,
         64,
+        0,
         crossbeam_channel::bounded(16),
         Arc::new(AtomicBool::new(false)),
     );
@@ -206,7 +209,14 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
         ack: None,
     })
     .unwrap();
-    let l = Loop::start(sock, 64, 1500, (tx, rx), Arc::new(AtomicBool::new(false)));
+    let l = Loop::start(
+        sock,
+        64,
+        1500,
+        0,
+        (tx, rx),
+        Arc::new(AtomicBool::new(false)),
+    );
     let client = client_for(addr);
     for i in 0..5 {
         let d = format!("m v={i}i 1\nm v={i}i 2\nm v={i}i 3\n");
@@ -230,6 +240,54 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
 }
 
 #[test]
+fn full_channel_holds_a_bounded_amount_and_sends_it_when_there_is_room() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    tx.send(Chunk {
+        dest: Dest::new("b", Precision::Ns),
+        data: b"filler 1i\n".to_vec(),
+        lines: 1,
+        ack: None,
+    })
+    .unwrap();
+    // Each datagram is 3 lines of 9 bytes: the 64-byte hold takes two datagrams, not three.
+    let l = Loop::start(
+        sock,
+        64,
+        1500,
+        64,
+        (tx, rx),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let client = client_for(addr);
+    for i in 0..3 {
+        let d = format!("m v={i}i 1\nm v={i}i 2\nm v={i}i 3\n");
+        client.send_to(d.as_bytes(), addr).unwrap();
+        // One read per datagram, so the hold fills step by step.
+        assert!(eventually(T, || l.stats.datagrams.load(Relaxed) == i + 1));
+    }
+    assert_eq!(
+        l.dropped("channel_full"),
+        3,
+        "the third datagram did not fit the hold"
+    );
+    assert_eq!(l.stats.lines.load(Relaxed), 0);
+    // Room again: the held lines go through without another datagram (the idle retry).
+    assert_eq!(l.rx.recv().unwrap().data, b"filler 1i\n");
+    assert!(eventually(T, || l.stats.lines.load(Relaxed) == 6));
+    let (stats, rx) = l.stop();
+    assert_eq!(
+        chunk_text(&rx),
+        (
+            6,
+            "m v=0i 1\nm v=0i 2\nm v=0i 3\nm v=1i 1\nm v=1i 2\nm v=1i 3\n".into()
+        )
+    );
+    assert_eq!(stats.dropped.lock().unwrap().get("channel_full"), Some(&3));
+}
+
+#[test]
 fn kernel_drops_are_counted_exactly() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
@@ -247,6 +305,7 @@ fn kernel_drops_are_counted_exactly() {
         sock,
         64,
         2048,
+        0,
         crossbeam_channel::bounded(1024),
         Arc::new(AtomicBool::new(false)),
     );
@@ -295,6 +354,7 @@ fn kernel_drops_after_the_last_datagram_are_found_through_proc() {
         sock,
         64,
         2048,
+        0,
         crossbeam_channel::bounded(1024),
         Arc::new(AtomicBool::new(false)),
     );
@@ -318,6 +378,7 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
         sock,
         64,
         2048,
+        0,
         crossbeam_channel::bounded(16),
         Arc::new(AtomicBool::new(false)),
     );
@@ -340,6 +401,7 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
         sock,
         64,
         2048,
+        0,
         crossbeam_channel::bounded(16),
         Arc::new(AtomicBool::new(true)),
     );
@@ -697,6 +759,51 @@ fn socket_activation_uses_the_passed_socket() {
         fake.accepted_lines(),
         vec!["act v=1i 1", "act v=2i 2", "act v=3i 3"]
     );
+}
+
+#[test]
+fn a_capped_receive_buffer_is_reported_naming_rmem_max() {
+    // Without CAP_NET_ADMIN, SO_RCVBUFFORCE is refused and SO_RCVBUF is capped at
+    // net.core.rmem_max, which is far below 1GiB on any ordinary host.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIPPED a_capped_receive_buffer_is_reported_naming_rmem_max: needs root and /usr/bin/setpriv to drop CAP_NET_ADMIN");
+        return;
+    }
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &fake.url(),
+        "[[input.udp]]\nlisten = \"127.0.0.1:0\"\nreceive_buffer = \"1GiB\"\n",
+    );
+    let mut command = std::process::Command::new("/usr/bin/setpriv");
+    command
+        .env_clear()
+        .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .arg(lineship_bin())
+        .arg("--config")
+        .arg(&cfg);
+    let mut d = Daemon::spawn(command);
+    listening_addr(&mut d);
+    let log = d.stderr_so_far();
+    let line = log
+        .lines()
+        .find(|l| l.contains("udp input listening"))
+        .unwrap();
+    let applied: u64 = line
+        .split("receive_buffer_applied=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no applied size in {line}"));
+    assert!(applied > 0 && applied < 2 << 30, "{line}");
+    assert!(
+        log.contains("WARN") && log.contains("net.core.rmem_max"),
+        "no capped warning:\n{log}"
+    );
+    d.terminate();
+    assert_eq!(d.wait(T).code, Some(0));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
         listen = %local,
         workers = sockets.len(),
         passed_by_systemd = passed,
-        receive_buffer = applied,
+        receive_buffer = s.receive_buffer,
+        receive_buffer_applied = applied,
         "udp input listening"
     );
     let asked = s.receive_buffer.min(i32::MAX as usize / 2);
@@ -216,6 +217,7 @@ impl Opened {
                 stop: stop.clone(),
                 slots: recv::SLOTS,
                 slot_bytes: recv::SLOT_BYTES,
+                hold_bytes: recv::HOLD_BYTES,
                 drops_baseline,
             };
             threads.push(
