@@ -674,6 +674,11 @@ fn daemon_with_two_workers_delivers_and_exits_cleanly_on_sigterm() {
     let mut d = Daemon::start(&cfg);
     let addr = listening_addr(&mut d);
     assert!(d.stderr_so_far().contains("workers=2"));
+    if let Ok(table) = std::fs::read_to_string("/proc/net/udp") {
+        let local = format!("0100007F:{:04X}", addr.port());
+        let sockets = table.lines().filter(|l| l.contains(&local)).count();
+        assert_eq!(sockets, 2, "two sockets share {addr} through SO_REUSEPORT");
+    }
     // Many senders (source ports), so SO_REUSEPORT spreads them over both sockets.
     let mut expected = Vec::new();
     for c in 0..16 {

@@ -2,7 +2,9 @@
 //! one receive thread per socket ([`recv::Worker`]).
 //!
 //! Per input, `workers` sockets share `listen` through `SO_REUSEPORT` (the kernel spreads
-//! senders over them by flow hash). Each socket gets:
+//! senders over them by flow hash, so one sender always lands on one socket). `listen` may be
+//! IPv4 or IPv6; `[::]` also receives IPv4 unless `net.ipv6.bindv6only` says otherwise (the
+//! OS default is kept). Each socket gets:
 //! - `SO_RCVBUF` of at least `receive_buffer`, trying `SO_RCVBUFFORCE` first (it ignores
 //!   `net.core.rmem_max` when we have `CAP_NET_ADMIN`); the size the kernel applied is read
 //!   back and logged, with a warning naming `net.core.rmem_max` when it was capped. Linux
