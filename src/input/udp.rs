@@ -113,9 +113,13 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
         .collect();
     let passed = sockets.len();
     let want = s.workers.max(passed);
-    if passed > 0 && passed < want {
-        let reuse = sockets[0].0.reuse_port().unwrap_or(false);
-        if !reuse {
+    // More sockets may join passed ones only in the same reuseport group.
+    let bind_more = if passed == 0 {
+        want
+    } else if sockets[0].0.reuse_port().unwrap_or(false) {
+        want - passed
+    } else {
+        if passed < want {
             tracing::warn!(
                 input = %s.name,
                 workers = s.workers,
@@ -123,12 +127,6 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
                 "workers > 1 needs ReusePort=yes in the .socket unit; reading only the passed socket(s)"
             );
         }
-    }
-    let bind_more = if passed == 0 {
-        want
-    } else if sockets[0].0.reuse_port().unwrap_or(false) {
-        want - passed
-    } else {
         0
     };
     let reuse_port = want > 1;

@@ -40,7 +40,7 @@ pub const SLOTS: usize = 64;
 /// bytes over IPv4, 65,527 over IPv6), so in practice nothing is truncated.
 pub const SLOT_BYTES: usize = 64 << 10;
 /// How long a read waits for the first datagram before looking at the stop flag
-/// (`SO_RCVTIMEO`, set by the opener).
+/// (`SO_RCVTIMEO`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// At stop, how long the loop keeps reading datagrams that had already arrived.
 pub const DRAIN_FOR: Duration = Duration::from_millis(250);
@@ -50,6 +50,11 @@ pub const HOLD_BYTES: usize = 8 << 20;
 /// After a read that emptied the socket, how long to let datagrams gather before reading
 /// again (latency this adds is far below any flush interval).
 pub const COALESCE: Duration = Duration::from_millis(1);
+/// The smallest receive buffer (as the kernel reports it) that makes [`COALESCE`] safe: at
+/// 1M lines/s, 1 ms is ~100 datagrams, ~250 KB of kernel memory; 4 MiB leaves a wide margin
+/// for a late wake-up. Smaller buffers (a stock `net.core.rmem_max` gives ~416 KiB) read
+/// again at once instead.
+pub const COALESCE_MIN_BUFFER: usize = 4 << 20;
 /// How often an idle loop compares its kernel-drop count with `/proc/net/udp`.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -99,17 +104,21 @@ impl Worker {
             warn_err: RateLimited::new(WARN_EVERY),
         };
         let mut last_reconcile = Instant::now();
+        let coalesce = match self.socket.recv_buffer_size() {
+            Ok(b) if b >= COALESCE_MIN_BUFFER => COALESCE,
+            _ => Duration::ZERO,
+        };
         let flags = libc::MSG_WAITFORONE | libc::MSG_TRUNC;
         let mut alive = true;
         while alive && !self.stop.load(Relaxed) {
             match bufs.recv(fd, flags) {
                 Ok(n) => {
                     alive = self.process(&bufs, n, &mut st);
-                    if n < self.slots {
+                    if n < self.slots && !coalesce.is_zero() {
                         // The queue is empty: let datagrams gather in the socket buffer
                         // rather than waking per datagram. Fewer, fuller reads cost less
                         // CPU and make fewer, bigger chunks.
-                        std::thread::sleep(COALESCE);
+                        std::thread::sleep(coalesce);
                     }
                 }
                 Err(e) if is_timeout(&e) => {
