@@ -185,14 +185,6 @@ impl Opened {
         &self.settings.name
     }
 
-    /// The local address the sockets receive on (with the port the kernel picked for port 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.sockets
-            .first()
-            .and_then(|(s, _)| s.local_addr().ok())
-            .and_then(|a| a.as_socket())
-    }
-
     /// Starts one receive thread per socket. On error, the threads already started are told
     /// to stop through `stop` by the caller.
     pub fn spawn(
