@@ -23,6 +23,13 @@ pub struct InputStats {
     pub invalid: Mutex<BTreeMap<&'static str, u64>>,
     /// Lines dropped by reason (e.g. UDP `channel_full`).
     pub dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// UDP: datagrams read.
+    pub datagrams: AtomicU64,
+    /// UDP: datagrams the kernel dropped because the socket's receive buffer was full
+    /// (`SO_RXQ_OVFL`, reconciled with `/proc/net/udp`). Their lines were never seen.
+    pub kernel_drops: AtomicU64,
+    /// UDP: datagrams larger than the read buffer; the lines after the cut were lost.
+    pub truncated: AtomicU64,
 }
 
 impl InputStats {
@@ -137,6 +144,26 @@ impl Stats {
             .sum()
     }
 
+    /// Sum of one counter over the inputs.
+    pub fn inputs_sum(&self, f: impl Fn(&InputStats) -> u64) -> u64 {
+        self.inputs.lock().unwrap().iter().map(|i| f(i)).sum()
+    }
+
+    /// Per-reason totals over the inputs of `invalid` or `dropped`, as `reason=n,...`.
+    pub fn reasons(
+        &self,
+        f: impl Fn(&InputStats) -> &Mutex<BTreeMap<&'static str, u64>>,
+    ) -> String {
+        let mut all: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for i in self.inputs.lock().unwrap().iter() {
+            for (r, n) in f(i).lock().unwrap().iter() {
+                *all.entry(r).or_default() += n;
+            }
+        }
+        let parts: Vec<String> = all.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        parts.join(",")
+    }
+
     /// Logs the periodic summary line.
     pub fn log_summary(&self) {
         let h = self.health.lock().unwrap().clone();
@@ -144,7 +171,11 @@ impl Stats {
             lines_in = self.lines_received(),
             delivered = self.lines_delivered.load(Relaxed),
             invalid = self.lines_invalid(),
+            invalid_by_reason = %self.reasons(|i| &i.invalid),
             dropped = self.lines_dropped(),
+            dropped_by_reason = %self.reasons(|i| &i.dropped),
+            udp_kernel_drops = self.inputs_sum(|i| i.kernel_drops.load(Relaxed)),
+            udp_truncated = self.inputs_sum(|i| i.truncated.load(Relaxed)),
             dead_lettered = self.lines_dead_lettered.load(Relaxed),
             partial_dropped = self.lines_partial_dropped.load(Relaxed),
             retries = self.retries.load(Relaxed),

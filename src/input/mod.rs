@@ -6,6 +6,7 @@
 //! never affects its neighbours.
 
 pub mod stdin;
+pub mod udp;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
