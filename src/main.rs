@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         settings,
         lineship::Io::default(),
         // Installed before `run` starts, so a SIGTERM during startup also drains.
-        rt.block_on(async { shutdown_signal() }),
+        {
+            let _in_runtime = rt.enter();
+            shutdown_signal()
+        },
     ));
     // The stdin thread may still be blocked in read(); don't wait for it.
     rt.shutdown_background();
