@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::{AckRouter, Limits};
 use crate::batcher::Batcher;
-use crate::config::Settings;
-use crate::input::{self, Intake};
+use crate::config::{InputFormat, Settings};
+use crate::input::text::TextFormat;
+use crate::input::{self, tail, Intake};
 use crate::output::{MemoryGate, Sender};
 use crate::reject::DeadLetter;
 use crate::telemetry::Stats;
@@ -58,11 +59,8 @@ pub async fn run(
     if !settings.inputs.udp.is_empty() {
         bail!("config key `input.udp`: the UDP input is not available in this build yet; remove the [[input.udp]] tables");
     }
-    if !settings.inputs.tail.is_empty() {
-        bail!("config key `input.tail`: the tail input is not available in this build yet; remove the [[input.tail]] tables");
-    }
-    if settings.inputs.stdin.is_none() {
-        bail!("no input is configured: enable [input.stdin] (or pass --stdin)");
+    if settings.inputs.stdin.is_none() && settings.inputs.tail.is_empty() {
+        bail!("no input is configured: add an [[input.tail]] table, enable [input.stdin] (or pass --stdin)");
     }
     if settings.output.org.is_empty() {
         tracing::warn!(
@@ -144,7 +142,55 @@ pub async fn run(
     }
     // Further inputs start here, each with a clone of `chunk_tx`, `stop_inputs`, its own
     // `stats.register_input(..)`, `dead_letter` and (if it needs acks) `acks`.
-    let _ = &acks;
+    let (tail_done_tx, tail_done_rx) = crossbeam_channel::bounded::<()>(0);
+    let tail_rescan = Arc::new(AtomicU64::new(0));
+    let mut tail_threads = Vec::new();
+    if !settings.inputs.tail.is_empty() {
+        let store = Arc::new(tail::Store::open(
+            &settings.state_dir,
+            settings.inputs.tail.len(),
+        )?);
+        let mut tailers = Vec::new();
+        for (i, t) in settings.inputs.tail.iter().enumerate() {
+            let intake = Intake::new(
+                &t.line,
+                settings.agent.max_line_bytes,
+                stats.register_input(t.name.clone()),
+                dead_letter.clone(),
+            );
+            let inbox = Arc::new(tail::AckInbox::default());
+            let to_inbox = inbox.clone();
+            acks.register(i as u32, move |a| to_inbox.push(a));
+            let cfg = tail::Config {
+                input: i as u32,
+                globs: t.paths.clone(),
+                from_beginning: t.from_beginning,
+                max_line_bytes: settings.agent.max_line_bytes,
+                // A quarter of a batch: never split across batches, batches stay >= 3/4 full.
+                chunk_lines: (settings.agent.batch_max_lines / 4).clamp(1, u32::MAX as usize)
+                    as u32,
+                chunk_bytes: (settings.agent.batch_max_bytes / 4).max(1),
+                orphan_grace: tail::ORPHAN_GRACE,
+                checkpoint_every: tail::CHECKPOINT_EVERY,
+                text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
+            };
+            tailers.push(
+                tail::Tailer::new(cfg, intake, store.clone(), inbox)
+                    .with_context(|| format!("config key `input.tail[{i}].paths`"))?,
+            );
+        }
+        for tailer in tailers {
+            let links = tail::Links {
+                tx: chunk_tx.clone(),
+                stop: stop_inputs.clone(),
+                rescan: tail_rescan.clone(),
+                pipeline_done: tail_done_rx.clone(),
+            };
+            tail_threads.push(tail::spawn(tailer, links).context("cannot start a tail thread")?);
+        }
+        spawn_sighup_rescan(tail_rescan.clone());
+    }
+    drop(tail_done_rx);
 
     // Only the inputs hold senders now: the batcher sees the channel close when they all end.
     drop(chunk_tx);
@@ -189,6 +235,11 @@ pub async fn run(
     drop(stop_tx);
     let undelivered = sender_task.await.context("sender task failed")?;
     let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+    // No more acks can come: the tail inputs write their last checkpoints and end.
+    drop(tail_done_tx);
+    for t in tail_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
 
     stats.lines_undelivered.fetch_add(undelivered, Relaxed);
     let report = Report {
@@ -209,6 +260,23 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// SIGHUP makes the tail inputs rescan their globs at once (they also do every few seconds).
+fn spawn_sighup_rescan(rescan: Arc<AtomicU64>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    rescan.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; tail globs are still rescanned every few seconds")
+        }
+    }
 }
 
 /// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.

@@ -23,6 +23,12 @@ pub struct InputStats {
     pub invalid: Mutex<BTreeMap<&'static str, u64>>,
     /// Lines dropped by reason (e.g. UDP `channel_full`).
     pub dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// Tail: files currently open.
+    pub files_open: AtomicU64,
+    /// Tail: files that left their path by rename (rotations).
+    pub rotations: AtomicU64,
+    /// Tail: files that shrank or were rewritten and were read again from 0 (copytruncate).
+    pub truncations: AtomicU64,
 }
 
 impl InputStats {
@@ -127,9 +133,28 @@ impl Stats {
             .sum()
     }
 
+    /// Sum of one tail counter over all inputs.
+    fn input_sum(&self, f: impl Fn(&InputStats) -> &AtomicU64) -> u64 {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| f(i).load(Relaxed))
+            .sum()
+    }
+
     /// Logs the periodic summary line.
     pub fn log_summary(&self) {
         let h = self.health.lock().unwrap().clone();
+        let files_open = self.input_sum(|i| &i.files_open);
+        if files_open > 0 {
+            tracing::info!(
+                files_open,
+                rotations = self.input_sum(|i| &i.rotations),
+                truncations = self.input_sum(|i| &i.truncations),
+                "tail summary"
+            );
+        }
         tracing::info!(
             lines_in = self.lines_received(),
             delivered = self.lines_delivered.load(Relaxed),

@@ -6,7 +6,7 @@
 //! never affects its neighbours.
 
 pub mod stdin;
-
+pub mod tail;
 pub mod text;
 
 use std::sync::atomic::Ordering::Relaxed;
