@@ -146,6 +146,7 @@ pub async fn run(
     let tail_rescan = Arc::new(AtomicU64::new(0));
     let mut tail_threads = Vec::new();
     if !settings.inputs.tail.is_empty() {
+        tail::raise_open_file_limit();
         let store = Arc::new(tail::Store::open(
             &settings.state_dir,
             settings.inputs.tail.len(),

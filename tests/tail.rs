@@ -469,3 +469,121 @@ fn kill_9_while_writing_across_rotations_loses_nothing() {
         total as u64 - N
     );
 }
+
+/// Throughput of reading an existing file into the pipeline (a figure, not a pass/fail test):
+/// `cargo test --release --test tail -- --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput_of_an_existing_file() {
+    let n: u64 = std::env::var("LINES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut w = std::io::BufWriter::new(append(&logs.join("big.log")));
+    for seq in 0..n {
+        writeln!(
+            w,
+            "cpu,host=server{:02},region=eu-west usage_user={}.5,usage_system=3i {}",
+            seq % 50,
+            seq % 100,
+            1_700_000_000_000_000_000u64 + seq
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let bytes = std::fs::metadata(logs.join("big.log")).unwrap().len();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!("{}\nfrom_beginning = true", glob_of(&logs, "*.log")),
+    );
+    let started = Instant::now();
+    let d = Daemon::start(&cfg);
+    assert!(fake.wait_for_lines(n as usize, Duration::from_secs(300)));
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(d.pid());
+    let threads = thread_cpu(d.pid());
+    d.terminate();
+    let _ = d.wait(T);
+    eprintln!(
+        "tail throughput: {n} lines ({:.0} MB) in {secs:.2} s = {:.0} lines/s, {:.0} MB/s (includes process start and the fake's gunzip); lineship used {cpu:.2} CPU-s = {:.2} CPU-s per million lines",
+        bytes as f64 / 1e6,
+        n as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+        cpu / (n as f64 / 1e6)
+    );
+    eprintln!("per thread CPU-s: {threads:?}");
+}
+
+/// CPU seconds of each thread of a process, summed by thread name.
+fn thread_cpu(pid: u32) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some(i) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[i + 2..].split(' ').collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let secs = ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        *m.entry(name.trim().to_string()).or_default() += secs;
+    }
+    m
+}
+
+/// User + system CPU time of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split(' ').collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// 1,000 idle files must not burn CPU: after reading them, lineship stays nearly asleep.
+#[test]
+fn a_thousand_idle_files_cost_little_cpu() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for i in 0..1000 {
+        std::fs::write(logs.join(format!("f{i:04}.log")), format!("m v=1i {i}\n")).unwrap();
+    }
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!("{}\nfrom_beginning = true", glob_of(&logs, "*.log")),
+    );
+    let d = Daemon::start(&cfg);
+    assert!(fake.wait_for_lines(1000, T), "{}", d.stderr_so_far());
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(d.pid());
+    let window = Duration::from_secs(6);
+    std::thread::sleep(window);
+    let used = cpu_seconds(d.pid()) - before;
+    // Still following: a line appended to one of them arrives.
+    writeln!(append(&logs.join("f0500.log")), "m v=1i 1000").unwrap();
+    assert!(fake.wait_for_lines(1001, T), "{}", d.stderr_so_far());
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let share = used / window.as_secs_f64();
+    eprintln!(
+        "1,000 idle files: {used:.3} CPU-s in {window:?} ({:.2}% of a core)",
+        share * 100.0
+    );
+    // Generous for debug builds on a busy CI machine; release measures far less.
+    assert!(share < 0.10, "idle CPU {:.1}% of a core", share * 100.0);
+    assert_exactly_once(&fake, 0..=1000);
+}

@@ -61,6 +61,25 @@ pub struct Links {
     pub pipeline_done: Receiver<()>,
 }
 
+/// Raises the soft limit on open files to the hard limit: every followed file holds a
+/// descriptor, and systemd's default soft limit is 1,024.
+pub fn raise_open_file_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an owned rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let wanted = r.rlim_max;
+            r.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::debug!("cannot raise the open file limit");
+            }
+        }
+    }
+}
+
 /// Starts the thread of one tail input.
 pub fn spawn(tailer: Tailer, links: Links) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
