@@ -436,8 +436,9 @@ impl Tailer {
         };
         let id = self.next_id;
         self.next_id += 1;
+        // The `path` tag names the path the globs matched, also for a file found rotated.
         let format = match &self.cfg.text {
-            Some(t) => Format::Text(t.prefix(Some(path))),
+            Some(t) => Format::Text(t.prefix(Some(origin.as_deref().unwrap_or(path)))),
             None => Format::Lp,
         };
         let mut f = TailFile::new(
