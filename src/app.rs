@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::{AckRouter, Limits};
 use crate::batcher::Batcher;
-use crate::config::{FsyncPolicy, Settings};
-use crate::input::{self, Intake};
+use crate::config::{FsyncPolicy, InputFormat, Settings};
+use crate::input::text::TextFormat;
+use crate::input::{self, tail, Intake};
 use crate::output::{MemoryGate, Sender};
 use crate::reject::DeadLetter;
 use crate::spool::Spool;
@@ -65,11 +66,11 @@ pub async fn run(
     io: Io,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
-    if !settings.inputs.tail.is_empty() {
-        bail!("config key `input.tail`: the tail input is not available in this build yet; remove the [[input.tail]] tables");
-    }
-    if settings.inputs.stdin.is_none() && settings.inputs.udp.is_empty() {
-        bail!("no input is configured: add an [[input.udp]] table or enable [input.stdin] (or pass --stdin)");
+    if settings.inputs.stdin.is_none()
+        && settings.inputs.udp.is_empty()
+        && settings.inputs.tail.is_empty()
+    {
+        bail!("no input is configured: add an [[input.udp]] or [[input.tail]] table, or enable [input.stdin] (or pass --stdin)");
     }
     if settings.output.org.is_empty() {
         tracing::warn!(
@@ -199,6 +200,56 @@ pub async fn run(
     }
     // Further inputs start here, each with a clone of `chunk_tx`, `stop_inputs`, its own
     // `stats.register_input(..)`, `dead_letter` and (if it needs acks) `acks`.
+    let (tail_done_tx, tail_done_rx) = crossbeam_channel::bounded::<()>(0);
+    let tail_rescan = Arc::new(AtomicU64::new(0));
+    let mut tail_threads = Vec::new();
+    if !settings.inputs.tail.is_empty() {
+        tail::raise_open_file_limit();
+        let store = Arc::new(tail::Store::open(
+            &settings.state_dir,
+            settings.inputs.tail.len(),
+        )?);
+        let mut tailers = Vec::new();
+        for (i, t) in settings.inputs.tail.iter().enumerate() {
+            let intake = Intake::new(
+                &t.line,
+                settings.agent.max_line_bytes,
+                stats.register_input(t.name.clone()),
+                dead_letter.clone(),
+            );
+            let inbox = Arc::new(tail::AckInbox::default());
+            let to_inbox = inbox.clone();
+            acks.register(i as u32, move |a| to_inbox.push(a));
+            let cfg = tail::Config {
+                input: i as u32,
+                globs: t.paths.clone(),
+                from_beginning: t.from_beginning,
+                max_line_bytes: settings.agent.max_line_bytes,
+                // A quarter of a batch: never split across batches, batches stay >= 3/4 full.
+                chunk_lines: (settings.agent.batch_max_lines / 4).clamp(1, u32::MAX as usize)
+                    as u32,
+                chunk_bytes: (settings.agent.batch_max_bytes / 4).max(1),
+                orphan_grace: tail::ORPHAN_GRACE,
+                checkpoint_every: tail::CHECKPOINT_EVERY,
+                text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
+            };
+            tailers.push(
+                tail::Tailer::new(cfg, intake, store.clone(), inbox)
+                    .with_context(|| format!("config key `input.tail[{i}].paths`"))?,
+            );
+        }
+        for tailer in tailers {
+            let links = tail::Links {
+                tx: chunk_tx.clone(),
+                stop: stop_inputs.clone(),
+                rescan: tail_rescan.clone(),
+                pipeline_done: tail_done_rx.clone(),
+            };
+            tail_threads.push(tail::spawn(tailer, links).context("cannot start a tail thread")?);
+        }
+        spawn_sighup_rescan(tail_rescan.clone());
+    }
+    drop(tail_done_rx);
 
     // Only the inputs hold senders now: the batcher sees the channel close when they all end.
     drop(chunk_tx);
@@ -271,7 +322,13 @@ pub async fn run(
     sender_task.await.context("sender task failed")?;
     let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
     sync_task.abort();
+    // The sender is done, so no more delivery acks come; the last spool sync releases the acks
+    // of what it made durable. Then the tail inputs write their last checkpoints and end.
     sync_spool(&spool, &acks).await;
+    drop(tail_done_tx);
+    for t in tail_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     let left = spool.backlog();
     let report = Report {
         lines_received: stats.lines_received(),
@@ -312,6 +369,23 @@ async fn sync_spool(spool: &Arc<Spool>, acks: &Arc<AckRouter>) {
             tracing::error!(error = %e, spool = %spool.dir().display(), "cannot sync the spool; check the disk")
         }
         Err(e) => tracing::error!(error = %e, "spool sync task failed"),
+    }
+}
+
+/// SIGHUP makes the tail inputs rescan their globs at once (they also do every few seconds).
+fn spawn_sighup_rescan(rescan: Arc<AtomicU64>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    rescan.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; tail globs are still rescanned every few seconds")
+        }
     }
 }
 

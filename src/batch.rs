@@ -141,6 +141,16 @@ impl Builder {
             });
             let room_lines = lim.max_lines - open.lines as usize;
             let room_bytes = lim.max_bytes.saturating_sub(open.data.len());
+            // A chunk with an ack is never split when it fits a batch of its own: its ack
+            // must not fire while a first part could still be undelivered in another batch
+            // (batches complete out of order).
+            let fits_alone = lines as usize <= lim.max_lines && rest.len() <= lim.max_bytes;
+            let fits_here = lines as usize <= room_lines && rest.len() <= room_bytes;
+            if ack.is_some() && open.lines > 0 && fits_alone && !fits_here {
+                let o = self.open.remove(&dest).expect("open batch exists");
+                sealed.push(seal(dest.clone(), o));
+                continue;
+            }
             let (take_bytes, take_lines) =
                 if lines as usize <= room_lines && rest.len() <= room_bytes {
                     (rest.len(), lines)
@@ -477,6 +487,29 @@ mod tests {
                 offset: 42
             }]
         );
+    }
+
+    #[test]
+    fn a_chunk_with_an_ack_is_not_split_when_it_fits_a_batch_alone() {
+        let d = Dest::new("b", Precision::Ns);
+        let mut b = Builder::new(limits(3, 1 << 20));
+        let mut sealed = Vec::new();
+        let now = Instant::now();
+        b.push(chunk(&d, &["a x=1", "b x=1"]), now, &mut sealed);
+        let mut c = chunk(&d, &["c x=1", "d x=1"]);
+        let ack = Ack {
+            input: 0,
+            file: 1,
+            offset: 7,
+        };
+        c.ack = Some(ack);
+        b.push(c, now, &mut sealed);
+        b.flush_all(&mut sealed);
+        assert_eq!(sealed.len(), 2);
+        assert_eq!(sealed[0].data, b"a x=1\nb x=1\n");
+        assert!(sealed[0].acks.is_empty());
+        assert_eq!(sealed[1].data, b"c x=1\nd x=1\n");
+        assert_eq!(sealed[1].acks, vec![ack]);
     }
 
     #[test]

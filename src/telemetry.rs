@@ -30,6 +30,12 @@ pub struct InputStats {
     pub kernel_drops: AtomicU64,
     /// UDP: datagrams larger than the read buffer; the lines after the cut were lost.
     pub truncated: AtomicU64,
+    /// Tail: files currently open.
+    pub files_open: AtomicU64,
+    /// Tail: files that left their path by rename (rotations).
+    pub rotations: AtomicU64,
+    /// Tail: files that shrank or were rewritten and were read again from 0 (copytruncate).
+    pub truncations: AtomicU64,
 }
 
 impl InputStats {
@@ -167,6 +173,15 @@ impl Stats {
     /// Logs the periodic summary line.
     pub fn log_summary(&self) {
         let h = self.health.lock().unwrap().clone();
+        let files_open = self.inputs_sum(|i| i.files_open.load(Relaxed));
+        if files_open > 0 {
+            tracing::info!(
+                files_open,
+                rotations = self.inputs_sum(|i| i.rotations.load(Relaxed)),
+                truncations = self.inputs_sum(|i| i.truncations.load(Relaxed)),
+                "tail summary"
+            );
+        }
         tracing::info!(
             lines_in = self.lines_received(),
             delivered = self.lines_delivered.load(Relaxed),

@@ -6,6 +6,8 @@
 //! never affects its neighbours.
 
 pub mod stdin;
+pub mod tail;
+pub mod text;
 pub mod udp;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -85,7 +87,18 @@ impl Intake {
         }
     }
 
-    fn reject(&mut self, line: &[u8], err: LineError) {
+    /// The read time in this input's precision (`format = "text"` stamps every point).
+    pub fn read_time(&self) -> i64 {
+        self.opts.precision.timestamp(SystemTime::now())
+    }
+
+    /// Counts a line the input built itself into the current chunk (`format = "text"`).
+    pub fn accept_built(&mut self) {
+        self.pending_lines += 1;
+    }
+
+    /// Counts, logs and dead-letters one bad line.
+    pub fn reject(&mut self, line: &[u8], err: LineError) {
         self.stats.add_invalid(err.reason(), 1);
         self.dead_letter.write(&self.stats.name, err.reason(), line);
         if let Some(suppressed) = self.warn.check(Instant::now()) {
