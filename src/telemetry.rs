@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::config::LogFormat;
+use crate::watchdog::Progress;
 
 /// Counters of one input.
 #[derive(Debug, Default)]
@@ -67,6 +68,8 @@ pub struct Stats {
     pub spool_corrupt_records: AtomicU64,
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub health: Mutex<Health>,
+    /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
+    pub progress: Arc<Progress>,
 }
 
 /// What the output last saw; `/health` and the summary line report it.
