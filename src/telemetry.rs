@@ -2,7 +2,11 @@
 //!
 //! Counters are plain atomics shared through `Arc<Stats>`; the hot paths add whole chunk or
 //! batch totals, never per line. Rare events (invalid lines, HTTP statuses) go through small
-//! mutex-protected maps. The telemetry endpoint and the summary log line read from here.
+//! mutex-protected maps. The telemetry endpoint (`metrics.rs`, `endpoint.rs`) and the summary
+//! log line read from here.
+
+pub mod endpoint;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -44,6 +48,31 @@ impl InputStats {
     }
 }
 
+/// A per-input number exported on `/metrics` as `lineship_<name>{input="…"}` (counters get
+/// the `_total` suffix). A new `AtomicU64` in [`InputStats`] becomes a metric by adding a row
+/// to [`INPUT_METRICS`]; `invalid` and `dropped` are exported by reason separately.
+pub struct InputMetric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub gauge: bool,
+    pub get: fn(&InputStats) -> u64,
+}
+
+pub const INPUT_METRICS: &[InputMetric] = &[
+    InputMetric {
+        name: "lines_received",
+        help: "Lines accepted by the validator and queued for delivery.",
+        gauge: false,
+        get: |i| i.lines.load(Relaxed),
+    },
+    InputMetric {
+        name: "input_bytes",
+        help: "Raw bytes read by the input.",
+        gauge: false,
+        get: |i| i.bytes.load(Relaxed),
+    },
+];
+
 /// Pipeline-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -62,6 +91,8 @@ pub struct Stats {
     /// Spool gauges: bytes of segment files, records not yet delivered.
     pub spool_bytes: AtomicU64,
     pub spool_records: AtomicU64,
+    /// Spool gauge: lines in the records not yet delivered.
+    pub spool_lines: AtomicU64,
     /// Lines the spool dropped at its size cap (`when_full`).
     pub spool_dropped_lines: AtomicU64,
     /// Damaged spool records skipped at recovery or replay.
@@ -151,6 +182,9 @@ impl Stats {
             dead_lettered = self.lines_dead_lettered.load(Relaxed),
             partial_dropped = self.lines_partial_dropped.load(Relaxed),
             retries = self.retries.load(Relaxed),
+            spool_records = self.spool_records.load(Relaxed),
+            spool_lines = self.spool_lines.load(Relaxed),
+            spool_bytes = self.spool_bytes.load(Relaxed),
             last_status = %h.last,
             healthy = h.ok,
             "summary"
