@@ -61,6 +61,7 @@ pub struct Service {
     listener: Option<tokio::net::TcpListener>,
     hup: Option<tokio::signal::unix::Signal>,
     pinger: Option<JoinHandle<()>>,
+    telemetry: Option<Arc<Telemetry>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -86,6 +87,7 @@ impl Service {
             listener,
             hup,
             pinger: None,
+            telemetry: None,
             tasks: Vec::new(),
         })
     }
@@ -107,7 +109,9 @@ impl Service {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "telemetry endpoint listening: /metrics and /health");
             }
-            self.tasks.push(endpoint::spawn(listener, telemetry));
+            self.tasks
+                .push(endpoint::spawn(listener, telemetry.clone()));
+            self.telemetry = Some(telemetry);
         }
         if let Some(mut hup) = self.hup.take() {
             let (reloader, sender) = (reloader.clone(), sender.clone());
@@ -161,10 +165,13 @@ impl Service {
     }
 
     /// Shutdown begins: tell systemd (which stops enforcing the watchdog and starts
-    /// `TimeoutStopSec`), stop pinging.
+    /// `TimeoutStopSec`), stop pinging, and have `/health` say `stopping`.
     pub fn stopping(&mut self) {
         if let Some(p) = self.pinger.take() {
             p.abort();
+        }
+        if let Some(t) = &self.telemetry {
+            t.set_stopping();
         }
         sd_notify::notify(
             self.notifier.as_deref(),

@@ -3,15 +3,16 @@
 //!
 //! `/health` answers 200 `{"status":"ok",…}` while the output delivers and the pipeline makes
 //! progress, and 503 otherwise, with a JSON body saying why: the last HTTP status or transport
-//! error, since when, the server's message, and the spool backlog. The JSON is built by the
-//! pure [`health_report`].
+//! error, since when, the server's message, and the spool backlog. Once shutdown begins it
+//! answers 503 `stopping` (the stages wind down then, so they are not judged for progress).
+//! The JSON is built by the pure [`health_report`].
 //!
 //! The listener is bound by `run` before READY, so a bad address is a startup error; the
 //! server task is aborted when `run` returns (dropping it closes every connection).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,7 @@ pub struct Telemetry {
     spool: Arc<Spool>,
     /// A stage older than this makes `/health` report `stalled`.
     stall_limit: Duration,
+    stopping: AtomicBool,
 }
 
 impl Telemetry {
@@ -56,7 +58,13 @@ impl Telemetry {
             stats,
             spool,
             stall_limit,
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Shutdown began: `/health` reports `stopping` from now on.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Relaxed);
     }
 
     fn health(&self) -> (u16, Value) {
@@ -68,11 +76,19 @@ impl Telemetry {
             bytes: self.stats.spool_bytes.load(Relaxed),
             oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         };
-        let stalled = self
-            .stats
-            .progress
-            .stalled(Instant::now(), self.stall_limit);
-        health_report(&h, &spool, stalled, SystemTime::now())
+        let state = if self.stopping.load(Relaxed) {
+            Pipeline::Stopping
+        } else {
+            match self
+                .stats
+                .progress
+                .stalled(Instant::now(), self.stall_limit)
+            {
+                Some((stage, age)) => Pipeline::Stalled(stage, age),
+                None => Pipeline::Running,
+            }
+        };
+        health_report(&h, &spool, state, SystemTime::now())
     }
 }
 
@@ -89,11 +105,21 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// What the pipeline itself is doing, for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipeline {
+    Running,
+    /// A stage has not gone round for this long.
+    Stalled(Stage, Duration),
+    /// Shutdown began: draining.
+    Stopping,
+}
+
 /// Pure: the `/health` status code and body.
 pub fn health_report(
     h: &Health,
     spool: &SpoolView,
-    stalled: Option<(Stage, Duration)>,
+    pipeline: Pipeline,
     now: SystemTime,
 ) -> (u16, Value) {
     let for_s = now.duration_since(h.since).unwrap_or_default().as_secs();
@@ -124,7 +150,12 @@ pub fn health_report(
         )
         .into();
     }
-    if let Some((stage, age)) = stalled {
+    if pipeline == Pipeline::Stopping {
+        code = 503;
+        body["status"] = "stopping".into();
+        body["reason"] = "shutting down: delivering what is left, then spooling the rest".into();
+    }
+    if let Pipeline::Stalled(stage, age) = pipeline {
         code = 503;
         body["status"] = "stalled".into();
         body["stalled"] = json!({ "stage": stage.name(), "for_seconds": age.as_secs() });
@@ -235,7 +266,7 @@ mod tests {
         let (code, body) = health_report(
             &health(true, "204", "", t0),
             &spool,
-            None,
+            Pipeline::Running,
             t0 + Duration::from_secs(5),
         );
         assert_eq!(code, 200);
@@ -258,7 +289,7 @@ mod tests {
         let (code, body) = health_report(
             &health(false, "503", "server answered 503: busy", t0),
             &spool,
-            None,
+            Pipeline::Running,
             t0 + Duration::from_secs(42),
         );
         assert_eq!(code, 503);
@@ -278,12 +309,26 @@ mod tests {
         let (code, body) = health_report(
             &health(true, "204", "", t0),
             &SpoolView::default(),
-            Some((Stage::Batcher, Duration::from_secs(12))),
+            Pipeline::Stalled(Stage::Batcher, Duration::from_secs(12)),
             t0,
         );
         assert_eq!(code, 503);
         assert_eq!(body["status"], "stalled");
         assert_eq!(body["stalled"]["stage"], "batcher");
         assert_eq!(body["stalled"]["for_seconds"], 12);
+    }
+
+    #[test]
+    fn stopping_is_503_and_says_so() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (code, body) = health_report(
+            &health(true, "204", "", t0),
+            &SpoolView::default(),
+            Pipeline::Stopping,
+            t0,
+        );
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "stopping");
+        assert_eq!(body["output"]["healthy"], true);
     }
 }
