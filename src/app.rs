@@ -55,6 +55,10 @@ pub struct Io {
     pub stdin: Option<Box<dyn Read + Send>>,
     /// Counters; pass your own to watch them from outside.
     pub stats: Option<Arc<Stats>>,
+    /// Bound UDP sockets, used by the `[[input.udp]]` whose `listen` equals their local
+    /// address instead of binding one. `None`: take what systemd socket activation passed
+    /// (`LISTEN_FDS`), if anything.
+    pub udp_sockets: Option<Vec<std::net::UdpSocket>>,
 }
 
 /// Runs the agent until `shutdown` resolves or, with the stdin input, until stdin ends.
@@ -63,14 +67,11 @@ pub async fn run(
     io: Io,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
-    if !settings.inputs.udp.is_empty() {
-        bail!("config key `input.udp`: the UDP input is not available in this build yet; remove the [[input.udp]] tables");
-    }
     if !settings.inputs.tail.is_empty() {
         bail!("config key `input.tail`: the tail input is not available in this build yet; remove the [[input.tail]] tables");
     }
-    if settings.inputs.stdin.is_none() {
-        bail!("no input is configured: enable [input.stdin] (or pass --stdin)");
+    if settings.inputs.stdin.is_none() && settings.inputs.udp.is_empty() {
+        bail!("no input is configured: add an [[input.udp]] table or enable [input.stdin] (or pass --stdin)");
     }
     if settings.output.org.is_empty() {
         tracing::warn!(
@@ -95,6 +96,19 @@ pub async fn run(
         settings.output.token_file.clone(),
         settings.output.token.clone(),
     ));
+
+    // UDP sockets are bound before anything starts, so a bind error ends the run cleanly.
+    let mut inherited = match io.udp_sockets {
+        Some(socks) => input::udp::Inherited::new(socks)?,
+        None => input::udp::Inherited::from_env(),
+    };
+    let udp_inputs = settings
+        .inputs
+        .udp
+        .iter()
+        .map(|u| input::udp::open(u, &mut inherited))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    inherited.close_unclaimed();
 
     let stats = io.stats.unwrap_or_default();
     let dead_letter = Arc::new(DeadLetter::open(
@@ -177,6 +191,21 @@ pub async fn run(
             })
             .context("cannot start the stdin thread")?;
     }
+    let mut udp_threads = Vec::new();
+    for udp in udp_inputs {
+        let input_stats = stats.register_input(udp.name());
+        let threads = udp
+            .spawn(
+                input_stats,
+                dead_letter.clone(),
+                settings.agent.max_line_bytes,
+                chunk_tx.clone(),
+                stop_inputs.clone(),
+            )
+            .inspect_err(|_| stop_inputs.store(true, Relaxed))
+            .context("cannot start a UDP receive thread")?;
+        udp_threads.extend(threads);
+    }
     // Further inputs start here, each with a clone of `chunk_tx`, `stop_inputs`, its own
     // `stats.register_input(..)`, `dead_letter` and (if it needs acks) `acks`.
 
@@ -242,6 +271,16 @@ pub async fn run(
     let deadline = Instant::now() + settings.agent.shutdown_timeout;
     stop_inputs.store(true, Relaxed);
     let _ = deadline_tx.send(Some(deadline));
+    // UDP threads wake within their poll interval, drain what already arrived and send their
+    // last chunk; join them before the batcher stops waiting for input.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in udp_threads {
+            if t.join().is_err() {
+                tracing::error!("a UDP receive thread panicked");
+            }
+        }
+    })
+    .await;
     drop(stop_tx);
     sender_task.await.context("sender task failed")?;
     let _ = tokio::task::spawn_blocking(move || batcher.join()).await;

@@ -145,11 +145,11 @@ impl Builder {
                 if lines as usize <= room_lines && rest.len() <= room_bytes {
                     (rest.len(), lines)
                 } else {
-                    fitting_prefix(rest, room_lines, room_bytes)
+                    fitting_prefix(rest, lines, room_lines, room_bytes)
                 };
             let (take_bytes, take_lines) = if take_lines == 0 && open.lines == 0 {
                 // A single line larger than max_bytes: it travels alone rather than being lost.
-                let end = memchr_nl(rest).map_or(rest.len(), |i| i + 1);
+                let (end, _) = fitting_prefix(rest, lines, 1, usize::MAX);
                 (end, 1)
             } else {
                 (take_bytes, take_lines)
@@ -219,27 +219,43 @@ fn seal(dest: Dest, o: Open) -> RawBatch {
     }
 }
 
-fn memchr_nl(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
-}
-
 /// The longest prefix of whole lines of `data` holding at most `max_lines` lines and
-/// `max_bytes` bytes: (bytes, lines).
-fn fitting_prefix(data: &[u8], max_lines: usize, max_bytes: usize) -> (usize, u32) {
+/// `max_bytes` bytes: (bytes, lines). `lines` is how many lines `data` holds; when that differs
+/// from its count of `\n` bytes, some line carries a newline inside a quoted string value, and
+/// line ends are found with the framer (rare, and only when a chunk must be split).
+fn fitting_prefix(data: &[u8], lines: u32, max_lines: usize, max_bytes: usize) -> (usize, u32) {
     let mut end = 0;
-    let mut lines = 0u32;
-    while (lines as usize) < max_lines {
-        let Some(i) = memchr_nl(&data[end..]) else {
-            break;
-        };
-        let next = end + i + 1;
-        if next > max_bytes {
-            break;
+    let mut taken = 0u32;
+    let mut take = |line_end: usize| {
+        if taken as usize >= max_lines || line_end > max_bytes {
+            return false;
         }
-        end = next;
-        lines += 1;
+        end = line_end;
+        taken += 1;
+        true
+    };
+    if memchr::memchr_iter(b'\n', data).count() == lines as usize {
+        for i in memchr::memchr_iter(b'\n', data) {
+            if !take(i + 1) {
+                break;
+            }
+        }
+    } else {
+        let mut framer = crate::line::Framer::new(usize::MAX / 4);
+        let base = data.as_ptr() as usize;
+        let mut ends = Vec::new();
+        framer.feed(data, |l| {
+            if let Ok(l) = l {
+                ends.push(l.as_ptr() as usize - base + l.len() + 1);
+            }
+        });
+        for e in ends {
+            if !take(e) {
+                break;
+            }
+        }
     }
-    (end, lines)
+    (end, taken)
 }
 
 /// How a body is encoded on the wire.
@@ -261,10 +277,12 @@ pub struct Batch {
     pub acks: Vec<Ack>,
 }
 
-/// Compresses sealed batches. One per thread: it owns libdeflate's compressor state.
+/// Compresses sealed batches. One per thread: it owns libdeflate's compressor state and a
+/// scratch buffer, so the worst-case output size is not allocated (and page-faulted) per batch.
 pub struct Encoder {
     level: u32,
     compressor: Option<libdeflater::Compressor>,
+    scratch: Vec<u8>,
 }
 
 impl Encoder {
@@ -274,7 +292,11 @@ impl Encoder {
             let lvl = libdeflater::CompressionLvl::new(level as i32).unwrap_or_default();
             libdeflater::Compressor::new(lvl)
         });
-        Encoder { level, compressor }
+        Encoder {
+            level,
+            compressor,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn level(&self) -> u32 {
@@ -286,7 +308,10 @@ impl Encoder {
         let raw_len = raw.data.len();
         let (body, encoding) = match &mut self.compressor {
             None => (Bytes::from(raw.data), Encoding::Identity),
-            Some(c) => (Bytes::from(gzip(c, &raw.data)), Encoding::Gzip),
+            Some(c) => (
+                Bytes::from(gzip(c, &raw.data, &mut self.scratch)),
+                Encoding::Gzip,
+            ),
         };
         Batch {
             dest: raw.dest,
@@ -299,13 +324,12 @@ impl Encoder {
     }
 }
 
-fn gzip(c: &mut libdeflater::Compressor, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
+fn gzip(c: &mut libdeflater::Compressor, data: &[u8], scratch: &mut Vec<u8>) -> Vec<u8> {
+    scratch.resize(c.gzip_compress_bound(data.len()), 0);
     let n = c
-        .gzip_compress(data, &mut out)
+        .gzip_compress(data, scratch)
         .expect("output buffer sized by gzip_compress_bound");
-    out.truncate(n);
-    out
+    scratch[..n].to_vec()
 }
 
 /// Decodes a batch body back into its lines (used when a batch must be split).
@@ -331,7 +355,7 @@ pub type Lines<'a> = (&'a [u8], u32);
 /// Splits the lines of `data` into two halves by line count (both non-empty when `lines >= 2`).
 pub fn split_lines(data: &[u8], lines: u32) -> (Lines<'_>, Lines<'_>) {
     let half = lines / 2;
-    let (at, _) = fitting_prefix(data, half as usize, usize::MAX);
+    let (at, _) = fitting_prefix(data, lines, half as usize, usize::MAX);
     ((&data[..at], half), (&data[at..], lines - half))
 }
 
@@ -471,6 +495,33 @@ mod tests {
         let i = Encoder::new(0).encode(raw());
         assert_eq!(i.encoding, Encoding::Identity);
         assert_eq!(&i.body[..], b"m f=1\nm f=2\n");
+    }
+
+    #[test]
+    fn a_newline_inside_a_string_value_never_splits_its_line() {
+        let d = Dest::new("b", Precision::Ns);
+        let mut b = Builder::new(limits(2, 1 << 20));
+        let mut sealed = Vec::new();
+        let data = b"a f=1\nm s=\"x\ny\" 1\nc f=3\n".to_vec();
+        b.push(
+            Chunk {
+                dest: d,
+                data,
+                lines: 3,
+                ack: None,
+            },
+            Instant::now(),
+            &mut sealed,
+        );
+        b.flush_all(&mut sealed);
+        assert_eq!(sealed[0].data, b"a f=1\nm s=\"x\ny\" 1\n");
+        assert_eq!(sealed[0].lines, 2);
+        assert_eq!(sealed[1].data, b"c f=3\n");
+        let ((a, na), (c, nc)) = split_lines(b"m s=\"x\ny\" 1\nc f=3\n", 2);
+        assert_eq!(
+            (a, na, c, nc),
+            (&b"m s=\"x\ny\" 1\n"[..], 1, &b"c f=3\n"[..], 1)
+        );
     }
 
     #[test]

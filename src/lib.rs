@@ -2,10 +2,11 @@
 //! batches them, gzips each batch and POSTs it to `/api/v2/write`, retrying with backoff.
 //!
 //! ```text
-//!  stdin (thread) ─► crossbeam bounded<Chunk> ─► batcher thread ─► sender (tokio + reqwest) ─► /api/v2/write
-//!                    chunks of checked lines      group by (bucket,   N requests in flight
-//!                    (never one message per       precision); seal     retry/backoff, bisect
-//!                     line)                       + gzip               on 400/413
+//!  UDP  (recv thread, recvmmsg) ─┐
+//!  stdin (thread)               ─┼─► crossbeam bounded<Chunk> ─► batcher thread ─► sender (tokio + reqwest) ─► /api/v2/write
+//!                                │   chunks of checked lines     group by (bucket,   N requests in flight        │  ▲
+//!                                    (never one message per      precision); seal     retry/backoff, bisect       ▼  │ replay, FIFO
+//!                                     line)                      + gzip               on 400/413                 spool (disk)
 //! ```
 //!
 //! Lines are forwarded byte for byte: the only changes are CRLF → LF and a timestamp appended

@@ -1,6 +1,50 @@
-//! PLACEHOLDER: replaced by the real validator.
-use std::time::SystemTime;
+//! Line handling: framing, validation and normalising of InfluxDB line protocol.
+//!
+//! Every line lineship forwards passes through this module first. InfluxDB 2.x rejects a whole
+//! write when one line in it is bad, so the validator here must reject at least everything 2.x
+//! rejects; where 2.x and the v2 grammar (`shared/conformance/line-protocol.ebnf`) disagree we
+//! take the stricter side. The acceptance bar is the public line-protocol v2 corpus, matched
+//! verdict for verdict (`tests/conformance.rs`).
+//!
+//! What this module owns:
+//! - [`Framer`] splits a byte stream into lines across arbitrary read boundaries. A `"` string
+//!   field value may contain raw newlines (InfluxDB and the grammar allow it), so the framer
+//!   tracks just enough of the line structure to know whether a `\n` ends the line.
+//! - [`check_line`] validates one line; [`normalize_line`] strips CR, skips blank and comment
+//!   lines, enforces `max_line_bytes`, validates and stamps a missing timestamp.
+//! - The escaping helpers used to build lines (`format = "text"`).
+//!
+//! The validator has two tiers. `check_line_full` implements every rule byte by byte (with
+//! vector help to skip runs) and produces every rejection with its reason and offset. On
+//! x86_64 a fast path handles the common line first (no escapes outside strings, no control
+//! characters, at most 512 bytes): it finds all separators of the line at once with SSE2/AVX2
+//! and steps between them. It can only accept, never reject; when unsure it defers to the full
+//! validator, and property tests hold the two to the same verdicts.
+//!
+//! Where the corpus and the brief's wording differ, the corpus wins: a line of tabs is not
+//! blank (the grammar's blank is spaces only), and a comment holding a control character other
+//! than tab, or invalid UTF-8, is rejected rather than skipped.
+//!
+//! Invariants:
+//! - Zero-copy and allocation-free on the hot path: lines are borrowed slices of the caller's
+//!   buffer, the validator only reads, and accepted lines are appended to the caller's `Vec`
+//!   byte for byte (minus a trailing CR, plus an optional timestamp).
+//! - Framing does not depend on where reads are split: feeding a stream whole or in pieces
+//!   yields the same sequence of lines and errors. Memory per framer is bounded by
+//!   `max_line_bytes + 1`.
+//! - A line that passes [`check_line`] is one InfluxDB 2.x would parse as the same single point.
 
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memchr::{memchr, memchr2};
+
+// ---------------------------------------------------------------------------------------------
+// Precision
+// ---------------------------------------------------------------------------------------------
+
+/// Timestamp precision of a destination. Query-param spelling: "ns", "us", "ms", "s".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
     #[default]
@@ -9,7 +53,9 @@ pub enum Precision {
     Ms,
     S,
 }
+
 impl Precision {
+    /// The spelling used in the `precision=` query parameter.
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Ns => "ns",
@@ -18,6 +64,8 @@ impl Precision {
             Precision::S => "s",
         }
     }
+
+    /// How many nanoseconds one unit of this precision is.
     pub fn nanos_per_unit(self) -> i64 {
         match self {
             Precision::Ns => 1,
@@ -26,70 +74,1160 @@ impl Precision {
             Precision::S => 1_000_000_000,
         }
     }
+
+    /// Now (or any SystemTime) in this precision's units since the Unix epoch.
+    ///
+    /// Rounds towards the past (floor), so a stamp never lies in the future of the arrival
+    /// time; saturates at the ends of `i64`.
     pub fn timestamp(self, t: SystemTime) -> i64 {
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        (d.as_nanos() / self.nanos_per_unit() as u128) as i64
+        let nanos: i128 = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        let units = nanos.div_euclid(self.nanos_per_unit() as i128);
+        units.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 }
-impl std::str::FromStr for Precision {
+
+impl FromStr for Precision {
     type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "ns" => Precision::Ns,
-            "us" | "µs" => Precision::Us,
-            "ms" => Precision::Ms,
-            "s" => Precision::S,
-            _ => return Err(format!("unknown precision {s:?}; use ns, us, ms or s")),
-        })
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ns" => Ok(Precision::Ns),
+            // Both the micro sign (U+00B5) and the Greek mu (U+03BC) are in use.
+            "us" | "\u{b5}s" | "\u{3bc}s" => Ok(Precision::Us),
+            "ms" => Ok(Precision::Ms),
+            "s" => Ok(Precision::S),
+            other => Err(format!(
+                "unknown timestamp precision {other:?}; expected one of \"ns\", \"us\" (or \"µs\"), \"ms\", \"s\""
+            )),
+        }
     }
 }
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why a line was rejected. `at` is the byte offset in the line (after CR stripping) where the
+/// problem was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
     #[error("line is longer than max_line_bytes")]
     TooLong,
-    #[error("bad line")]
-    Bad,
+    #[error("line is not valid UTF-8")]
+    InvalidUtf8 { at: usize },
+    #[error("line contains a control character outside a string field value")]
+    ControlChar { at: usize },
+    #[error("measurement name is missing or starts with an invalid character")]
+    BadMeasurement { at: usize },
+    #[error("tag is malformed (it needs a non-empty key, '=' and a non-empty value)")]
+    BadTag { at: usize },
+    #[error("tag key is reserved (time, _field and _measurement are not allowed)")]
+    ReservedTagKey { at: usize },
+    #[error("tag key appears more than once")]
+    DuplicateTagKey { at: usize },
+    #[error("line has no field set")]
+    MissingFields { at: usize },
+    #[error("field key is missing or malformed")]
+    BadFieldKey { at: usize },
+    #[error("field value is not a valid number, boolean or string")]
+    BadFieldValue { at: usize },
+    #[error("field value is out of range for its type")]
+    ValueOutOfRange { at: usize },
+    #[error("string field value has no closing quote")]
+    UnbalancedQuotes { at: usize },
+    #[error("backslash at the end of the line escapes nothing")]
+    TrailingBackslash { at: usize },
+    #[error("timestamp is not an integer, or is followed by other text")]
+    BadTimestamp { at: usize },
+    #[error("timestamp is outside the range InfluxDB can store")]
+    TimestampOutOfRange { at: usize },
+    #[error("measurement, tag set and field key exceed InfluxDB's 65535-byte series key limit")]
+    SeriesKeyTooLong { at: usize },
 }
+
 impl LineError {
+    /// Short stable snake_case label for metrics and log fields.
     pub fn reason(self) -> &'static str {
         match self {
             LineError::TooLong => "too_long",
-            LineError::Bad => "bad",
+            LineError::InvalidUtf8 { .. } => "invalid_utf8",
+            LineError::ControlChar { .. } => "control_char",
+            LineError::BadMeasurement { .. } => "bad_measurement",
+            LineError::BadTag { .. } => "bad_tag",
+            LineError::ReservedTagKey { .. } => "reserved_tag_key",
+            LineError::DuplicateTagKey { .. } => "duplicate_tag_key",
+            LineError::MissingFields { .. } => "missing_fields",
+            LineError::BadFieldKey { .. } => "bad_field_key",
+            LineError::BadFieldValue { .. } => "bad_field_value",
+            LineError::ValueOutOfRange { .. } => "value_out_of_range",
+            LineError::UnbalancedQuotes { .. } => "unbalanced_quotes",
+            LineError::TrailingBackslash { .. } => "trailing_backslash",
+            LineError::BadTimestamp { .. } => "bad_timestamp",
+            LineError::TimestampOutOfRange { .. } => "timestamp_out_of_range",
+            LineError::SeriesKeyTooLong { .. } => "series_key_too_long",
+        }
+    }
+
+    /// Byte offset in the line where the problem was found, when known.
+    pub fn offset(self) -> Option<usize> {
+        match self {
+            LineError::TooLong => None,
+            LineError::InvalidUtf8 { at }
+            | LineError::ControlChar { at }
+            | LineError::BadMeasurement { at }
+            | LineError::BadTag { at }
+            | LineError::ReservedTagKey { at }
+            | LineError::DuplicateTagKey { at }
+            | LineError::MissingFields { at }
+            | LineError::BadFieldKey { at }
+            | LineError::BadFieldValue { at }
+            | LineError::ValueOutOfRange { at }
+            | LineError::UnbalancedQuotes { at }
+            | LineError::TrailingBackslash { at }
+            | LineError::BadTimestamp { at }
+            | LineError::TimestampOutOfRange { at }
+            | LineError::SeriesKeyTooLong { at } => Some(at),
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// Result of checking a well-formed line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checked {
+    /// The timestamp as written, in the line's precision units.
     pub timestamp: Option<i64>,
 }
-pub fn check_line(line: &[u8], _precision: Precision) -> Result<Checked, LineError> {
-    let s = std::str::from_utf8(line).map_err(|_| LineError::Bad)?;
-    let parts: Vec<&str> = s.split(' ').collect();
-    match parts.len() {
-        2 => Ok(Checked { timestamp: None }),
-        3 => Ok(Checked {
-            timestamp: Some(parts[2].parse().map_err(|_| LineError::Bad)?),
-        }),
-        _ => Err(LineError::Bad),
+
+/// InfluxDB's storable time range in nanoseconds (`models.MinNanoTime` / `MaxNanoTime`).
+const MIN_NANOS: i64 = i64::MIN + 2;
+const MAX_NANOS: i64 = i64::MAX - 1;
+
+/// InfluxDB's `models.MaxKeyLength`: measurement + tags + 4 + field key.
+const MAX_SERIES_KEY: usize = 65535;
+
+/// Byte classes of the full validator, for line tails and targets without SSE2.
+const CTRL: u8 = 1; // nonprintable: 0x00-0x1f and 0x7f (the grammar's nonprintable_char)
+const MEAS: u8 = 2; // may appear unescaped in a measurement name
+const KEY: u8 = 4; // may appear unescaped in a tag key, tag value or field key
+const DIGIT: u8 = 8;
+
+static CLASS: [u8; 256] = build_class();
+
+const fn build_class() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b < 0x20 || b == 0x7f {
+            c |= CTRL;
+        } else if b != b' ' && b != b',' && b != b'\\' {
+            c |= MEAS;
+            if b != b'=' {
+                c |= KEY;
+            }
+        }
+        if b.is_ascii_digit() {
+            c |= DIGIT;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+#[inline(always)]
+fn is_ctrl(b: u8) -> bool {
+    CLASS[b as usize] & CTRL != 0
+}
+
+/// Index of the first byte at or after `i` that is not in `mask` (or `line.len()`). `mask` is
+/// one of `MEAS`, `KEY`, `DIGIT`.
+#[inline(always)]
+fn skip_class(line: &[u8], i: usize, mask: u8) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let i = {
+        let mut i = i;
+        while let Some(chunk) = line.get(i..i + 16) {
+            let outside = simd::outside(chunk.try_into().expect("16 bytes"), mask);
+            if outside != 0 {
+                return i + outside.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+        i
+    };
+    match line[i..]
+        .iter()
+        .position(|&b| CLASS[b as usize] & mask == 0)
+    {
+        Some(k) => i + k,
+        None => line.len(),
     }
 }
+
+/// Sixteen bytes at a time with SSE2, which every x86_64 CPU has. Tokens are mostly shorter
+/// than sixteen bytes, so one compare usually finds the end of one; the byte table remains
+/// for line tails and other targets.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{DIGIT, KEY};
+    use std::arch::x86_64::*;
+
+    /// Bit k is set when byte k is `a` or `b`.
+    #[inline(always)]
+    pub(super) fn find2(chunk: &[u8; 16], a: u8, b: u8) -> u32 {
+        // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available;
+        // the load reads exactly the 16 bytes of `chunk` and has no alignment requirement.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            let hit = _mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)),
+            );
+            _mm_movemask_epi8(hit) as u32
+        }
+    }
+
+    /// Bit k is set when byte k is not in the class `mask` (see `CLASS`).
+    #[inline(always)]
+    pub(super) fn outside(chunk: &[u8; 16], mask: u8) -> u32 {
+        // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available;
+        // the load reads exactly the 16 bytes of `chunk` and has no alignment requirement.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            if mask == DIGIT {
+                // A digit is a byte whose distance from '0' is at most 9 (unsigned).
+                let d = _mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8));
+                let digit = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
+                return !(_mm_movemask_epi8(digit) as u32) & 0xffff;
+            }
+            let eq = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+            let below_space = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            let ctrl = _mm_or_si128(below_space, eq(0x7f));
+            let seps = _mm_or_si128(_mm_or_si128(eq(b' '), eq(b',')), eq(b'\\'));
+            let mut hit = _mm_or_si128(seps, ctrl);
+            if mask == KEY {
+                hit = _mm_or_si128(hit, eq(b'='));
+            }
+            _mm_movemask_epi8(hit) as u32
+        }
+    }
+}
+
+/// Word-at-a-time ASCII test; std's `is_ascii` is slower on line-sized slices.
+#[inline(always)]
+fn is_ascii(line: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let chunks = line.chunks_exact(8);
+    let mut acc = chunks.remainder().iter().fold(0u64, |a, &b| a | b as u64);
+    for c in chunks {
+        acc |= u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    }
+    acc & HIGH == 0
+}
+
+#[inline(always)]
+fn skip_spaces(line: &[u8], i: usize) -> usize {
+    match line[i..].iter().position(|&b| b != b' ') {
+        Some(k) => i + k,
+        None => line.len(),
+    }
+}
+
+/// Scans a measurement, tag key/value or field key starting at `i`; returns the index of the
+/// byte that ends it (an unescaped separator, a control character, or the end).
+///
+/// Escapes follow the grammar (and InfluxDB 2.x's "preceded by a backslash" rule): a run of
+/// backslashes escapes the one character after it, so `a\\ b` is a single token.
+///
+/// In field keys InfluxDB 2.x reads backslashes in pairs instead, so an even run before a
+/// space, comma or `=` would split the key there; such keys are rejected to stay on the strict
+/// side of both readings.
+#[inline(always)]
+fn scan_token<const FIELD_KEY: bool>(
+    line: &[u8],
+    mut i: usize,
+    mask: u8,
+) -> Result<usize, LineError> {
+    loop {
+        i = skip_class(line, i, mask);
+        if line.get(i) != Some(&b'\\') {
+            return Ok(i);
+        }
+        let run = i;
+        i += 1;
+        while line.get(i) == Some(&b'\\') {
+            i += 1;
+        }
+        match line.get(i) {
+            None => return Err(LineError::TrailingBackslash { at: run }),
+            Some(&b) if is_ctrl(b) => return Err(LineError::ControlChar { at: i }),
+            Some(&b) => {
+                if FIELD_KEY && (i - run) % 2 == 0 && matches!(b, b' ' | b',' | b'=') {
+                    return Err(LineError::BadFieldKey { at: run });
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The error for a token that stopped at `i` on something other than the expected separator.
+#[inline(always)]
+fn stop_error(line: &[u8], i: usize, otherwise: LineError) -> LineError {
+    match line.get(i) {
+        Some(&b) if is_ctrl(b) => LineError::ControlChar { at: i },
+        _ => otherwise,
+    }
+}
+
+#[inline(always)]
+fn is_reserved_tag_key(key: &[u8]) -> bool {
+    matches!(key.first(), Some(b't' | b'_')) && matches!(key, b"time" | b"_field" | b"_measurement")
+}
+
+/// Tag keys held on the stack for the duplicate check; larger tag sets fall back to rescanning.
+const TAG_SLOTS: usize = 16;
+
+/// True if `key` equals a tag key in `head` (a measurement plus tags, already validated).
+fn tag_key_in(head: &[u8], key: &[u8]) -> bool {
+    let Ok(mut i) = scan_token::<false>(head, 0, MEAS) else {
+        return false;
+    };
+    while head.get(i) == Some(&b',') {
+        let ks = i + 1;
+        let Ok(ke) = scan_token::<false>(head, ks, KEY) else {
+            return false;
+        };
+        if &head[ks..ke] == key {
+            return true;
+        }
+        match scan_token::<false>(head, ke + 1, KEY) {
+            Ok(ve) => i = ve,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Validate one line: no trailing `\n` and no trailing `\r` (the caller strips them). It must
+/// not be blank or a comment (the caller skips those). Trailing spaces after the timestamp or
+/// after the field set are allowed, and so are leading spaces (the grammar permits both).
+pub fn check_line(line: &[u8], precision: Precision) -> Result<Checked, LineError> {
+    #[cfg(target_arch = "x86_64")]
+    if line.len() <= fast::MAX_LEN {
+        if let Some(checked) = fast::check(line, precision) {
+            return Ok(checked);
+        }
+    }
+    check_line_full(line, precision)
+}
+
+/// The complete validator: every rule, escapes, control characters and UTF-8, with the
+/// position of the first problem. The fast path defers here whenever it is unsure.
+fn check_line_full(line: &[u8], precision: Precision) -> Result<Checked, LineError> {
+    // Most lines are ASCII and never need std's UTF-8 validator.
+    if !is_ascii(line) {
+        if let Err(e) = std::str::from_utf8(line) {
+            return Err(LineError::InvalidUtf8 {
+                at: e.valid_up_to(),
+            });
+        }
+    }
+
+    let n = line.len();
+    let head_start = skip_spaces(line, 0);
+    let mut i = head_start;
+
+    // Measurement. A leading '#' would make the line a comment, a leading ',' an empty name.
+    match line.get(i) {
+        None | Some(b'#') | Some(b',') => return Err(LineError::BadMeasurement { at: i }),
+        _ => {}
+    }
+    i = scan_token::<false>(line, i, MEAS)?;
+    if i == head_start {
+        return Err(stop_error(line, i, LineError::BadMeasurement { at: i }));
+    }
+
+    // Tag set.
+    let mut keys = [(0usize, 0usize); TAG_SLOTS];
+    let mut nkeys = 0usize;
+    while line.get(i) == Some(&b',') {
+        let ks = i + 1;
+        let ke = scan_token::<false>(line, ks, KEY)?;
+        if ke == ks || line.get(ke) != Some(&b'=') {
+            return Err(stop_error(line, ke, LineError::BadTag { at: ke }));
+        }
+        let key = &line[ks..ke];
+        if is_reserved_tag_key(key) {
+            return Err(LineError::ReservedTagKey { at: ks });
+        }
+        let dup = if nkeys < TAG_SLOTS {
+            let dup = keys[..nkeys].iter().any(|&(s, e)| &line[s..e] == key);
+            keys[nkeys] = (ks, ke);
+            dup
+        } else {
+            tag_key_in(&line[head_start..ks - 1], key)
+        };
+        if dup {
+            return Err(LineError::DuplicateTagKey { at: ks });
+        }
+        nkeys += 1;
+
+        let vs = ke + 1;
+        i = scan_token::<false>(line, vs, KEY)?;
+        if i == vs {
+            return Err(stop_error(line, i, LineError::BadTag { at: i }));
+        }
+    }
+    match line.get(i) {
+        Some(b' ') => {}
+        None => return Err(LineError::MissingFields { at: i }),
+        // An unescaped '=' in a tag value, or a control character.
+        Some(_) => return Err(stop_error(line, i, LineError::BadTag { at: i })),
+    }
+    let head_len = i - head_start;
+
+    // Field set.
+    i = skip_spaces(line, i);
+    if i == n {
+        return Err(LineError::MissingFields { at: i });
+    }
+    let mut longest_field_key = 0;
+    loop {
+        let ks = i;
+        let ke = scan_token::<true>(line, ks, KEY)?;
+        if ke == ks || line.get(ke) != Some(&b'=') {
+            return Err(stop_error(line, ke, LineError::BadFieldKey { at: ke }));
+        }
+        longest_field_key = longest_field_key.max(ke - ks);
+        i = field_value(line, ke + 1)?;
+        match line.get(i) {
+            Some(b',') => i += 1,
+            Some(b' ') => break,
+            None => break,
+            Some(_) => return Err(stop_error(line, i, LineError::BadFieldValue { at: i })),
+        }
+    }
+    if head_len + 4 + longest_field_key > MAX_SERIES_KEY {
+        return Err(LineError::SeriesKeyTooLong { at: head_start });
+    }
+
+    // Optional timestamp, then only trailing spaces.
+    i = skip_spaces(line, i);
+    if i == n {
+        return Ok(Checked { timestamp: None });
+    }
+    let (ts, end) = timestamp(line, i, precision)?;
+    let end = skip_spaces(line, end);
+    if end != n {
+        return Err(stop_error(line, end, LineError::BadTimestamp { at: end }));
+    }
+    Ok(Checked {
+        timestamp: Some(ts),
+    })
+}
+
+/// The common case, validated with a separator bitmap: lines of at most `MAX_LEN` bytes with
+/// no control characters, and backslashes only inside string field values. There the structure
+/// of a line is fully given by the positions of ' ', ',', '=', '"' and '\', found 32 bytes at
+/// a time with AVX2 where the CPU has it, else 16 at a time with SSE2 (part of the x86_64
+/// baseline); the walk then steps from separator to separator instead of looking at every
+/// byte.
+///
+/// `check` only ever says "valid" (with the timestamp [`check_line_full`] would give) or "not
+/// sure"; every rejection, with its reason and offset, comes from the full validator.
+#[cfg(target_arch = "x86_64")]
+mod fast {
+    use super::{
+        eight_digits, field_value, is_reserved_tag_key, parse_eight_digits, skip_spaces, Checked,
+        Precision, MAX_NANOS,
+    };
+    use std::arch::x86_64::*;
+
+    pub(super) const MAX_LEN: usize = 512;
+    const WORDS: usize = MAX_LEN / 64;
+
+    /// The separators of a line in order: bit k of the bitmap is set when byte k is one of
+    /// ' ', ',', '=', '"', '\'.
+    struct Seps {
+        bits: [u64; WORDS],
+        words: usize,
+        len: usize,
+        /// Word being consumed and its bits not yet consumed.
+        w: usize,
+        rest: u64,
+    }
+
+    impl Seps {
+        /// `None` if the line holds a control character, or is not valid UTF-8.
+        #[inline(always)]
+        fn classify(line: &[u8]) -> Option<Seps> {
+            let n = line.len();
+            debug_assert!(n <= MAX_LEN);
+            let words = n.div_ceil(64);
+            let mut bits = [0u64; WORDS];
+            let (control, non_ascii) = if n >= 32 && std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                unsafe { classify_avx2(line, &mut bits) }
+            } else {
+                classify_sse2(line, &mut bits)
+            };
+            if control || (non_ascii && std::str::from_utf8(line).is_err()) {
+                return None;
+            }
+            Some(Seps {
+                bits,
+                words,
+                len: n,
+                w: 0,
+                rest: bits[0],
+            })
+        }
+
+        /// Consumes the next separator and returns its position, or the line length.
+        #[inline(always)]
+        fn pop(&mut self) -> usize {
+            while self.rest == 0 {
+                self.w += 1;
+                if self.w >= self.words {
+                    return self.len;
+                }
+                self.rest = self.bits[self.w];
+            }
+            let p = self.w * 64 + self.rest.trailing_zeros() as usize;
+            self.rest &= self.rest - 1;
+            p
+        }
+    }
+
+    /// Fills `bits` with the separator bitmap of `line`; returns whether it holds control
+    /// characters and non-ASCII bytes.
+    pub(super) fn classify_sse2(line: &[u8], bits: &mut [u64; WORDS]) -> (bool, bool) {
+        let n = line.len();
+        let words = n.div_ceil(64);
+        let mut odd = Odd::default();
+        for (w, word) in bits.iter_mut().enumerate().take(words) {
+            let mut m = 0u64;
+            for k in 0..4 {
+                let at = w * 64 + k * 16;
+                if at >= n {
+                    break;
+                }
+                let seps = match line.get(at..at + 16) {
+                    Some(chunk) => odd.classify16(chunk.try_into().expect("16 bytes")),
+                    // The last, partial chunk: classify the line's last 16 bytes and keep
+                    // the bits of the new ones.
+                    None if n >= 16 => {
+                        let last = odd.classify16(line[n - 16..].try_into().expect("16 bytes"));
+                        last >> (at + 16 - n)
+                    }
+                    None => {
+                        // 'a' is neither a separator nor odd, so the padding adds nothing.
+                        let mut tail = [b'a'; 16];
+                        tail[..n].copy_from_slice(line);
+                        odd.classify16(&tail)
+                    }
+                };
+                m |= (seps as u64) << (k * 16);
+            }
+            *word = m;
+        }
+        (odd.control(), odd.non_ascii())
+    }
+
+    /// The same with AVX2, 32 bytes per step; `line` must be at least 32 bytes long.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify_avx2(line: &[u8], bits: &mut [u64; WORDS]) -> (bool, bool) {
+        let n = line.len();
+        debug_assert!(n >= 32);
+        // SAFETY (for the whole body): the caller guarantees AVX2; every load reads exactly
+        // the 32 bytes of a `[u8; 32]`, and loadu needs no alignment.
+        unsafe {
+            let mut control = _mm256_setzero_si256();
+            let mut high = _mm256_setzero_si256();
+            let blocks = line.chunks_exact(64);
+            let rest = blocks.remainder().len();
+            let mut w = 0;
+            for block in blocks {
+                let lo = seps32(block[..32].try_into().expect("32"), &mut control, &mut high);
+                let hi = seps32(block[32..].try_into().expect("32"), &mut control, &mut high);
+                bits[w] = lo | hi << 32;
+                w += 1;
+            }
+            // The rest (under 64 bytes) re-reads the line's last 32 bytes as needed and keeps
+            // only the bits of the bytes not yet classified.
+            let at = n - rest;
+            let last: &[u8; 32] = line[n - 32..].try_into().expect("32");
+            if rest > 32 {
+                let lo = seps32(
+                    line[at..at + 32].try_into().expect("32"),
+                    &mut control,
+                    &mut high,
+                );
+                let hi = seps32(last, &mut control, &mut high) >> (64 - rest);
+                bits[w] = lo | hi << 32;
+            } else if rest > 0 {
+                bits[w] = seps32(last, &mut control, &mut high) >> (32 - rest);
+            }
+            (
+                _mm256_movemask_epi8(control) != 0,
+                _mm256_movemask_epi8(high) != 0,
+            )
+        }
+    }
+
+    /// Separator bits of 32 bytes; ORs their control and non-ASCII bytes into the vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn seps32(chunk: &[u8; 32], control: &mut __m256i, high: &mut __m256i) -> u64 {
+        // SAFETY: the caller guarantees AVX2; the load reads exactly the 32 bytes of `chunk`.
+        unsafe {
+            let v = _mm256_loadu_si256(chunk.as_ptr().cast());
+            let space = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b' ' as i8));
+            let comma = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b',' as i8));
+            let equals = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'=' as i8));
+            let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+            let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+            let seps = _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_or_si256(space, comma),
+                    _mm256_or_si256(equals, quote),
+                ),
+                backslash,
+            );
+            let below_space = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+            let del = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(0x7f));
+            *control = _mm256_or_si256(*control, _mm256_or_si256(below_space, del));
+            // Non-ASCII bytes are the ones with the top bit set.
+            *high = _mm256_or_si256(*high, v);
+            _mm256_movemask_epi8(seps) as u32 as u64
+        }
+    }
+
+    /// Control characters (and DEL) and non-ASCII bytes seen so far, kept as vectors so that
+    /// each chunk costs two ORs; read once at the end.
+    struct Odd {
+        control: __m128i,
+        high: __m128i,
+    }
+
+    impl Default for Odd {
+        fn default() -> Self {
+            // SAFETY: SSE2 is part of the x86_64 baseline.
+            let zero = unsafe { _mm_setzero_si128() };
+            Odd {
+                control: zero,
+                high: zero,
+            }
+        }
+    }
+
+    impl Odd {
+        /// Separator bits of 16 bytes; notes their odd bytes.
+        #[inline(always)]
+        fn classify16(&mut self, chunk: &[u8; 16]) -> u32 {
+            // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always
+            // available; the load reads exactly the 16 bytes of `chunk`, unaligned.
+            unsafe {
+                let v = _mm_loadu_si128(chunk.as_ptr().cast());
+                let eq = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+                let seps = _mm_or_si128(
+                    _mm_or_si128(
+                        _mm_or_si128(eq(b' '), eq(b',')),
+                        _mm_or_si128(eq(b'='), eq(b'"')),
+                    ),
+                    eq(b'\\'),
+                );
+                let below_space = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+                self.control = _mm_or_si128(self.control, _mm_or_si128(below_space, eq(0x7f)));
+                // Non-ASCII bytes are the ones with the top bit set.
+                self.high = _mm_or_si128(self.high, v);
+                _mm_movemask_epi8(seps) as u32
+            }
+        }
+
+        fn control(&self) -> bool {
+            // SAFETY: SSE2 is part of the x86_64 baseline.
+            unsafe { _mm_movemask_epi8(self.control) != 0 }
+        }
+
+        fn non_ascii(&self) -> bool {
+            // SAFETY: SSE2 is part of the x86_64 baseline.
+            unsafe { _mm_movemask_epi8(self.high) != 0 }
+        }
+    }
+
+    /// `Some` only for a line [`super::check_line_full`] accepts, with the same result.
+    #[inline(always)]
+    pub(super) fn check(line: &[u8], precision: Precision) -> Option<Checked> {
+        let n = line.len();
+        // A leading '#' makes a comment, a leading space or ',' is left to the full path.
+        if matches!(line.first(), None | Some(b' ' | b',' | b'#')) {
+            return None;
+        }
+        let mut seps = Seps::classify(line)?;
+
+        // Measurement: '=' and '"' are ordinary characters in it.
+        let mut q = loop {
+            let q = seps.pop();
+            match line.get(q) {
+                Some(b'=' | b'"') => continue,
+                Some(b',' | b' ') => break q,
+                _ => return None,
+            }
+        };
+
+        // Tag set. '"' is ordinary in keys and values.
+        let mut keys = [(0u16, 0u16); 16];
+        let mut nkeys = 0;
+        while line[q] == b',' {
+            let ks = q + 1;
+            let ke = loop {
+                let p = seps.pop();
+                match line.get(p) {
+                    Some(b'"') => continue,
+                    Some(b'=') => break p,
+                    _ => return None,
+                }
+            };
+            if ke == ks || nkeys == keys.len() {
+                return None;
+            }
+            let key = &line[ks..ke];
+            if is_reserved_tag_key(key) {
+                return None;
+            }
+            for &(s, e) in &keys[..nkeys] {
+                // Tag keys are short: an inline loop beats calling memcmp.
+                let other = &line[s as usize..e as usize];
+                if other.len() == key.len() && other.iter().zip(key).all(|(a, b)| a == b) {
+                    return None;
+                }
+            }
+            keys[nkeys] = (ks as u16, ke as u16);
+            nkeys += 1;
+            let vs = ke + 1;
+            q = loop {
+                let p = seps.pop();
+                match line.get(p) {
+                    Some(b'"') => continue,
+                    Some(b',' | b' ') => break p,
+                    _ => return None,
+                }
+            };
+            if q == vs {
+                return None;
+            }
+        }
+
+        // Field set, after one or more spaces (each space is a separator to consume).
+        let mut i = q + 1;
+        while line.get(i) == Some(&b' ') {
+            seps.pop();
+            i += 1;
+        }
+        loop {
+            let ks = i;
+            let ke = loop {
+                let p = seps.pop();
+                match line.get(p) {
+                    Some(b'"') => continue,
+                    Some(b'=') => break p,
+                    _ => return None,
+                }
+            };
+            if ke == ks {
+                return None;
+            }
+            let vs = ke + 1;
+            let ve = if line.get(vs) == Some(&b'"') {
+                seps.pop(); // the opening quote
+                loop {
+                    let p = seps.pop();
+                    match line.get(p) {
+                        Some(b'"') => break p + 1,
+                        Some(b'\\') => {
+                            // Any byte may follow; if it is a separator it is consumed too.
+                            match line.get(p + 1) {
+                                Some(b' ' | b',' | b'=' | b'"' | b'\\') => {
+                                    seps.pop();
+                                }
+                                Some(_) => {}
+                                None => return None,
+                            }
+                        }
+                        Some(_) => continue,
+                        None => return None,
+                    }
+                }
+            } else {
+                // Numbers and booleans hold no separators, so the next one must follow
+                // the value directly.
+                field_value(line, vs).ok()?
+            };
+            if ve == n {
+                return Some(Checked { timestamp: None });
+            }
+            if seps.pop() != ve {
+                return None;
+            }
+            match line[ve] {
+                b',' => i = ve + 1,
+                b' ' => {
+                    i = ve;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        // A line this short cannot reach the series key limit.
+
+        // Optional timestamp, then only spaces.
+        let ts_start = skip_spaces(line, i);
+        if ts_start == n {
+            return Some(Checked { timestamp: None });
+        }
+        let mut end = seps.pop();
+        while end < ts_start {
+            end = seps.pop(); // the spaces before the timestamp
+        }
+        if end < n && skip_spaces(line, end) != n {
+            return None;
+        }
+        let ts = short_timestamp(&line[ts_start..end], precision)?;
+        Some(Checked {
+            timestamp: Some(ts),
+        })
+    }
+
+    /// `[-]digits` making up all of `text`, at most 19 digits, within InfluxDB's time range.
+    /// Longer spellings (leading zeros) are left to the full validator.
+    #[inline(always)]
+    fn short_timestamp(text: &[u8], precision: Precision) -> Option<i64> {
+        let (neg, digits) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        if digits.is_empty() || digits.len() > 19 {
+            return None;
+        }
+        // The odd digits one by one, then eight at a time; 19 digits cannot overflow u64.
+        let (head, chunks) = digits.split_at(digits.len() % 8);
+        let mut v: u64 = 0;
+        for &d in head {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (d - b'0') as u64;
+        }
+        for chunk in chunks.chunks_exact(8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if !eight_digits(word) {
+                return None;
+            }
+            v = v * 100_000_000 + parse_eight_digits(word);
+        }
+        // Constants per precision rather than a division on every line.
+        let limit = match precision {
+            Precision::Ns => MAX_NANOS,
+            Precision::Us => MAX_NANOS / 1_000,
+            Precision::Ms => MAX_NANOS / 1_000_000,
+            Precision::S => MAX_NANOS / 1_000_000_000,
+        } as u64;
+        if v > limit {
+            return None;
+        }
+        Some(if neg { -(v as i64) } else { v as i64 })
+    }
+}
+
+/// Validates the field value starting at `i`; returns the index just past it. The caller checks
+/// what follows (',', ' ' or the end).
+#[inline(always)]
+fn field_value(line: &[u8], i: usize) -> Result<usize, LineError> {
+    match line.get(i) {
+        Some(b'"') => string_value(line, i),
+        Some(b'-' | b'.' | b'0'..=b'9') => number_value(line, i),
+        Some(b't' | b'T' | b'f' | b'F') => {
+            let end = match line[i..].iter().position(|&b| b == b',' || b == b' ') {
+                Some(k) => i + k,
+                None => line.len(),
+            };
+            match &line[i..end] {
+                b"t" | b"T" | b"true" | b"True" | b"TRUE" | b"f" | b"F" | b"false" | b"False"
+                | b"FALSE" => Ok(end),
+                _ => Err(LineError::BadFieldValue { at: i }),
+            }
+        }
+        _ => Err(stop_error(line, i, LineError::BadFieldValue { at: i })),
+    }
+}
+
+/// A `"`-quoted string: any byte except an unescaped `"`; a backslash escapes any one byte,
+/// newlines and control characters included (as in the grammar and in InfluxDB).
+#[inline(always)]
+fn string_value(line: &[u8], open: usize) -> Result<usize, LineError> {
+    let mut j = open + 1;
+    loop {
+        match memchr2(b'"', b'\\', &line[j..]) {
+            None => return Err(LineError::UnbalancedQuotes { at: open }),
+            Some(k) => {
+                let p = j + k;
+                if line[p] == b'"' {
+                    return Ok(p + 1);
+                }
+                if p + 1 >= line.len() {
+                    return Err(LineError::UnbalancedQuotes { at: open });
+                }
+                j = p + 2;
+            }
+        }
+    }
+}
+
+/// Float (`[-](digits[.digits*]|.digits)[(e|E)[+|-]digits]`), `[-]digits i` or `digits u`.
+/// The float grammar cannot spell NaN or Inf; the only way to get Inf is overflow, which is
+/// checked exactly but only for the rare literals that could reach it.
+#[inline(always)]
+fn number_value(line: &[u8], start: usize) -> Result<usize, LineError> {
+    let neg = line[start] == b'-';
+    let ds = start + neg as usize;
+    let mut i = skip_class(line, ds, DIGIT);
+    let int_end = i;
+    match line.get(i) {
+        Some(b'i') => {
+            if i == ds {
+                return Err(LineError::BadFieldValue { at: start });
+            }
+            let limit: &[u8] = if neg {
+                b"9223372036854775808"
+            } else {
+                b"9223372036854775807"
+            };
+            if !digits_within(&line[ds..i], limit) {
+                return Err(LineError::ValueOutOfRange { at: start });
+            }
+            return Ok(i + 1);
+        }
+        Some(b'u') => {
+            if i == ds || neg {
+                return Err(LineError::BadFieldValue { at: start });
+            }
+            if !digits_within(&line[ds..i], b"18446744073709551615") {
+                return Err(LineError::ValueOutOfRange { at: start });
+            }
+            return Ok(i + 1);
+        }
+        _ => {}
+    }
+    let mut mantissa_digits = int_end - ds;
+    if line.get(i) == Some(&b'.') {
+        let fs = i + 1;
+        i = skip_class(line, fs, DIGIT);
+        mantissa_digits += i - fs;
+    }
+    if mantissa_digits == 0 {
+        return Err(LineError::BadFieldValue { at: start });
+    }
+    let mut exp: i64 = 0;
+    if let Some(b'e' | b'E') = line.get(i) {
+        i += 1;
+        let exp_neg = match line.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let es = i;
+        i = skip_digits(line, es);
+        if i == es {
+            return Err(LineError::BadFieldValue { at: start });
+        }
+        for &d in &line[es..i] {
+            exp = (exp * 10 + (d - b'0') as i64).min(1 << 40);
+        }
+        if exp_neg {
+            exp = -exp;
+        }
+    }
+    // The value is below 10^(significant integer digits + exponent); f64::MAX is ~1.8e308.
+    let int_digits = &line[ds..int_end];
+    if int_digits.len() as i64 + exp > 308
+        && (int_digits.len() - int_digits.iter().take_while(|&&d| d == b'0').count()) as i64 + exp
+            > 308
+    {
+        let text = std::str::from_utf8(&line[start..i]).expect("float literal is ASCII");
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => {}
+            _ => return Err(LineError::ValueOutOfRange { at: start }),
+        }
+    }
+    Ok(i)
+}
+
+/// Field values are short, so a plain loop beats setting up a vector compare.
+#[inline(always)]
+fn skip_digits(line: &[u8], mut i: usize) -> usize {
+    while let Some(b) = line.get(i) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// `digits` (possibly with leading zeros) is at most `limit` (no leading zeros).
+#[inline(always)]
+fn digits_within(digits: &[u8], limit: &[u8]) -> bool {
+    if digits.len() < limit.len() {
+        return true;
+    }
+    let zeros = digits.iter().take_while(|&&d| d == b'0').count();
+    let sig = &digits[zeros..];
+    sig.len() < limit.len() || (sig.len() == limit.len() && sig <= limit)
+}
+
+/// Parses `[-]digits` at `start`; returns the value in the line's units and the index past it.
+#[inline(always)]
+fn timestamp(line: &[u8], start: usize, precision: Precision) -> Result<(i64, usize), LineError> {
+    let neg = line[start] == b'-';
+    let ds = start + neg as usize;
+    let out_of_range = LineError::TimestampOutOfRange { at: start };
+    // Timestamps are mostly 19 digits: take them eight at a time. Leading zeros cost nothing,
+    // and any value that overflows u64 is out of range anyway.
+    let mut v: u64 = 0;
+    let mut i = ds;
+    while let Some(chunk) = line.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if !eight_digits(word) {
+            break;
+        }
+        v = v
+            .checked_mul(100_000_000)
+            .and_then(|v| v.checked_add(parse_eight_digits(word)))
+            .ok_or(out_of_range)?;
+        i += 8;
+    }
+    while let Some(&d) = line.get(i) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add((d - b'0') as u64))
+            .ok_or(out_of_range)?;
+        i += 1;
+    }
+    if i == ds {
+        return Err(stop_error(line, ds, LineError::BadTimestamp { at: start }));
+    }
+    let ts: i64 = if neg {
+        if v > 1 << 63 {
+            return Err(out_of_range);
+        }
+        (v as i64).wrapping_neg()
+    } else {
+        i64::try_from(v).map_err(|_| out_of_range)?
+    };
+    match ts.checked_mul(precision.nanos_per_unit()) {
+        Some(ns) if (MIN_NANOS..=MAX_NANOS).contains(&ns) => Ok((ts, i)),
+        _ => Err(out_of_range),
+    }
+}
+
+/// All eight bytes of `word` are ASCII digits: the high nibble is 3, and adding 6 keeps it 3.
+/// (When the first test passes no byte can carry into its neighbour.)
+#[inline(always)]
+fn eight_digits(word: u64) -> bool {
+    const HIGH_NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    word & HIGH_NIBBLES == THREES
+        && word.wrapping_add(0x0606_0606_0606_0606) & HIGH_NIBBLES == THREES
+}
+
+/// The value of eight ASCII digits read little-endian (first digit in the lowest byte):
+/// combine neighbouring digits, then pairs, then quads.
+#[inline(always)]
+fn parse_eight_digits(word: u64) -> u64 {
+    let d = word - 0x3030_3030_3030_3030;
+    let pairs = (d * 10 + (d >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs * 100 + (pairs >> 16)) & 0x0000_ffff_0000_ffff;
+    (quads * 10_000 + (quads >> 32)) & 0xffff_ffff
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalising
+// ---------------------------------------------------------------------------------------------
+
+/// What happened to one raw line in [`normalize_line`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
     Skipped,
     Rejected(LineError),
 }
+
+/// Per-input options for normalising.
 #[derive(Debug, Clone, Copy)]
 pub struct LineOptions {
     pub precision: Precision,
     pub max_line_bytes: usize,
     pub stamp_missing: bool,
 }
+
+/// A comment line: `#` then anything printable or tab, as valid UTF-8.
+fn check_comment(line: &[u8], hash: usize) -> Result<(), LineError> {
+    if let Some(k) = line[hash..].iter().position(|&b| is_ctrl(b) && b != b'\t') {
+        return Err(LineError::ControlChar { at: hash + k });
+    }
+    if let Err(e) = std::str::from_utf8(&line[hash..]) {
+        return Err(LineError::InvalidUtf8 {
+            at: hash + e.valid_up_to(),
+        });
+    }
+    Ok(())
+}
+
+/// Normalise and check one raw line (without its `\n`; may end in `\r`).
+///
+/// Strips one trailing `\r`; rejects lines longer than `max_line_bytes` (after the strip) as
+/// `TooLong`, whatever they hold, so the verdict agrees with [`Framer`]'s; skips blank lines
+/// (empty or only spaces) and `#` comments (optionally preceded by spaces) as `Skipped`; a
+/// comment holding a control character other than tab, or invalid UTF-8, is rejected as the
+/// v2 corpus requires. A line holding a tab where a blank line would hold spaces is not blank:
+/// the grammar has no tab there, and the corpus rejects it.
+///
+/// On `Accepted`, appends the line bytes exactly as given (minus the `\r`) to `out`, then, if
+/// it had no timestamp and `opts.stamp_missing` and `stamp` is `Some(ts)`, the timestamp
+/// (after a space unless the line already ends in one), then `\n`. Nothing is appended for
+/// `Skipped` or `Rejected`.
 pub fn normalize_line(
     line: &[u8],
     opts: &LineOptions,
@@ -97,20 +1235,30 @@ pub fn normalize_line(
     out: &mut Vec<u8>,
 ) -> Outcome {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.iter().all(|b| *b == b' ' || *b == b'\t') || line.trim_ascii_start().starts_with(b"#") {
-        return Outcome::Skipped;
-    }
     if line.len() > opts.max_line_bytes {
         return Outcome::Rejected(LineError::TooLong);
     }
+    let first = skip_spaces(line, 0);
+    match line.get(first) {
+        None => return Outcome::Skipped,
+        Some(b'#') => {
+            return match check_comment(line, first) {
+                Ok(()) => Outcome::Skipped,
+                Err(e) => Outcome::Rejected(e),
+            }
+        }
+        Some(_) => {}
+    }
     match check_line(line, opts.precision) {
-        Ok(c) => {
+        Ok(checked) => {
             out.extend_from_slice(line);
-            if c.timestamp.is_none() && opts.stamp_missing {
-                if let Some(ts) = stamp {
+            if let (None, true, Some(ts)) = (checked.timestamp, opts.stamp_missing, stamp) {
+                // A valid line can only end in a space as trailing whitespace (field values
+                // cannot end in an escaped space), so the digits land in the timestamp slot.
+                if line.last() != Some(&b' ') {
                     out.push(b' ');
-                    out.extend_from_slice(ts.to_string().as_bytes());
                 }
+                out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
             }
             out.push(b'\n');
             Outcome::Accepted
@@ -118,61 +1266,1302 @@ pub fn normalize_line(
         Err(e) => Outcome::Rejected(e),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------
+
+/// Where the framer is inside the current line. Only string field values can hold a raw `\n`,
+/// so this follows the line's structure just far enough to know when one is open. As soon as
+/// the line is known to be malformed (`Tail`), quotes stop mattering and the next `\n` ends
+/// it, so a bad line swallows as little of its neighbours as possible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Scan {
+    /// At the start of a line, possibly after spaces.
+    Start,
+    /// In the measurement or tag set.
+    Head,
+    HeadEsc,
+    /// In the spaces between the tag set and the field set.
+    FieldWs,
+    /// Right after a ',' in the field set.
+    KeyStart,
+    Key,
+    KeyEsc,
+    /// Right after a field key's '='.
+    ValueStart,
+    Value,
+    StrEsc,
+    AfterStr,
+    // The states from here on are left by searching rather than byte by byte.
+    Str,
+    /// Timestamp, comment, or a line already known to be malformed: only `\n` matters.
+    Tail,
+}
+
+const SCAN_STATES: [Scan; 13] = [
+    Scan::Start,
+    Scan::Head,
+    Scan::HeadEsc,
+    Scan::FieldWs,
+    Scan::KeyStart,
+    Scan::Key,
+    Scan::KeyEsc,
+    Scan::ValueStart,
+    Scan::Value,
+    Scan::StrEsc,
+    Scan::AfterStr,
+    Scan::Str,
+    Scan::Tail,
+];
+
+/// Marks "this `\n` ends the line" in the transition table.
+const LINE_END: u8 = 0xff;
+
+/// `SCAN_NEXT[state][byte]`: one lookup per byte while a line with quotes is being framed.
+static SCAN_NEXT: [[u8; 256]; 13] = build_scan_next();
+
+const fn scan_step(state: Scan, b: u8) -> Option<Scan> {
+    use Scan::*;
+    let ctrl = b < 0x20 || b == 0x7f;
+    if b == b'\n' && !matches!(state, Str | StrEsc) {
+        return None;
+    }
+    Some(match state {
+        Start => match b {
+            b' ' => Start,
+            b'#' => Tail,
+            b'\\' => HeadEsc,
+            _ if ctrl => Tail,
+            _ => Head,
+        },
+        Head => match b {
+            b' ' => FieldWs,
+            b'\\' => HeadEsc,
+            _ if ctrl => Tail,
+            _ => Head,
+        },
+        HeadEsc => match b {
+            b'\\' => HeadEsc,
+            _ if ctrl => Tail,
+            _ => Head,
+        },
+        FieldWs => match b {
+            b' ' => FieldWs,
+            b'\\' => KeyEsc,
+            b'=' | b',' => Tail,
+            _ if ctrl => Tail,
+            _ => Key,
+        },
+        KeyStart => match b {
+            b'\\' => KeyEsc,
+            b' ' | b'=' | b',' => Tail,
+            _ if ctrl => Tail,
+            _ => Key,
+        },
+        Key => match b {
+            b'=' => ValueStart,
+            b'\\' => KeyEsc,
+            b' ' | b',' => Tail,
+            _ if ctrl => Tail,
+            _ => Key,
+        },
+        KeyEsc => match b {
+            b'\\' => KeyEsc,
+            _ if ctrl => Tail,
+            _ => Key,
+        },
+        ValueStart => match b {
+            b'"' => Str,
+            b' ' | b',' => Tail,
+            _ if ctrl => Tail,
+            _ => Value,
+        },
+        Value => match b {
+            b',' => KeyStart,
+            b' ' => Tail,
+            _ if ctrl => Tail,
+            _ => Value,
+        },
+        Str => match b {
+            b'"' => AfterStr,
+            b'\\' => StrEsc,
+            _ => Str,
+        },
+        StrEsc => Str,
+        AfterStr => match b {
+            b',' => KeyStart,
+            _ => Tail,
+        },
+        Tail => Tail,
+    })
+}
+
+const fn build_scan_next() -> [[u8; 256]; 13] {
+    let mut t = [[0u8; 256]; 13];
+    let mut s = 0;
+    while s < SCAN_STATES.len() {
+        let mut b = 0;
+        while b < 256 {
+            t[s][b] = match scan_step(SCAN_STATES[s], b as u8) {
+                Some(next) => next as u8,
+                None => LINE_END,
+            };
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+}
+
+impl Scan {
+    /// Finds the `\n` that ends the current line in `bytes`, updating the state; `None` if the
+    /// line goes on past `bytes`. On `Some`, the state is reset for the next line.
+    #[inline]
+    fn find_end(&mut self, bytes: &[u8]) -> Option<usize> {
+        if *self == Scan::Start {
+            // Fast path: a newline before any quote ends the line, as no string can be open.
+            let k = find_byte(bytes, 0, b'\n', b'"');
+            if k < bytes.len() && bytes[k] == b'\n' {
+                return Some(k);
+            }
+            // A quote, or the end of the bytes: the state must follow the structure.
+        }
+        self.walk(bytes)
+    }
+
+    fn walk(&mut self, bytes: &[u8]) -> Option<usize> {
+        const HEAD: u8 = Scan::Head as u8;
+        const KEY: u8 = Scan::Key as u8;
+        const VALUE: u8 = Scan::Value as u8;
+        const STR: u8 = Scan::Str as u8;
+        const TAIL: u8 = Scan::Tail as u8;
+        let mut state = *self as u8;
+        let mut i = 0;
+        loop {
+            // Jump over the bytes that cannot change the state.
+            i = match state {
+                HEAD => skip_class(bytes, i, MEAS),
+                KEY | VALUE => skip_class(bytes, i, self::KEY),
+                STR => find_byte(bytes, i, b'"', b'\\'),
+                TAIL => find_byte(bytes, i, b'\n', b'\n'),
+                _ => i,
+            };
+            let Some(&b) = bytes.get(i) else {
+                *self = SCAN_STATES[state as usize];
+                return None;
+            };
+            state = SCAN_NEXT[state as usize][b as usize];
+            if state == LINE_END {
+                *self = Scan::Start;
+                return Some(i);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Index of the first `a` or `b` at or after `i` (or `bytes.len()`). Inline rather than
+/// `memchr`, whose call costs more than the short distances searched here.
+#[inline(always)]
+fn find_byte(bytes: &[u8], i: usize, a: u8, b: u8) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let i = {
+        let mut i = i;
+        while let Some(chunk) = bytes.get(i..i + 16) {
+            let hits = simd::find2(chunk.try_into().expect("16 bytes"), a, b);
+            if hits != 0 {
+                return i + hits.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+        i
+    };
+    match bytes[i..].iter().position(|&c| c == a || c == b) {
+        Some(k) => i + k,
+        None => bytes.len(),
+    }
+}
+
+/// Splits a byte stream into lines across arbitrary read boundaries, bounded in memory.
+///
+/// A line ends at a `\n` that is not inside a `"` string field value. A line longer than
+/// `max_line_bytes + 1` bytes (room for a CR) is reported once as `Err(TooLong)`, wherever the
+/// read boundaries fall, and the stream resynchronises at the first raw `\n` after the limit:
+/// an unterminated quote can therefore cost at most about `max_line_bytes` of what follows it.
+/// (Inputs re-split an invalid multi-line result on raw `\n`, so within that limit the lines
+/// after an unterminated quote are still judged one by one.)
+#[derive(Debug)]
 pub struct Framer {
+    /// The start of a line that spans feeds; never longer than `max_line_bytes + 1`.
     partial: Vec<u8>,
-    max: usize,
+    max_line_bytes: usize,
+    scan: Scan,
+    /// Dropping the rest of an overlong line, up to the next `\n`.
     discarding: bool,
 }
+
 impl Framer {
     pub fn new(max_line_bytes: usize) -> Self {
         Framer {
             partial: Vec::new(),
-            max: max_line_bytes,
+            max_line_bytes,
+            scan: Scan::Start,
             discarding: false,
         }
     }
-    pub fn feed(&mut self, mut data: &[u8], mut f: impl FnMut(Result<&[u8], LineError>)) {
-        while let Some(i) = data.iter().position(|b| *b == b'\n') {
-            let (line, rest) = (&data[..i], &data[i + 1..]);
+
+    /// Feeds the next bytes of the stream. For each complete line (without its `\n`) calls
+    /// `f(Ok(line))`; lines lying wholly inside `data` are borrowed from it, only a line that
+    /// spans feeds is copied. An overlong line gives one `f(Err(LineError::TooLong))`.
+    pub fn feed(&mut self, data: &[u8], mut f: impl FnMut(Result<&[u8], LineError>)) {
+        // A line may hold at most max+1 bytes, so looking at max+2 without finding its end
+        // proves it too long.
+        let limit = self.max_line_bytes.saturating_add(2);
+        let mut pos = 0;
+        while pos < data.len() {
             if self.discarding {
-                self.discarding = false;
-            } else if self.partial.is_empty() {
-                f(Ok(line));
-            } else {
-                self.partial.extend_from_slice(line);
-                let p = std::mem::take(&mut self.partial);
-                f(Ok(&p));
-                self.partial = p;
-                self.partial.clear();
+                match memchr(b'\n', &data[pos..]) {
+                    Some(k) => {
+                        pos += k + 1;
+                        self.discarding = false;
+                    }
+                    None => return,
+                }
+                continue;
             }
-            data = rest;
-        }
-        if !self.discarding {
-            self.partial.extend_from_slice(data);
-            if self.partial.len() > self.max + 1 {
-                self.partial.clear();
-                self.discarding = true;
-                f(Err(LineError::TooLong));
+            let room = limit - self.partial.len();
+            let window_end = data.len().min(pos.saturating_add(room));
+            match self.scan.find_end(&data[pos..window_end]) {
+                Some(k) => {
+                    if self.partial.is_empty() {
+                        f(Ok(&data[pos..pos + k]));
+                    } else {
+                        self.partial.extend_from_slice(&data[pos..pos + k]);
+                        f(Ok(&self.partial));
+                        self.partial.clear();
+                    }
+                    pos += k + 1;
+                }
+                None if window_end - pos == room => {
+                    f(Err(LineError::TooLong));
+                    self.partial.clear();
+                    self.scan = Scan::Start;
+                    self.discarding = true;
+                    pos = window_end;
+                }
+                None => {
+                    self.partial.extend_from_slice(&data[pos..]);
+                    pos = data.len();
+                }
             }
         }
     }
+
+    /// End of stream: a final line without `\n` is emitted (if non-empty). The framer is then
+    /// ready for a new stream.
     pub fn finish(&mut self, mut f: impl FnMut(Result<&[u8], LineError>)) {
         if !self.discarding && !self.partial.is_empty() {
             f(Ok(&self.partial));
         }
         self.partial.clear();
+        self.scan = Scan::Start;
         self.discarding = false;
     }
+
+    /// Bytes currently held for an incomplete line.
     pub fn pending(&self) -> usize {
         self.partial.len()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Escaping (for building lines, e.g. `format = "text"`)
+// ---------------------------------------------------------------------------------------------
+
+/// Escape a raw string for use as a line-protocol string field value (between the quotes):
+/// backslash and double quote get a backslash.
 pub fn escape_string_field(raw: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(raw)
+    out.reserve(raw.len());
+    let mut start = 0;
+    while let Some(k) = memchr2(b'"', b'\\', &raw[start..]) {
+        let p = start + k;
+        out.extend_from_slice(&raw[start..p]);
+        out.push(b'\\');
+        out.push(raw[p]);
+        start = p + 1;
+    }
+    out.extend_from_slice(&raw[start..]);
 }
+
+/// Escape a tag key, tag value or field key: commas, equals signs and spaces get a backslash.
+///
+/// A backslash only escapes when it stands right before one of those, so other backslashes are
+/// kept as they are. Trailing backslashes are dropped: line protocol cannot carry them, since
+/// they would escape the separator that follows. Control characters cannot be carried in a key
+/// either and are left for the validator to reject.
 pub fn escape_tag(raw: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(raw)
+    escape_with(raw, out, |b| matches!(b, b',' | b'=' | b' '));
 }
+
+/// Escape a measurement name: commas and spaces get a backslash; a leading `#` too, which would
+/// otherwise turn the line into a comment. Trailing backslashes are dropped, as in
+/// [`escape_tag`].
 pub fn escape_measurement(raw: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(raw)
+    let raw = if let Some(rest) = raw.strip_prefix(b"#") {
+        out.extend_from_slice(b"\\#");
+        rest
+    } else {
+        raw
+    };
+    escape_with(raw, out, |b| matches!(b, b',' | b' '));
+}
+
+fn escape_with(raw: &[u8], out: &mut Vec<u8>, special: impl Fn(u8) -> bool) {
+    let kept = raw.len() - raw.iter().rev().take_while(|&&b| b == b'\\').count();
+    out.reserve(kept);
+    for &b in &raw[..kept] {
+        if special(b) {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(line: &str) -> Option<i64> {
+        match check_line(line.as_bytes(), Precision::Ns) {
+            Ok(c) => c.timestamp,
+            Err(e) => panic!(
+                "{line:?} rejected: {e} ({}) at {:?}",
+                e.reason(),
+                e.offset()
+            ),
+        }
+    }
+
+    fn err(line: &str) -> &'static str {
+        err_bytes(line.as_bytes())
+    }
+
+    fn err_bytes(line: &[u8]) -> &'static str {
+        match check_line(line, Precision::Ns) {
+            Ok(c) => panic!("{:?} accepted ({c:?})", String::from_utf8_lossy(line)),
+            Err(e) => e.reason(),
+        }
+    }
+
+    fn opts(max_line_bytes: usize, stamp_missing: bool) -> LineOptions {
+        LineOptions {
+            precision: Precision::Ns,
+            max_line_bytes,
+            stamp_missing,
+        }
+    }
+
+    fn normalize(line: &[u8], o: &LineOptions, stamp: Option<i64>) -> (Outcome, Vec<u8>) {
+        let mut out = Vec::new();
+        let outcome = normalize_line(line, o, stamp, &mut out);
+        (outcome, out)
+    }
+
+    type Framed = Vec<Result<Vec<u8>, LineError>>;
+
+    /// Feeds `data` cut at `cuts` (sorted, deduplicated here), then finishes.
+    fn frame(data: &[u8], max: usize, cuts: &[usize]) -> Framed {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(data.len())).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut framer = Framer::new(max);
+        let mut lines = Vec::new();
+        let mut push = |r: Result<&[u8], LineError>| lines.push(r.map(<[u8]>::to_vec));
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([data.len()]) {
+            framer.feed(&data[start..cut], &mut push);
+            assert!(framer.pending() <= max.saturating_add(1));
+            start = cut;
+        }
+        framer.finish(&mut push);
+        assert_eq!(framer.pending(), 0);
+        lines
+    }
+
+    fn oks(lines: &[&str]) -> Framed {
+        lines.iter().map(|l| Ok(l.as_bytes().to_vec())).collect()
+    }
+
+    // --- Precision ------------------------------------------------------------------------
+
+    #[test]
+    fn precision_spellings() {
+        for (s, p, npu) in [
+            ("ns", Precision::Ns, 1),
+            ("us", Precision::Us, 1_000),
+            ("ms", Precision::Ms, 1_000_000),
+            ("s", Precision::S, 1_000_000_000),
+        ] {
+            assert_eq!(s.parse::<Precision>(), Ok(p));
+            assert_eq!(p.as_str(), s);
+            assert_eq!(p.to_string(), s);
+            assert_eq!(p.nanos_per_unit(), npu);
+        }
+        assert_eq!("µs".parse::<Precision>(), Ok(Precision::Us));
+        assert_eq!(Precision::default(), Precision::Ns);
+        let e = "h".parse::<Precision>().unwrap_err();
+        for accepted in ["\"ns\"", "\"us\"", "\"µs\"", "\"ms\"", "\"s\""] {
+            assert!(e.contains(accepted), "{e}");
+        }
+    }
+
+    #[test]
+    fn precision_timestamp() {
+        use std::time::Duration;
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(Precision::Ns.timestamp(t), 1_700_000_000_123_456_789);
+        assert_eq!(Precision::Us.timestamp(t), 1_700_000_000_123_456);
+        assert_eq!(Precision::Ms.timestamp(t), 1_700_000_000_123);
+        assert_eq!(Precision::S.timestamp(t), 1_700_000_000);
+        // Before the epoch, stamps round towards the past.
+        let before = UNIX_EPOCH - Duration::from_millis(1500);
+        assert_eq!(Precision::S.timestamp(before), -2);
+        assert_eq!(Precision::Ms.timestamp(before), -1500);
+        let now = Precision::Ns.timestamp(SystemTime::now());
+        assert!(now > 1_600_000_000_000_000_000);
+    }
+
+    // --- Accepted shapes ------------------------------------------------------------------
+
+    #[test]
+    fn accepts_common_lines() {
+        assert_eq!(ok("cpu value=1"), None);
+        assert_eq!(
+            ok("cpu,host=server042,region=eu-west-1,dc=ams3 usage_user=12.5,usage_system=3.25,idle=84i,ok=true 1700000000000000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(ok("  cpu value=1"), None, "leading spaces are allowed");
+        assert_eq!(ok("cpu    value=1     42    "), Some(42));
+        assert_eq!(
+            ok("cpu value=1 "),
+            None,
+            "trailing space after the field set"
+        );
+        assert_eq!(
+            ok("cpu=load,a\"b=\"c\" x=1"),
+            None,
+            "= and \" are plain in names"
+        );
+        assert_eq!(ok("cpu value=\"wè\" 1"), Some(1));
+    }
+
+    #[test]
+    fn escapes_in_names() {
+        ok(r"c\,pu,t\ ag\=k=v\,a\ l\=ue f\,i\ e\=ld=1");
+        ok(r"\,cpu f=1");
+        ok(r"cpu,host=two\\ words value=42"); // a backslash run escapes the space
+        ok(r"cpu,host=two\\\ words value=42");
+        ok(r"cpu,ho\st=a value=42"); // a backslash before an ordinary character stays
+        assert_eq!(err(r"cpu\ "), "missing_fields");
+        assert_eq!(err(r"cpu f=1,g\"), "trailing_backslash");
+        assert_eq!(err("cpu\\\tx f=1"), "control_char");
+    }
+
+    #[test]
+    fn field_key_backslash_pairs_are_rejected() {
+        // InfluxDB 2.x would end the key at the '=' after an even backslash run.
+        assert_eq!(err(r"cpu a\\=b=1"), "bad_field_key");
+        assert_eq!(err(r"cpu a\\,b=1"), "bad_field_key");
+        assert_eq!(err(r"cpu a\\ b=1"), "bad_field_key");
+        ok(r"cpu a\\\=b=1");
+        ok(r"cpu a\\b=1");
+    }
+
+    // --- Field values ---------------------------------------------------------------------
+
+    #[test]
+    fn float_syntax() {
+        for v in [
+            "1",
+            "-1",
+            "1.",
+            "-0.",
+            ".5",
+            "-.5",
+            "1.5",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "1e-5",
+            "1.e5",
+            ".5e-3",
+            "000.000",
+            "1e308",
+            "1.7976931348623157e308",
+            "0e99999999999999999999",
+            "1e-400",
+            "179769313486231570814527423731704356798070567525844996",
+        ] {
+            ok(&format!("m f={v}"));
+        }
+        for v in [
+            ".", "-", "-.", "e5", ".e5", "1e", "1e+", "+1", "1..2", "1.2.3", "0x10", "1_000",
+            "inf", "Inf", "-inf", "NaN", "nan", "Infinity", "1.0i", "1e5i", "1ee5", "1f",
+        ] {
+            assert_eq!(err(&format!("m f={v}")), "bad_field_value", "{v}");
+        }
+    }
+
+    #[test]
+    fn float_overflow() {
+        for v in ["1.8e308", "1e309", "-1e400", "1797693134862315808e290"] {
+            assert_eq!(err(&format!("m f={v}")), "value_out_of_range", "{v}");
+        }
+        let max_digits = format!("{:.0}", f64::MAX);
+        ok(&format!("m f={max_digits}"));
+        ok(&format!("m f=-{max_digits}.0"));
+        assert_eq!(err(&format!("m f=1{max_digits}")), "value_out_of_range");
+    }
+
+    #[test]
+    fn integer_ranges() {
+        ok("m f=9223372036854775807i");
+        ok("m f=-9223372036854775808i");
+        ok("m f=0009223372036854775807i");
+        ok("m f=-0i");
+        assert_eq!(err("m f=9223372036854775808i"), "value_out_of_range");
+        assert_eq!(err("m f=-9223372036854775809i"), "value_out_of_range");
+        assert_eq!(err("m f=99999999999999999999i"), "value_out_of_range");
+        assert_eq!(err("m f=i"), "bad_field_value");
+        assert_eq!(err("m f=-i"), "bad_field_value");
+        assert_eq!(err("m f=1i2"), "bad_field_value");
+
+        ok("m f=18446744073709551615u");
+        ok("m f=0u");
+        ok("m f=00018446744073709551615u");
+        assert_eq!(err("m f=18446744073709551616u"), "value_out_of_range");
+        assert_eq!(err("m f=-1u"), "bad_field_value");
+        assert_eq!(err("m f=-0u"), "bad_field_value");
+        assert_eq!(err("m f=u"), "bad_field_value");
+        assert_eq!(err("m f=1.0u"), "bad_field_value");
+    }
+
+    #[test]
+    fn booleans() {
+        for v in [
+            "t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE",
+        ] {
+            ok(&format!("m a={v},b={v} 1"));
+        }
+        for v in ["tRUE", "tru", "truee", "yes", "FaLsE", "no", "y"] {
+            assert_eq!(err(&format!("m a={v}")), "bad_field_value", "{v}");
+        }
+    }
+
+    #[test]
+    fn strings() {
+        ok(r#"m s="" 1"#);
+        ok(r#"m s="a \" b \\ c, d=e f" 1"#);
+        ok("m s=\"line\nbreak\r\n and \t tab \x01\",t=1");
+        ok(r#"m s="\n\q" 1"#); // any character may follow a backslash
+        assert_eq!(err(r#"m s="abc"#), "unbalanced_quotes");
+        assert_eq!(err(r#"m s="abc\""#), "unbalanced_quotes");
+        assert_eq!(err(r#"m s="abc\"#), "unbalanced_quotes");
+        assert_eq!(err(r##"m s="a"""##), "bad_field_value");
+        assert_eq!(err(r#"m s="a"x"#), "bad_field_value");
+        assert_eq!(err(r#"m s=a"b""#), "bad_field_value");
+    }
+
+    #[test]
+    fn field_set_shape() {
+        assert_eq!(err("cpu"), "missing_fields");
+        assert_eq!(err("cpu "), "missing_fields");
+        assert_eq!(err("cpu,a=b"), "missing_fields");
+        assert_eq!(err("cpu,a=b   "), "missing_fields");
+        assert_eq!(err("cpu f"), "bad_field_key");
+        assert_eq!(err("cpu =1"), "bad_field_key");
+        assert_eq!(err("cpu f=1,"), "bad_field_key");
+        assert_eq!(err("cpu f=1,,g=2"), "bad_field_key");
+        assert_eq!(err("cpu f=1, g=2"), "bad_field_key");
+        assert_eq!(err("cpu f="), "bad_field_value");
+        assert_eq!(err("cpu f= 1"), "bad_field_value");
+        assert_eq!(err("cpu f=,g=1"), "bad_field_value");
+        assert_eq!(err("cpu f=1 g=2"), "bad_timestamp");
+    }
+
+    // --- Measurement and tags -------------------------------------------------------------
+
+    #[test]
+    fn measurement_shape() {
+        assert_eq!(err(",a=b f=1"), "bad_measurement");
+        assert_eq!(err("#cpu f=1"), "bad_measurement");
+        assert_eq!(err(" "), "bad_measurement");
+        assert_eq!(err(""), "bad_measurement");
+        assert_eq!(err("\tcpu f=1"), "control_char");
+        ok(r"\#cpu f=1");
+        ok("c#pu f=1");
+    }
+
+    #[test]
+    fn tag_shape() {
+        assert_eq!(err("cpu, f=1"), "bad_tag");
+        assert_eq!(err("cpu,=v f=1"), "bad_tag");
+        assert_eq!(err("cpu,k f=1"), "bad_tag");
+        assert_eq!(err("cpu,k= f=1"), "bad_tag");
+        assert_eq!(err("cpu,k=,j=2 f=1"), "bad_tag");
+        assert_eq!(err("cpu,k=v=w f=1"), "bad_tag");
+        assert_eq!(err("cpu,k=v, f=1"), "bad_tag");
+        assert_eq!(err("cpu,k=v,"), "bad_tag");
+        assert_eq!(err("cpu,k=v\x7f f=1"), "control_char");
+        ok(r"cpu,k=v\=w f=1");
+    }
+
+    #[test]
+    fn reserved_tag_keys() {
+        for key in ["time", "_field", "_measurement"] {
+            assert_eq!(err(&format!("cpu,a=1,{key}=x f=1")), "reserved_tag_key");
+        }
+        ok("cpu,times=x,_fields=y,Time=z f=1");
+        // Field keys and measurements may use the names.
+        ok("_measurement,a=1 time=1,_field=2");
+    }
+
+    #[test]
+    fn duplicate_tag_keys() {
+        assert_eq!(err("cpu,a=1,a=2 f=1"), "duplicate_tag_key");
+        assert_eq!(err("cpu,b=2,c=3,b=1 f=1"), "duplicate_tag_key");
+        assert_eq!(err(r"cpu,a\ b=1,c=2,a\ b=3 f=1"), "duplicate_tag_key");
+        ok("cpu,a=1,b=1,ab=1,ba=1 f=1");
+        // Beyond the stack slots the check rescans the tag set.
+        let many: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
+        ok(&format!("cpu,{} f=1", many.join(",")));
+        for dup in ["k0", "k17", "k39"] {
+            assert_eq!(
+                err(&format!("cpu,{},{dup}=w f=1", many.join(","))),
+                "duplicate_tag_key",
+                "{dup}"
+            );
+        }
+        assert_eq!(
+            check_line(b"cpu,a=1,b=2,a=3 f=1", Precision::Ns),
+            Err(LineError::DuplicateTagKey { at: 12 })
+        );
+    }
+
+    #[test]
+    fn series_key_limit() {
+        let name = "m".repeat(65535 - 4 - 1);
+        ok(&format!("{name} f=1"));
+        assert_eq!(err(&format!("{name} ff=1")), "series_key_too_long");
+    }
+
+    // --- Timestamps -----------------------------------------------------------------------
+
+    #[test]
+    fn timestamp_ranges() {
+        assert_eq!(
+            ok("m f=1 9223372036854775806"),
+            Some(9_223_372_036_854_775_806)
+        );
+        assert_eq!(
+            ok("m f=1 -9223372036854775806"),
+            Some(-9_223_372_036_854_775_806)
+        );
+        assert_eq!(ok("m f=1 000000"), Some(0));
+        assert_eq!(ok("m f=1 -0"), Some(0));
+        assert_eq!(ok("m f=1 0000000000000000000000000042"), Some(42));
+        for ts in [
+            "9223372036854775807",
+            "-9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                err(&format!("m f=1 {ts}")),
+                "timestamp_out_of_range",
+                "{ts}"
+            );
+        }
+        let check = |ts: i64, p: Precision| check_line(format!("m f=1 {ts}").as_bytes(), p);
+        let s_max = MAX_NANOS / 1_000_000_000;
+        assert_eq!(
+            check(s_max, Precision::S),
+            Ok(Checked {
+                timestamp: Some(s_max)
+            })
+        );
+        assert!(check(s_max + 1, Precision::S).is_err());
+        assert!(check(-s_max - 1, Precision::S).is_err());
+        let ms_max = MAX_NANOS / 1_000_000;
+        assert!(check(ms_max, Precision::Ms).is_ok());
+        assert!(check(ms_max + 1, Precision::Ms).is_err());
+        let us_max = MAX_NANOS / 1_000;
+        assert!(check(us_max, Precision::Us).is_ok());
+        assert!(check(-us_max - 1, Precision::Us).is_err());
+    }
+
+    #[test]
+    fn timestamp_syntax() {
+        for bad in [
+            "m f=1 -",
+            "m f=1 1.5",
+            "m f=1 12a",
+            "m f=1 1 2",
+            "m f=1 +5",
+            "m f=1 1e9",
+        ] {
+            assert_eq!(err(bad), "bad_timestamp", "{bad}");
+        }
+        assert_eq!(err("m f=1 1\x00"), "control_char");
+    }
+
+    // --- Bytes ----------------------------------------------------------------------------
+
+    #[test]
+    fn control_characters_and_utf8() {
+        assert_eq!(err("cpu f=1\r"), "control_char");
+        assert_eq!(err("cpu f=1\n"), "control_char");
+        assert_eq!(err("cpu\x7f f=1"), "control_char");
+        assert_eq!(err("cpu,a=\tb f=1"), "control_char");
+        assert_eq!(err("cpu f=1\t"), "control_char");
+        assert_eq!(err_bytes(b"cpu,a=\xff f=1"), "invalid_utf8");
+        assert_eq!(err_bytes(b"cpu s=\"\xc3\" 1"), "invalid_utf8");
+        assert_eq!(
+            check_line(b"cpu,a=\xe2\x82 f=1", Precision::Ns),
+            Err(LineError::InvalidUtf8 { at: 6 })
+        );
+        ok("m\u{e9}tric,\u{1f600}=\u{4e2d} f\u{fc}r=1");
+    }
+
+    #[test]
+    fn error_labels() {
+        assert_eq!(LineError::TooLong.reason(), "too_long");
+        assert_eq!(LineError::TooLong.offset(), None);
+        let e = LineError::BadFieldValue { at: 7 };
+        assert_eq!(e.reason(), "bad_field_value");
+        assert_eq!(e.offset(), Some(7));
+        assert!(e.to_string().contains("not a valid number"));
+    }
+
+    // --- normalize_line -------------------------------------------------------------------
+
+    #[test]
+    fn normalize_strips_cr_and_skips() {
+        let o = opts(1024, false);
+        assert_eq!(
+            normalize(b"cpu f=1\r", &o, None),
+            (Outcome::Accepted, b"cpu f=1\n".to_vec())
+        );
+        assert_eq!(
+            normalize(b"cpu f=1 5", &o, None),
+            (Outcome::Accepted, b"cpu f=1 5\n".to_vec())
+        );
+        for skipped in [
+            &b""[..],
+            b"\r",
+            b"   ",
+            b"   \r",
+            b"#",
+            b"# hi",
+            b"   # hi\tthere\r",
+        ] {
+            assert_eq!(
+                normalize(skipped, &o, None),
+                (Outcome::Skipped, vec![]),
+                "{skipped:?}"
+            );
+        }
+        assert_eq!(
+            normalize(b"# bad \x01 comment", &o, None),
+            (Outcome::Rejected(LineError::ControlChar { at: 6 }), vec![])
+        );
+        assert_eq!(
+            normalize(b"# \xff", &o, None).0,
+            Outcome::Rejected(LineError::InvalidUtf8 { at: 2 })
+        );
+        // The grammar has no tab in a blank line and the corpus rejects one.
+        assert_eq!(
+            normalize(b"\t", &o, None).0,
+            Outcome::Rejected(LineError::ControlChar { at: 0 })
+        );
+        assert_eq!(
+            normalize(b"\r\r", &o, None).0,
+            Outcome::Rejected(LineError::ControlChar { at: 0 })
+        );
+        assert!(
+            matches!(normalize(b"cpu f=x", &o, None), (Outcome::Rejected(_), v) if v.is_empty())
+        );
+    }
+
+    #[test]
+    fn normalize_appends_without_clearing() {
+        let o = opts(1024, false);
+        let mut out = b"prev\n".to_vec();
+        assert_eq!(
+            normalize_line(b"a f=1", &o, None, &mut out),
+            Outcome::Accepted
+        );
+        assert_eq!(
+            normalize_line(b"bad", &o, None, &mut out),
+            Outcome::Rejected(LineError::MissingFields { at: 3 })
+        );
+        assert_eq!(out, b"prev\na f=1\n");
+    }
+
+    #[test]
+    fn normalize_too_long() {
+        let o = opts(7, false);
+        assert_eq!(normalize(b"a f=123", &o, None).0, Outcome::Accepted);
+        assert_eq!(normalize(b"a f=123\r", &o, None).0, Outcome::Accepted);
+        assert_eq!(
+            normalize(b"a f=1234", &o, None).0,
+            Outcome::Rejected(LineError::TooLong)
+        );
+        assert_eq!(
+            normalize(b"# long comment", &o, None).0,
+            Outcome::Rejected(LineError::TooLong)
+        );
+        assert_eq!(
+            normalize(b"        ", &o, None).0,
+            Outcome::Rejected(LineError::TooLong)
+        );
+    }
+
+    #[test]
+    fn normalize_stamps_missing_timestamps() {
+        let on = opts(1024, true);
+        let stamp = Some(1_700_000_000_000_000_000);
+        assert_eq!(
+            normalize(b"a f=1", &on, stamp).1,
+            b"a f=1 1700000000000000000\n"
+        );
+        assert_eq!(
+            normalize(b"a f=1\r", &on, stamp).1,
+            b"a f=1 1700000000000000000\n"
+        );
+        assert_eq!(
+            normalize(b"a f=1  ", &on, stamp).1,
+            b"a f=1  1700000000000000000\n"
+        );
+        assert_eq!(
+            normalize(b"a s=\"x \"", &on, Some(-5)).1,
+            b"a s=\"x \" -5\n"
+        );
+        // Lines that carry a timestamp, stamping off, or no stamp: untouched.
+        assert_eq!(normalize(b"a f=1 42", &on, stamp).1, b"a f=1 42\n");
+        assert_eq!(normalize(b"a f=1", &opts(1024, false), stamp).1, b"a f=1\n");
+        assert_eq!(normalize(b"a f=1", &on, None).1, b"a f=1\n");
+        for stamped in [
+            &b"a f=1 1700000000000000000"[..],
+            b"a f=1  1700000000000000000",
+        ] {
+            assert_eq!(ok(std::str::from_utf8(stamped).unwrap()), stamp);
+        }
+    }
+
+    // --- Framer ---------------------------------------------------------------------------
+
+    #[test]
+    fn framer_splits_lines_zero_copy() {
+        let data = b"a f=1\r\nb f=2\n\nc f=3";
+        let mut framer = Framer::new(100);
+        let mut lines = Vec::new();
+        framer.feed(data, |r| {
+            let l = r.unwrap();
+            let range = data.as_ptr_range();
+            assert!(
+                range.contains(&l.as_ptr()) || l.is_empty(),
+                "borrowed from data"
+            );
+            lines.push(l.to_vec());
+        });
+        assert_eq!(lines, [&b"a f=1\r"[..], b"b f=2", b""]);
+        assert_eq!(framer.pending(), 5);
+        framer.finish(|r| lines.push(r.unwrap().to_vec()));
+        assert_eq!(lines.last().unwrap(), b"c f=3");
+        assert_eq!(framer.pending(), 0);
+        // Nothing pending: finish emits nothing.
+        framer.finish(|_| panic!("no line expected"));
+    }
+
+    #[test]
+    fn framer_joins_across_feeds() {
+        assert_eq!(
+            frame(b"cpu,h=a f=1 1\ncpu,h=b f=2 2\n", 100, &[3, 9, 14, 20]),
+            oks(&["cpu,h=a f=1 1", "cpu,h=b f=2 2"])
+        );
+    }
+
+    #[test]
+    fn framer_keeps_newlines_inside_strings() {
+        let data = b"m s=\"a\nb\" 1\nm,t=\"x f=\"q\\\"\n\\\\\n\",g=1\n# \"c\nn \"s\"=\"\n\"\n";
+        let expected = oks(&[
+            "m s=\"a\nb\" 1",
+            "m,t=\"x f=\"q\\\"\n\\\\\n\",g=1",
+            "# \"c",
+            "n \"s\"=\"\n\"",
+        ]);
+        for cut in 0..data.len() {
+            assert_eq!(frame(data, 100, &[cut]), expected, "cut at {cut}");
+        }
+        let o = opts(100, false);
+        let outcomes: Vec<Outcome> = expected
+            .iter()
+            .map(|l| normalize(l.as_ref().unwrap(), &o, None).0)
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Accepted,
+                Outcome::Accepted,
+                Outcome::Skipped,
+                Outcome::Accepted
+            ]
+        );
+    }
+
+    #[test]
+    fn framer_quotes_outside_field_values_do_not_open_strings() {
+        assert_eq!(
+            frame(
+                b"\"m,\"t\"=\"v\" \"k\"=1\nm f=a\"b\nm f=1 \"\nx f=1\n",
+                100,
+                &[]
+            ),
+            oks(&["\"m,\"t\"=\"v\" \"k\"=1", "m f=a\"b", "m f=1 \"", "x f=1"])
+        );
+        // Malformed before the quote: the line ends at the next newline.
+        assert_eq!(
+            frame(b"m ,f=\"a\nb f=1\n", 100, &[]),
+            oks(&["m ,f=\"a", "b f=1"])
+        );
+    }
+
+    #[test]
+    fn framer_too_long_is_reported_once_and_skipped() {
+        let data = b"ok f=1\nthis line is far too long\nok f=2\n";
+        let expected = vec![
+            Ok(b"ok f=1".to_vec()),
+            Err(LineError::TooLong),
+            Ok(b"ok f=2".to_vec()),
+        ];
+        for cut in 0..data.len() {
+            assert_eq!(frame(data, 8, &[cut]), expected, "cut at {cut}");
+        }
+        // max + 1 bytes fit (room for a CR); max + 2 do not.
+        assert_eq!(frame(b"12345678\r\n", 8, &[]), oks(&["12345678\r"]));
+        assert_eq!(frame(b"123456789\n", 8, &[]), oks(&["123456789"]));
+        assert_eq!(
+            frame(b"1234567890\n", 8, &[]),
+            vec![Err(LineError::TooLong)]
+        );
+        // An overlong final line without newline is reported, then dropped at finish.
+        assert_eq!(
+            frame(b"a f=1\n1234567890", 8, &[7]),
+            vec![Ok(b"a f=1".to_vec()), Err(LineError::TooLong)]
+        );
+    }
+
+    #[test]
+    fn framer_unterminated_quote_costs_at_most_max_line_bytes() {
+        let mut data = b"bad s=\"oops\n".to_vec();
+        for i in 0..100 {
+            data.extend_from_slice(format!("m f={i}\n").as_bytes());
+        }
+        let lines = frame(&data, 64, &[]);
+        assert_eq!(lines[0], Err(LineError::TooLong));
+        let good = lines
+            .iter()
+            .filter(|l| matches!(l, Ok(l) if l.starts_with(b"m f=")))
+            .count();
+        assert!(good >= 100 - 64 / 6 - 1, "only {good} lines survived");
+        // The same stream at end of input: the bad line is emitted and rejected.
+        assert_eq!(
+            frame(b"bad s=\"oops\nm f=1", 64, &[]),
+            oks(&["bad s=\"oops\nm f=1"])
+        );
+    }
+
+    #[test]
+    fn framer_bounded_memory() {
+        let mut framer = Framer::new(16);
+        let mut events = 0;
+        for _ in 0..1000 {
+            framer.feed(b"xxxxxxxx", |r| {
+                assert_eq!(r, Err(LineError::TooLong));
+                events += 1;
+            });
+            assert!(framer.pending() <= 17);
+        }
+        assert_eq!(events, 1);
+        framer.feed(b"\nm f=1\n", |r| assert_eq!(r, Ok(&b"m f=1"[..])));
+    }
+
+    // --- Escaping -------------------------------------------------------------------------
+
+    #[test]
+    fn escaping() {
+        let esc = |f: fn(&[u8], &mut Vec<u8>), raw: &str| {
+            let mut out = Vec::new();
+            f(raw.as_bytes(), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            esc(escape_string_field, r#"say "hi" \ bye"#),
+            r#"say \"hi\" \\ bye"#
+        );
+        assert_eq!(esc(escape_tag, "a b,c=d"), r"a\ b\,c\=d");
+        assert_eq!(esc(escape_tag, r"C:\logs\a,b\"), r"C:\logs\a\,b");
+        assert_eq!(esc(escape_measurement, "a b,c=d"), r"a\ b\,c=d");
+        assert_eq!(esc(escape_measurement, "#x"), r"\#x");
+
+        let line = format!(
+            "{},path={} message=\"{}\"",
+            esc(escape_measurement, "#my log,x"),
+            esc(escape_tag, r"/var/log/a b=c,d\"),
+            esc(escape_string_field, "GET \"/\" 200 \\o/\t\u{1}")
+        );
+        ok(&line);
+    }
+
+    // --- Properties -----------------------------------------------------------------------
+
+    /// Bytes that exercise the grammar's interesting corners more often than uniform bytes.
+    fn lp_bytes(max_len: usize) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => prop::sample::select(b"ab09 ,=\"\\\n\r#-.eiu tTfF".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..max_len)
+    }
+
+    fn piece(options: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(options), 1..6).prop_map(|v| v.concat())
+    }
+
+    /// A valid field value. `plain` leaves out control characters (allowed in strings, but
+    /// outside the fast path).
+    fn field_value(plain: bool) -> impl Strategy<Value = String> {
+        let mut string_pieces = vec!["a", " ", ",", "=", "\\\\", "\\\"", "\u{e9}", "#", "\\n"];
+        if !plain {
+            string_pieces.extend(["\n", "\t", "\r"]);
+        }
+        prop_oneof![
+            "-?[0-9]{1,6}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{1,2})?",
+            "-?\\.[0-9]{1,4}",
+            "-?[0-9]{1,18}i",
+            "[0-9]{1,19}u",
+            prop::sample::select(vec![
+                "t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"
+            ])
+            .prop_map(str::to_string),
+            prop::collection::vec(prop::sample::select(string_pieces), 0..8)
+                .prop_map(|v| format!("\"{}\"", v.concat())),
+            // Long strings carry lines across the bitmap's 64-byte words and its size limit.
+            "\"[a-z ,=]{0,400}\"",
+        ]
+    }
+
+    /// A valid line without timestamp, with unique tag keys. `plain` leaves out what the fast
+    /// path hands to the full validator: leading spaces, escapes outside strings and control
+    /// characters.
+    fn line_with(plain: bool) -> impl Strategy<Value = String> {
+        let (names, keys): (&'static [&'static str], &'static [&'static str]) = if plain {
+            (
+                &["cpu", "m", "_", "=", "\"", "\u{e9}", "0"],
+                &["a", "z", "0", "_", "\"", "\u{e9}"],
+            )
+        } else {
+            (
+                &["cpu", "m", "_", "\\,", "\\ ", "=", "\"", "\u{e9}", "0"],
+                &["a", "z", "0", "_", "\\ ", "\\,", "\\=", "\"", "\u{e9}"],
+            )
+        };
+        let tags = prop::collection::vec((piece(keys), piece(keys)), 0..5);
+        let fields = prop::collection::vec((piece(keys), field_value(plain)), 1..5);
+        let lead = if plain { 0..1usize } else { 0..3usize };
+        (piece(names), tags, fields, lead, 0..3usize).prop_map(
+            |(name, tags, fields, lead, trail)| {
+                let mut line = " ".repeat(lead) + &name;
+                for (i, (k, v)) in tags.iter().enumerate() {
+                    line += &format!(",t{i}_{k}={v}");
+                }
+                let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                line + " " + &fields.join(",") + &" ".repeat(trail)
+            },
+        )
+    }
+
+    fn valid_line() -> impl Strategy<Value = String> {
+        line_with(false)
+    }
+
+    /// A timestamp: small, or near the end of the range for one of the precisions.
+    fn some_timestamp() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i32>().prop_map(i64::from),
+            (
+                prop::sample::select(vec![1, 1_000, 1_000_000, 1_000_000_000]),
+                -2i64..=2,
+                any::<bool>()
+            )
+                .prop_map(|(npu, delta, neg)| {
+                    let edge = (MAX_NANOS / npu).saturating_add(delta);
+                    if neg {
+                        -edge
+                    } else {
+                        edge
+                    }
+                }),
+        ]
+    }
+
+    /// A valid line, with or without a timestamp (which may be out of range).
+    fn stamped(line: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        (line, prop::option::of(some_timestamp())).prop_map(|(line, ts)| match ts {
+            Some(ts) => format!("{} {ts}", line.trim_end()),
+            None => line,
+        })
+    }
+
+    /// One byte for an edit: mostly the bytes that carry line-protocol structure.
+    fn edit_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => prop::sample::select(b" ,=\"\\\n\t\r#-.019eEiutTfF".to_vec()),
+            1 => any::<u8>(),
+        ]
+    }
+
+    fn precision() -> impl Strategy<Value = Precision> {
+        prop::sample::select(vec![
+            Precision::Ns,
+            Precision::Us,
+            Precision::Ms,
+            Precision::S,
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(data in lp_bytes(120), p in precision(), max in 0usize..150,
+                        stamp in any::<Option<i64>>(), cuts in prop::collection::vec(0usize..120, 0..4)) {
+            let _ = check_line(&data, p);
+            let o = LineOptions { precision: p, max_line_bytes: max, stamp_missing: true };
+            let mut out = Vec::new();
+            let _ = normalize_line(&data, &o, stamp, &mut out);
+            let _ = frame(&data, max, &cuts);
+        }
+
+        #[test]
+        fn never_panics_on_any_bytes(data in prop::collection::vec(any::<u8>(), 0..200), p in precision()) {
+            let _ = check_line(&data, p);
+            let _ = frame(&data, 50, &[data.len() / 2]);
+        }
+
+        #[test]
+        fn framing_ignores_read_boundaries(data in lp_bytes(300), max in prop_oneof![0usize..40, Just(1 << 20)],
+                                           cuts in prop::collection::vec(0usize..300, 0..12)) {
+            let whole = frame(&data, max, &[]);
+            prop_assert_eq!(frame(&data, max, &cuts), whole.clone());
+            let bytewise: Vec<usize> = (0..data.len()).collect();
+            prop_assert_eq!(frame(&data, max, &bytewise), whole);
+        }
+
+        #[test]
+        fn valid_lines_are_accepted_and_framed_back(lines in prop::collection::vec((valid_line(), any::<Option<i32>>(), any::<bool>()), 1..6),
+                                                    cuts in prop::collection::vec(0usize..600, 0..6)) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (line, ts, crlf) in &lines {
+                let line = match ts {
+                    Some(ts) => format!("{} {ts}", line.trim_end()),
+                    None => line.clone(),
+                };
+                let checked = check_line(line.as_bytes(), Precision::Ns);
+                prop_assert_eq!(checked, Ok(Checked { timestamp: ts.map(i64::from) }), "{:?}", line);
+                stream.extend_from_slice(line.as_bytes());
+                stream.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+                expected.push(Ok(if *crlf { format!("{line}\r") } else { line }.into_bytes()));
+            }
+            prop_assert_eq!(frame(&stream, 4096, &cuts), expected);
+        }
+
+        #[test]
+        fn stamped_lines_validate_with_the_stamp(line in valid_line(), p in precision(), frac in -1.0f64..=1.0) {
+            let bound = MAX_NANOS / p.nanos_per_unit();
+            let ts = (bound as f64 * frac) as i64;
+            let o = LineOptions { precision: p, max_line_bytes: 1 << 16, stamp_missing: true };
+            let mut out = Vec::new();
+            prop_assert_eq!(normalize_line(line.as_bytes(), &o, Some(ts), &mut out), Outcome::Accepted);
+            prop_assert_eq!(out.pop(), Some(b'\n'));
+            prop_assert!(out.starts_with(line.as_bytes()));
+            prop_assert_eq!(check_line(&out, p), Ok(Checked { timestamp: Some(ts) }));
+        }
+    }
+
+    /// What the fast path says, or `None` where there is no fast path.
+    fn fast_check(line: &[u8], p: Precision) -> Option<Checked> {
+        #[cfg(target_arch = "x86_64")]
+        if line.len() <= fast::MAX_LEN {
+            return fast::check(line, p);
+        }
+        let _ = (line, p);
+        None
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_full_validator(line in stamped(valid_line()), p in precision(),
+                                                edit in prop::option::of((any::<prop::sample::Index>(), edit_byte(), any::<bool>()))) {
+            // Valid lines, and lines one edit away from valid: where mistakes would hide.
+            let mut bytes = line.into_bytes();
+            if let Some((at, b, insert)) = edit {
+                let at = at.index(bytes.len() + 1);
+                if insert || at == bytes.len() {
+                    bytes.insert(at, b);
+                } else {
+                    bytes[at] = b;
+                }
+            }
+            if let Some(checked) = fast_check(&bytes, p) {
+                prop_assert_eq!(check_line_full(&bytes, p), Ok(checked));
+            }
+            prop_assert_eq!(check_line(&bytes, p), check_line_full(&bytes, p));
+        }
+
+        #[test]
+        fn fast_path_agrees_on_random_bytes(data in lp_bytes(600), p in precision()) {
+            prop_assert_eq!(check_line(&data, p), check_line_full(&data, p));
+        }
+
+        #[test]
+        fn fast_path_takes_plain_lines(line in stamped(line_with(true))) {
+            // Lines without escapes outside strings or control characters must not fall back
+            // to the full validator, or the fast path would go untested and unused.
+            let expected = check_line_full(line.as_bytes(), Precision::S);
+            if cfg!(target_arch = "x86_64") && line.len() <= 512 && expected.is_ok() {
+                prop_assert_eq!(fast_check(line.as_bytes(), Precision::S).ok_or(()), expected.map_err(|_| ()));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    proptest! {
+        #[test]
+        fn classifiers_agree(data in prop::collection::vec(any::<u8>(), 32..=fast::MAX_LEN)) {
+            if std::is_x86_feature_detected!("avx2") {
+                let mut with_sse2 = [0u64; 8];
+                let mut with_avx2 = [0u64; 8];
+                let a = fast::classify_sse2(&data, &mut with_sse2);
+                // SAFETY: the CPU has AVX2, checked above.
+                let b = unsafe { fast::classify_avx2(&data, &mut with_avx2) };
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(with_sse2, with_avx2);
+            }
+        }
+    }
 }

@@ -71,7 +71,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(lineship::run(
         settings,
         lineship::Io::default(),
-        shutdown_signal(),
+        // Installed before `run` starts, so a SIGTERM during startup also drains.
+        {
+            let _in_runtime = rt.enter();
+            shutdown_signal()
+        },
     ));
     // The stdin thread may still be blocked in read(); don't wait for it.
     rt.shutdown_background();
@@ -160,18 +164,21 @@ fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now; the returned future resolves on either signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; SIGTERM will kill without draining");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; SIGTERM will kill without draining");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

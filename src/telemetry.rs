@@ -28,6 +28,13 @@ pub struct InputStats {
     pub invalid: Mutex<BTreeMap<&'static str, u64>>,
     /// Lines dropped by reason (e.g. UDP `channel_full`).
     pub dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// UDP: datagrams read.
+    pub datagrams: AtomicU64,
+    /// UDP: datagrams the kernel dropped because the socket's receive buffer was full
+    /// (`SO_RXQ_OVFL`, reconciled with `/proc/net/udp`). Their lines were never seen.
+    pub kernel_drops: AtomicU64,
+    /// UDP: datagrams larger than the read buffer; the lines after the cut were lost.
+    pub truncated: AtomicU64,
 }
 
 impl InputStats {
@@ -55,6 +62,8 @@ pub struct InputMetric {
     pub name: &'static str,
     pub help: &'static str,
     pub gauge: bool,
+    /// Only inputs whose name starts with this get a series (`""`: every input).
+    pub inputs: &'static str,
     pub get: fn(&InputStats) -> u64,
 }
 
@@ -63,13 +72,36 @@ pub const INPUT_METRICS: &[InputMetric] = &[
         name: "lines_received",
         help: "Lines accepted by the validator and queued for delivery.",
         gauge: false,
+        inputs: "",
         get: |i| i.lines.load(Relaxed),
     },
     InputMetric {
         name: "input_bytes",
         help: "Raw bytes read by the input.",
         gauge: false,
+        inputs: "",
         get: |i| i.bytes.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_datagrams",
+        help: "UDP datagrams read.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.datagrams.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_kernel_drops",
+        help: "UDP datagrams the kernel dropped because the socket receive buffer was full (SO_RXQ_OVFL); raise receive_buffer and net.core.rmem_max.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.kernel_drops.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_truncated_datagrams",
+        help: "UDP datagrams larger than the read buffer; the line cut at the end was lost.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.truncated.load(Relaxed),
     },
 ];
 
@@ -171,6 +203,26 @@ impl Stats {
             .sum()
     }
 
+    /// Sum of one counter over the inputs.
+    pub fn inputs_sum(&self, f: impl Fn(&InputStats) -> u64) -> u64 {
+        self.inputs.lock().unwrap().iter().map(|i| f(i)).sum()
+    }
+
+    /// Per-reason totals over the inputs of `invalid` or `dropped`, as `reason=n,...`.
+    pub fn reasons(
+        &self,
+        f: impl Fn(&InputStats) -> &Mutex<BTreeMap<&'static str, u64>>,
+    ) -> String {
+        let mut all: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for i in self.inputs.lock().unwrap().iter() {
+            for (r, n) in f(i).lock().unwrap().iter() {
+                *all.entry(r).or_default() += n;
+            }
+        }
+        let parts: Vec<String> = all.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        parts.join(",")
+    }
+
     /// Logs the periodic summary line.
     pub fn log_summary(&self) {
         let h = self.health.lock().unwrap().clone();
@@ -178,7 +230,11 @@ impl Stats {
             lines_in = self.lines_received(),
             delivered = self.lines_delivered.load(Relaxed),
             invalid = self.lines_invalid(),
+            invalid_by_reason = %self.reasons(|i| &i.invalid),
             dropped = self.lines_dropped(),
+            dropped_by_reason = %self.reasons(|i| &i.dropped),
+            udp_kernel_drops = self.inputs_sum(|i| i.kernel_drops.load(Relaxed)),
+            udp_truncated = self.inputs_sum(|i| i.truncated.load(Relaxed)),
             dead_lettered = self.lines_dead_lettered.load(Relaxed),
             partial_dropped = self.lines_partial_dropped.load(Relaxed),
             retries = self.retries.load(Relaxed),

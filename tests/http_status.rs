@@ -103,6 +103,11 @@ async fn delivers_with_design_headers_and_query() {
         assert!(r.is_gzip());
     }
     assert_eq!(fake.empty_posts(), 0);
+    assert!(
+        fake.connections() <= 4,
+        "keep-alive: at most max_in_flight connections, got {}",
+        fake.connections()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

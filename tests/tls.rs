@@ -148,6 +148,7 @@ async fn https_without_the_ca_fails_with_a_certificate_error() {
     let io = Io {
         stdin: Some(Box::new(Cursor::new(b"m v=1i 1\n".to_vec()))),
         stats: Some(stats.clone()),
+        ..Default::default()
     };
     let report = tokio::time::timeout(
         Duration::from_secs(30),

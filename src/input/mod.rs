@@ -6,6 +6,7 @@
 //! never affects its neighbours.
 
 pub mod stdin;
+pub mod udp;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -70,6 +71,15 @@ impl Intake {
             Ok(l) => match normalize_line(l, &self.opts, stamp, out) {
                 Outcome::Accepted => self.pending_lines += 1,
                 Outcome::Skipped => {}
+                // The framer keeps a `\n` inside a quoted string value in the line (InfluxDB
+                // allows multi-line strings). If such a line is invalid, an unbalanced quote
+                // probably swallowed its neighbours: judge each physical line on its own, so a
+                // bad line loses only itself.
+                Outcome::Rejected(_) if memchr::memchr(b'\n', l).is_some() => {
+                    for piece in l.split(|&b| b == b'\n') {
+                        self.line(Ok(piece), stamp, out);
+                    }
+                }
                 Outcome::Rejected(e) => self.reject(l, e),
             },
         }

@@ -109,6 +109,7 @@ impl Collector for StatsCollector {
         for m in INPUT_METRICS {
             let samples: Vec<(Labels, u64)> = inputs
                 .iter()
+                .filter(|i| i.name.starts_with(m.inputs))
                 .map(|i| (vec![("input", i.name.clone())], (m.get)(i)))
                 .collect();
             family(
@@ -315,9 +316,9 @@ mod tests {
         stdin.lines.store(10, Relaxed);
         stdin.add_invalid("too_long", 2);
         stdin.add_invalid("bad", 1);
-        stats
-            .register_input("udp:127.0.0.1:8089")
-            .add_dropped("channel_full", 7);
+        let udp = stats.register_input("udp:127.0.0.1:8089");
+        udp.add_dropped("channel_full", 7);
+        udp.kernel_drops.store(3, Relaxed);
         stats.lines_delivered.store(9, Relaxed);
         stats.count_request("204");
         stats.count_request("204");
@@ -349,6 +350,17 @@ mod tests {
                 r#"lineship_lines_dropped_total{input="udp:127.0.0.1:8089",reason="channel_full"}"#
             ),
             Some("7")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_udp_kernel_drops_total{input="udp:127.0.0.1:8089"}"#
+            ),
+            Some("3")
+        );
+        assert!(
+            !text.contains(r#"lineship_udp_kernel_drops_total{input="stdin"}"#),
+            "UDP series only for UDP inputs: {text}"
         );
         assert_eq!(sample(&text, "lineship_lines_delivered_total"), Some("9"));
         assert_eq!(
