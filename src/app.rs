@@ -24,6 +24,8 @@ use crate::input::text::TextFormat;
 use crate::input::{self, tail, Intake};
 use crate::output::{MemoryGate, Sender};
 use crate::reject::DeadLetter;
+use crate::reload::Reloader;
+use crate::service::{self, Service};
 use crate::spool::Spool;
 use crate::telemetry::Stats;
 
@@ -87,7 +89,14 @@ pub async fn run(
             settings.state_dir.display()
         )
     })?;
+    service::check_state_dir_writable(&settings.state_dir)?;
     let _lock = lock_state_dir(&settings.state_dir)?;
+    let mut service = Service::prepare(&settings)?;
+    // SIGHUP: inputs that react to reloads subscribe with `reloader.subscribe()`.
+    let reloader = Arc::new(Reloader::new(
+        settings.output.token_file.clone(),
+        settings.output.token.clone(),
+    ));
 
     // UDP sockets are bound before anything starts, so a bind error ends the run cleanly.
     let mut inherited = match io.udp_sockets {
@@ -260,6 +269,7 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "lineship started"
     );
+    service.ready(&settings, &stats, &spool, &sender, &reloader);
 
     // Spool durability: fsync (per policy) and persist the cursor periodically; acks of
     // batches that became durable go back to their inputs.
@@ -300,11 +310,15 @@ pub async fn run(
                 tracing::debug!("stdin ended; draining the pipeline");
                 break;
             }
-            _ = summary.tick() => stats.log_summary(),
+            _ = summary.tick() => {
+                stats.log_summary();
+                service.status(&stats);
+            }
         }
     }
 
     // Shutdown, front to back.
+    service.stopping();
     let deadline = Instant::now() + settings.agent.shutdown_timeout;
     stop_inputs.store(true, Relaxed);
     let _ = deadline_tx.send(Some(deadline));

@@ -19,6 +19,7 @@ use crate::batch::{AckRouter, Batch, Builder, Chunk, Encoder, Limits, RawBatch};
 use crate::output::MemoryGate;
 use crate::spool::{Appended, Spool};
 use crate::telemetry::Stats;
+use crate::watchdog::{Stage, BEAT_EVERY};
 
 /// After stop, how long the channel must stay empty before the batcher stops waiting for
 /// inputs that have not hung up yet (e.g. stdin blocked in `read`).
@@ -51,12 +52,12 @@ impl Batcher {
         let mut sealed: Vec<RawBatch> = Vec::new();
         let mut stopping = false;
         loop {
+            self.stats.progress.beat(Stage::Batcher);
             let now = Instant::now();
-            let timeout = builder
-                .next_deadline()
-                .map_or(Duration::from_secs(3600), |d| {
-                    d.saturating_duration_since(now)
-                });
+            // Wake at least every BEAT_EVERY even when idle, so the watchdog sees the loop alive.
+            let timeout = builder.next_deadline().map_or(BEAT_EVERY, |d| {
+                d.saturating_duration_since(now).min(BEAT_EVERY)
+            });
             if stopping {
                 match self.chunks.recv_timeout(STOP_GRACE) {
                     Ok(c) => builder.push(c, Instant::now(), &mut sealed),
@@ -90,7 +91,12 @@ impl Batcher {
                 self.hand_over(batch, size);
                 continue;
             }
-            let give_up = || stopping || stop_closed(&self.stop);
+            // Called every 100 ms while waiting for memory or spool space: waiting on the
+            // sender or the server is not a wedge, so it counts as progress.
+            let give_up = || {
+                self.stats.progress.beat(Stage::Batcher);
+                stopping || stop_closed(&self.stop)
+            };
             match self.spool.append(&batch, give_up) {
                 Ok((Appended::Stored, durable)) => {
                     self.acks.ack(&durable);

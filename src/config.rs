@@ -366,6 +366,8 @@ pub struct OutputSettings {
     pub bucket: String,
     pub token: Secret,
     pub token_file: Option<PathBuf>,
+    /// Where `token` came from (the config file's permissions matter only for `Config`).
+    pub token_source: TokenSource,
     pub gzip_level: u32,
     pub timeout: Duration,
     pub max_in_flight: usize,
@@ -699,14 +701,20 @@ fn validate_output(
             "is required (the default bucket; inputs may override it)"
         ));
     }
-    let token = match (o.token, &o.token_file) {
+    let (token, token_source) = match (o.token, &o.token_file) {
         (Some(_), Some(_)) => bail!(key_err(
             "output.token_file",
             "set either output.token or output.token_file, not both"
         )),
-        (Some(t), None) => Secret::new(t),
-        (None, Some(f)) => read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
-        (None, None) => Secret::new(env(TOKEN_ENV).unwrap_or_default()),
+        (Some(t), None) => (Secret::new(t), TokenSource::Config),
+        (None, Some(f)) => (
+            read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
+            TokenSource::File,
+        ),
+        (None, None) => match env(TOKEN_ENV) {
+            Some(t) if !t.is_empty() => (Secret::new(t), TokenSource::Env),
+            _ => (Secret::default(), TokenSource::None),
+        },
     };
     if o.gzip_level > 12 {
         bail!(key_err(
@@ -755,6 +763,7 @@ fn validate_output(
         bucket: o.bucket,
         token,
         token_file: o.token_file,
+        token_source,
         gzip_level: o.gzip_level,
         timeout: o.timeout,
         max_in_flight: o.max_in_flight as usize,
@@ -776,6 +785,46 @@ pub fn read_token_file(path: &Path) -> Result<Secret, String> {
         return Err(format!("{} is empty", path.display()));
     }
     Ok(Secret::new(t))
+}
+
+/// Where the output token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    None,
+    /// `output.token` in the config file.
+    Config,
+    /// `output.token_file`.
+    File,
+    /// The `LINESHIP_TOKEN` environment variable.
+    Env,
+}
+
+/// A warning when `path` (a file holding a secret) can be read by every user on the machine.
+pub fn world_readable_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "{what} {} holds the output token and is readable by every user (mode {:o}); run `chmod 600 {}` (or 640 with group lineship)",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+/// Warnings about secrets readable by every user: the config file when it holds
+/// `output.token`, and `output.token_file`.
+pub fn secret_file_warnings(config_path: &Path, settings: &Settings) -> Vec<String> {
+    let o = &settings.output;
+    let mut out = Vec::new();
+    if o.token_source == TokenSource::Config && !o.token.is_empty() {
+        out.extend(world_readable_warning(config_path, "config file"));
+    }
+    if let (TokenSource::File, Some(f)) = (o.token_source, &o.token_file) {
+        out.extend(world_readable_warning(f, "output.token_file"));
+    }
+    out
 }
 
 fn to_usize(key: &str, v: u64) -> anyhow::Result<usize> {
@@ -882,6 +931,40 @@ token = "s3cret"
         assert_eq!(s.output.token.expose(), "filetok");
         let both = format!("{with_file}token = \"x\"\n");
         assert!(format!("{:#}", load(&both).unwrap_err()).contains("output.token_file"));
+    }
+
+    #[test]
+    fn world_readable_secrets_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("lineship.toml");
+        std::fs::write(&cfg, MINIMAL).unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod(&cfg, 0o644);
+        let s = load(MINIMAL).unwrap();
+        assert_eq!(s.output.token_source, TokenSource::Config);
+        let w = secret_file_warnings(&cfg, &s);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("chmod 600") && w[0].contains("lineship.toml"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("s3cret"));
+        chmod(&cfg, 0o640);
+        assert!(secret_file_warnings(&cfg, &s).is_empty());
+
+        // A config without a token may be world-readable; a world-readable token_file may not.
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "t\n").unwrap();
+        chmod(&tok, 0o604);
+        chmod(&cfg, 0o644);
+        let s =
+            load(&MINIMAL.replace("token = \"s3cret\"", &format!("token_file = {tok:?}"))).unwrap();
+        let w = secret_file_warnings(&cfg, &s);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("output.token_file"), "{w:?}");
     }
 
     #[test]

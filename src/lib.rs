@@ -22,8 +22,12 @@ pub mod input;
 pub mod line;
 pub mod output;
 pub mod reject;
+pub mod reload;
+pub mod sd_notify;
+pub mod service;
 pub mod spool;
 pub mod telemetry;
+pub mod watchdog;
 
 pub use app::{run, Io, Report};
 pub use config::Settings;

@@ -29,8 +29,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let warnings = lineship::config::secret_file_warnings(config, &settings);
     match cli.command {
         Some(Command::Check) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            // Run as the service user (ExecStartPre), this catches a state_dir it cannot use.
+            if settings.state_dir.is_dir() {
+                if let Err(e) = lineship::service::check_state_dir_writable(&settings.state_dir) {
+                    eprintln!("warning: {e:#}");
+                }
+            }
             println!(
                 "config {} is valid; effective settings:\n{settings:#?}",
                 config.display()
@@ -41,6 +51,9 @@ fn main() -> ExitCode {
         None => {}
     }
     lineship::telemetry::init_logging(&settings.agent.log_level, settings.agent.log_format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let stdin_mode = settings.inputs.stdin.is_some();
 
     let rt = match tokio::runtime::Builder::new_multi_thread()

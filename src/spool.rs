@@ -787,6 +787,7 @@ impl Spool {
         let b = backlog_of(&st.segments);
         self.stats.spool_bytes.store(b.bytes, Relaxed);
         self.stats.spool_records.store(b.records, Relaxed);
+        self.stats.spool_lines.store(b.lines, Relaxed);
     }
 }
 

@@ -2,7 +2,11 @@
 //!
 //! Counters are plain atomics shared through `Arc<Stats>`; the hot paths add whole chunk or
 //! batch totals, never per line. Rare events (invalid lines, HTTP statuses) go through small
-//! mutex-protected maps. The telemetry endpoint and the summary log line read from here.
+//! mutex-protected maps. The telemetry endpoint (`metrics.rs`, `endpoint.rs`) and the summary
+//! log line read from here.
+
+pub mod endpoint;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::config::LogFormat;
+use crate::watchdog::Progress;
 
 /// Counters of one input.
 #[derive(Debug, Default)]
@@ -56,6 +61,56 @@ impl InputStats {
     }
 }
 
+/// A per-input number exported on `/metrics` as `lineship_<name>{input="…"}` (counters get
+/// the `_total` suffix). A new `AtomicU64` in [`InputStats`] becomes a metric by adding a row
+/// to [`INPUT_METRICS`]; `invalid` and `dropped` are exported by reason separately.
+pub struct InputMetric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub gauge: bool,
+    /// Only inputs whose name starts with this get a series (`""`: every input).
+    pub inputs: &'static str,
+    pub get: fn(&InputStats) -> u64,
+}
+
+pub const INPUT_METRICS: &[InputMetric] = &[
+    InputMetric {
+        name: "lines_received",
+        help: "Lines accepted by the validator and queued for delivery.",
+        gauge: false,
+        inputs: "",
+        get: |i| i.lines.load(Relaxed),
+    },
+    InputMetric {
+        name: "input_bytes",
+        help: "Raw bytes read by the input.",
+        gauge: false,
+        inputs: "",
+        get: |i| i.bytes.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_datagrams",
+        help: "UDP datagrams read.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.datagrams.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_kernel_drops",
+        help: "UDP datagrams the kernel dropped because the socket receive buffer was full (SO_RXQ_OVFL); raise receive_buffer and net.core.rmem_max.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.kernel_drops.load(Relaxed),
+    },
+    InputMetric {
+        name: "udp_truncated_datagrams",
+        help: "UDP datagrams larger than the read buffer; the line cut at the end was lost.",
+        gauge: false,
+        inputs: "udp:",
+        get: |i| i.truncated.load(Relaxed),
+    },
+];
+
 /// Pipeline-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -74,12 +129,16 @@ pub struct Stats {
     /// Spool gauges: bytes of segment files, records not yet delivered.
     pub spool_bytes: AtomicU64,
     pub spool_records: AtomicU64,
+    /// Spool gauge: lines in the records not yet delivered.
+    pub spool_lines: AtomicU64,
     /// Lines the spool dropped at its size cap (`when_full`).
     pub spool_dropped_lines: AtomicU64,
     /// Damaged spool records skipped at recovery or replay.
     pub spool_corrupt_records: AtomicU64,
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub health: Mutex<Health>,
+    /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
+    pub progress: Arc<Progress>,
 }
 
 /// What the output last saw; `/health` and the summary line report it.
@@ -194,6 +253,9 @@ impl Stats {
             dead_lettered = self.lines_dead_lettered.load(Relaxed),
             partial_dropped = self.lines_partial_dropped.load(Relaxed),
             retries = self.retries.load(Relaxed),
+            spool_records = self.spool_records.load(Relaxed),
+            spool_lines = self.spool_lines.load(Relaxed),
+            spool_bytes = self.spool_bytes.load(Relaxed),
             last_status = %h.last,
             healthy = h.ok,
             "summary"

@@ -24,6 +24,7 @@ use crate::config::OutputSettings;
 use crate::reject::DeadLetter;
 use crate::spool::{self, RecordId, Spool};
 use crate::telemetry::{Health, Stats};
+use crate::watchdog::{Stage, BEAT_EVERY};
 use client::{Client, Reply};
 use retry::{classify, parse_dropped, Gate, Verdict};
 
@@ -151,11 +152,15 @@ impl Sender {
         let mut rx_open = true;
         loop {
             while tasks.try_join_next().is_some() {}
-            let permit = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
+            // Beat while waiting for a slot too: slots held by retries are not a wedge.
+            let permit = loop {
+                self.stats.progress.beat(Stage::Sender);
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => break p.expect("semaphore is never closed"),
+                    _ = tokio::time::sleep(BEAT_EVERY) => {}
+                }
+            };
+            self.stats.progress.beat(Stage::Sender);
             let past_deadline = self.deadline.borrow().is_some_and(|d| Instant::now() >= d);
             let mut work = None;
             if !past_deadline && self.spool.has_pending() {

@@ -1,0 +1,142 @@
+//! Reloading on SIGHUP: what can change without a restart.
+//!
+//! - `output.token_file` is read again and, if it changed, handed to the HTTP client: the next
+//!   request carries the new token. A file that cannot be read or is empty keeps the current
+//!   token (and says so at error level). The token itself is never logged.
+//! - Every SIGHUP bumps a generation number on a `tokio::sync::watch` channel that inputs
+//!   subscribe to with [`Reloader::subscribe`] (the tail input rescans its globs). Async code
+//!   awaits `changed()`; a blocking thread polls `has_changed()` and calls `mark_unchanged()`.
+//!
+//! Everything else in the config needs a restart (`systemctl restart lineship`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::config::{self, Secret};
+use crate::output::client::Client;
+
+/// What re-reading the token file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenReload {
+    /// No `output.token_file`: the token comes from `output.token` or `LINESHIP_TOKEN`.
+    NotConfigured,
+    Unchanged,
+    Replaced(Secret),
+    /// The file could not be used; the current token stays.
+    Failed(String),
+}
+
+/// Reads `token_file` again and compares it with the token in use.
+pub fn reread_token(token_file: Option<&Path>, current: &Secret) -> TokenReload {
+    let Some(path) = token_file else {
+        return TokenReload::NotConfigured;
+    };
+    match config::read_token_file(path) {
+        Ok(t) if &t == current => TokenReload::Unchanged,
+        Ok(t) => TokenReload::Replaced(t),
+        Err(e) => TokenReload::Failed(e),
+    }
+}
+
+pub struct Reloader {
+    generation: watch::Sender<u64>,
+    token_file: Option<PathBuf>,
+    token: Mutex<Secret>,
+}
+
+impl Reloader {
+    pub fn new(token_file: Option<PathBuf>, token: Secret) -> Self {
+        Reloader {
+            generation: watch::Sender::new(0),
+            token_file,
+            token: Mutex::new(token),
+        }
+    }
+
+    /// A receiver that sees the generation number change on every reload.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Handles one reload request.
+    pub fn reload(&self, client: &Client) {
+        let mut current = self.token.lock().unwrap();
+        match reread_token(self.token_file.as_deref(), &current) {
+            TokenReload::NotConfigured => tracing::info!(
+                "reload (SIGHUP): output.token_file is not set, so the token stays as it is (output.token and LINESHIP_TOKEN are read at start only)"
+            ),
+            TokenReload::Unchanged => tracing::info!(
+                token_file = %self.token_file.as_deref().unwrap_or(Path::new("")).display(),
+                "reload (SIGHUP): re-read output.token_file; the token is unchanged"
+            ),
+            TokenReload::Replaced(t) => {
+                client.set_token(t.clone());
+                *current = t;
+                tracing::info!(
+                    token_file = %self.token_file.as_deref().unwrap_or(Path::new("")).display(),
+                    "reload (SIGHUP): re-read output.token_file; the next request uses the new token"
+                );
+            }
+            TokenReload::Failed(e) => tracing::error!(
+                "reload (SIGHUP): cannot use output.token_file: {e}; keeping the current token"
+            ),
+        }
+        if let Some(path) = &self.token_file {
+            if let Some(w) = config::world_readable_warning(path, "output.token_file") {
+                tracing::warn!("{w}");
+            }
+        }
+        drop(current);
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "old\n").unwrap();
+        let old = Secret::new("old");
+        assert_eq!(reread_token(None, &old), TokenReload::NotConfigured);
+        assert_eq!(reread_token(Some(&f), &old), TokenReload::Unchanged);
+        std::fs::write(&f, "new\n").unwrap();
+        assert_eq!(
+            reread_token(Some(&f), &old),
+            TokenReload::Replaced(Secret::new("new"))
+        );
+        std::fs::write(&f, "  \n").unwrap();
+        assert!(
+            matches!(reread_token(Some(&f), &old), TokenReload::Failed(m) if m.contains("empty"))
+        );
+        std::fs::remove_file(&f).unwrap();
+        assert!(matches!(
+            reread_token(Some(&f), &old),
+            TokenReload::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn subscribers_see_every_reload() {
+        let r = Reloader::new(None, Secret::default());
+        let mut rx = r.subscribe();
+        assert!(!rx.has_changed().unwrap());
+        let settings = crate::config::Settings::from_toml(
+            "state_dir = \"/tmp/x\"\n[output]\nurl = \"http://localhost:1\"\nbucket = \"b\"\n",
+            false,
+            |_| None,
+        )
+        .unwrap();
+        let client = Client::new(&settings.output).unwrap();
+        r.reload(&client);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        r.reload(&client);
+        assert_eq!(*rx.borrow_and_update(), 2);
+    }
+}

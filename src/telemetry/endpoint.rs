@@ -1,0 +1,334 @@
+//! The `[telemetry] listen` HTTP endpoint: `GET /metrics` (Prometheus text format, see
+//! `metrics.rs`) and `GET /health`.
+//!
+//! `/health` answers 200 `{"status":"ok",…}` while the output delivers and the pipeline makes
+//! progress, and 503 otherwise, with a JSON body saying why: the last HTTP status or transport
+//! error, since when, the server's message, and the spool backlog. Once shutdown begins it
+//! answers 503 `stopping` (the stages wind down then, so they are not judged for progress).
+//! The JSON is built by the pure [`health_report`].
+//!
+//! The listener is bound by `run` before READY, so a bad address is a startup error; the
+//! server task is aborted when `run` returns (dropping it closes every connection).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use super::{metrics, Health, Stats};
+use crate::spool::Spool;
+use crate::watchdog::Stage;
+
+/// Binds the telemetry listener. The error names the config key.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let std = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| {
+            format!("config key `telemetry.listen`: cannot listen on {addr} for /metrics and /health (is another process using the port?)")
+        })?;
+    tokio::net::TcpListener::from_std(std)
+        .with_context(|| format!("config key `telemetry.listen`: cannot listen on {addr}"))
+}
+
+/// What the handlers read.
+pub struct Telemetry {
+    registry: Registry,
+    stats: Arc<Stats>,
+    spool: Arc<Spool>,
+    /// A stage older than this makes `/health` report `stalled`.
+    stall_limit: Duration,
+    stopping: AtomicBool,
+}
+
+impl Telemetry {
+    pub fn new(stats: Arc<Stats>, spool: Arc<Spool>, stall_limit: Duration) -> Self {
+        Telemetry {
+            registry: metrics::registry(stats.clone(), Some(spool.clone())),
+            stats,
+            spool,
+            stall_limit,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Shutdown began: `/health` reports `stopping` from now on.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    fn health(&self) -> (u16, Value) {
+        let h = self.stats.health.lock().unwrap().clone();
+        let oldest = self.spool.backlog().oldest_created_at_ms;
+        let spool = SpoolView {
+            records: self.stats.spool_records.load(Relaxed),
+            lines: self.stats.spool_lines.load(Relaxed),
+            bytes: self.stats.spool_bytes.load(Relaxed),
+            oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        };
+        let state = if self.stopping.load(Relaxed) {
+            Pipeline::Stopping
+        } else {
+            match self
+                .stats
+                .progress
+                .stalled(Instant::now(), self.stall_limit)
+            {
+                Some((stage, age)) => Pipeline::Stalled(stage, age),
+                None => Pipeline::Running,
+            }
+        };
+        health_report(&h, &spool, state, SystemTime::now())
+    }
+}
+
+/// The spool as `/health` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolView {
+    pub records: u64,
+    pub lines: u64,
+    pub bytes: u64,
+    pub oldest_created_at: Option<SystemTime>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What the pipeline itself is doing, for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipeline {
+    Running,
+    /// A stage has not gone round for this long.
+    Stalled(Stage, Duration),
+    /// Shutdown began: draining.
+    Stopping,
+}
+
+/// Pure: the `/health` status code and body.
+pub fn health_report(
+    h: &Health,
+    spool: &SpoolView,
+    pipeline: Pipeline,
+    now: SystemTime,
+) -> (u16, Value) {
+    let for_s = now.duration_since(h.since).unwrap_or_default().as_secs();
+    let last_status = if h.last.is_empty() { "none" } else { &h.last };
+    let mut body = json!({
+        "status": "ok",
+        "output": {
+            "healthy": h.ok,
+            "last_status": last_status,
+            "since": rfc3339(h.since),
+            "for_seconds": for_s,
+        },
+        "spool": {
+            "records": spool.records,
+            "lines": spool.lines,
+            "bytes": spool.bytes,
+            "oldest_age_seconds": spool.oldest_created_at
+                .map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+        },
+    });
+    let mut code = 200;
+    if !h.ok {
+        code = 503;
+        body["status"] = "failing".into();
+        body["output"]["message"] = h.message.clone().into();
+        body["reason"] = format!(
+            "writes have been failing for {for_s}s (last: {last_status}); see output.message"
+        )
+        .into();
+    }
+    if pipeline == Pipeline::Stopping {
+        code = 503;
+        body["status"] = "stopping".into();
+        body["reason"] = "shutting down: delivering what is left, then spooling the rest".into();
+    }
+    if let Pipeline::Stalled(stage, age) = pipeline {
+        code = 503;
+        body["status"] = "stalled".into();
+        body["stalled"] = json!({ "stage": stage.name(), "for_seconds": age.as_secs() });
+        body["reason"] = format!(
+            "the {} has made no progress for {}s",
+            stage.name(),
+            age.as_secs()
+        )
+        .into();
+    }
+    (code, body)
+}
+
+/// Serves `/metrics` and `/health` on `listener` until the returned task is aborted.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    telemetry: Arc<Telemetry>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // Dropped with the task: aborting the server closes its connections.
+        let mut connections = JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "telemetry endpoint cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let t = telemetry.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |req| {
+                    let t = t.clone();
+                    async move { Ok::<_, Infallible>(handle(&t, &req)) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn handle<B>(t: &Telemetry, req: &hyper::Request<B>) -> hyper::Response<Full<Bytes>> {
+    use hyper::Method;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return response(405, "text/plain; charset=utf-8", "use GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => response(
+            200,
+            metrics::CONTENT_TYPE,
+            metrics::render(&t.registry).into(),
+        ),
+        "/health" => {
+            let (code, body) = t.health();
+            let mut text = body.to_string();
+            text.push('\n');
+            response(code, "application/json", text.into())
+        }
+        _ => response(
+            404,
+            "text/plain; charset=utf-8",
+            "not found; try /metrics or /health\n".into(),
+        ),
+    }
+}
+
+fn response(code: u16, content_type: &str, body: Bytes) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(body));
+    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("valid status");
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(ok: bool, last: &str, message: &str, since: SystemTime) -> Health {
+        Health {
+            ok,
+            last: last.into(),
+            message: message.into(),
+            since,
+            since_instant: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn healthy_is_200_with_the_last_status_and_the_backlog() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let spool = SpoolView {
+            records: 0,
+            ..Default::default()
+        };
+        let (code, body) = health_report(
+            &health(true, "204", "", t0),
+            &spool,
+            Pipeline::Running,
+            t0 + Duration::from_secs(5),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["output"]["last_status"], "204");
+        assert_eq!(body["output"]["since"], "2023-11-14T22:13:20Z");
+        assert_eq!(body["spool"]["records"], 0);
+        assert!(body.get("reason").is_none());
+    }
+
+    #[test]
+    fn failing_is_503_with_status_since_message_and_backlog() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let spool = SpoolView {
+            records: 3,
+            lines: 300,
+            bytes: 4096,
+            oldest_created_at: Some(t0),
+        };
+        let (code, body) = health_report(
+            &health(false, "503", "server answered 503: busy", t0),
+            &spool,
+            Pipeline::Running,
+            t0 + Duration::from_secs(42),
+        );
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "failing");
+        assert_eq!(body["output"]["last_status"], "503");
+        assert_eq!(body["output"]["for_seconds"], 42);
+        assert_eq!(body["output"]["message"], "server answered 503: busy");
+        assert_eq!(body["spool"]["lines"], 300);
+        assert_eq!(body["spool"]["oldest_age_seconds"], 42);
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.contains("42s") && reason.contains("503"), "{reason}");
+    }
+
+    #[test]
+    fn a_stalled_stage_is_503_even_when_the_output_is_fine() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (code, body) = health_report(
+            &health(true, "204", "", t0),
+            &SpoolView::default(),
+            Pipeline::Stalled(Stage::Batcher, Duration::from_secs(12)),
+            t0,
+        );
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "stalled");
+        assert_eq!(body["stalled"]["stage"], "batcher");
+        assert_eq!(body["stalled"]["for_seconds"], 12);
+    }
+
+    #[test]
+    fn stopping_is_503_and_says_so() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (code, body) = health_report(
+            &health(true, "204", "", t0),
+            &SpoolView::default(),
+            Pipeline::Stopping,
+            t0,
+        );
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "stopping");
+        assert_eq!(body["output"]["healthy"], true);
+    }
+}

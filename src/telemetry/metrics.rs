@@ -1,0 +1,406 @@
+//! `/metrics`: the counters in [`Stats`] in the Prometheus text exposition format (0.0.4).
+//!
+//! The encoding (HELP/TYPE lines, the `_total` suffix of counters, label escaping, number
+//! formatting) is `prometheus-client`'s, the official Rust client. lineship keeps its own
+//! lock-free atomics on the hot paths; a [`Collector`] reads them at scrape time, so scraping
+//! costs the pipeline nothing and there is one source of truth for `/metrics`, the summary
+//! line and the run report.
+//!
+//! Every name starts with `lineship_`. Per-input series carry `input` (its name: `stdin`,
+//! `udp:127.0.0.1:8089`, `tail[0]`); invalid and dropped lines also `reason`; requests
+//! `status` (the HTTP status, or `connect` / `timeout` / `transport` when none came).
+//! Per-input numbers come from the table [`INPUT_METRICS`](super::INPUT_METRICS).
+
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::{Stats, INPUT_METRICS};
+use crate::spool::Spool;
+
+/// `Content-Type` of the exposition.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Reads [`Stats`] (and the spool's backlog) on every scrape.
+pub struct StatsCollector {
+    stats: Arc<Stats>,
+    spool: Option<Arc<Spool>>,
+}
+
+impl fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsCollector").finish_non_exhaustive()
+    }
+}
+
+/// Builds the registry served on `/metrics`.
+pub fn registry(stats: Arc<Stats>, spool: Option<Arc<Spool>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector { stats, spool }));
+    registry
+}
+
+/// The exposition text for `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8 << 10);
+    // Writing into a String cannot fail; a collector error would be a bug.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "cannot encode /metrics");
+    }
+    out
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: N,
+) -> fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One metric with a sample per label set (a family with no samples still gets HELP/TYPE).
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    gauge: bool,
+    samples: &[(Labels, u64)],
+) -> fmt::Result {
+    let kind = if gauge {
+        MetricType::Gauge
+    } else {
+        MetricType::Counter
+    };
+    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        let sample = metric.encode_family(labels)?;
+        if gauge {
+            ConstGauge::new(*v).encode(sample)?;
+        } else {
+            ConstCounter::new(*v).encode(sample)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.stats;
+        let inputs = s.inputs.lock().unwrap().clone();
+        let e = &mut enc;
+
+        for m in INPUT_METRICS {
+            let samples: Vec<(Labels, u64)> = inputs
+                .iter()
+                .filter(|i| i.name.starts_with(m.inputs))
+                .map(|i| (vec![("input", i.name.clone())], (m.get)(i)))
+                .collect();
+            family(
+                e,
+                &format!("lineship_{}", m.name),
+                m.help,
+                m.gauge,
+                &samples,
+            )?;
+        }
+        let by_reason = |pick: fn(&super::InputStats) -> Vec<(&'static str, u64)>| {
+            inputs
+                .iter()
+                .flat_map(|i| {
+                    pick(i).into_iter().map(|(reason, n)| {
+                        (
+                            vec![("input", i.name.clone()), ("reason", reason.to_owned())],
+                            n,
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "lineship_lines_invalid",
+            "Lines rejected by the validator (copied to the dead-letter file), by input and reason.",
+            false,
+            &by_reason(|i| i.invalid.lock().unwrap().iter().map(|(r, n)| (*r, *n)).collect()),
+        )?;
+        family(
+            e,
+            "lineship_lines_dropped",
+            "Lines an input dropped (e.g. UDP channel_full), by input and reason.",
+            false,
+            &by_reason(|i| {
+                i.dropped
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(r, n)| (*r, *n))
+                    .collect()
+            }),
+        )?;
+
+        counter(
+            e,
+            "lineship_lines_delivered",
+            "Lines the server accepted (2xx, or kept in a 422 partial write).",
+            s.lines_delivered.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_lines_dead_lettered",
+            "Lines the server refused for good (400 down to one line, 413 single line, other 4xx), written to the dead-letter file.",
+            s.lines_dead_lettered.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_lines_partial_dropped",
+            "Lines the server reported dropped in a 422 partial write.",
+            s.lines_partial_dropped.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_lines_undelivered",
+            "Lines lost: neither delivered nor spooled (e.g. the spool could not be written at shutdown).",
+            s.lines_undelivered.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_batches_sealed",
+            "Batches sealed and compressed by the batcher.",
+            s.batches_sealed.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_batches_delivered",
+            "Batches the server accepted.",
+            s.batches_delivered.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_bytes_sent",
+            "Request body bytes (compressed) of delivered batches.",
+            s.bytes_sent.load(Relaxed),
+        )?;
+        let requests: Vec<(Labels, u64)> = s
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(status, n)| (vec![("status", status.clone())], *n))
+            .collect();
+        family(
+            e,
+            "lineship_requests",
+            "Write requests by outcome: the HTTP status, or connect/timeout/transport when no answer came.",
+            false,
+            &requests,
+        )?;
+        counter(
+            e,
+            "lineship_retries",
+            "Write attempts that failed and were retried after a backoff.",
+            s.retries.load(Relaxed),
+        )?;
+
+        gauge(
+            e,
+            "lineship_spool_bytes",
+            "Bytes of spool segment files on disk.",
+            s.spool_bytes.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "lineship_spool_records",
+            "Spooled batches not yet delivered.",
+            s.spool_records.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "lineship_spool_lines",
+            "Lines in spooled batches not yet delivered.",
+            s.spool_lines.load(Relaxed),
+        )?;
+        if let Some(spool) = &self.spool {
+            let age = spool
+                .backlog()
+                .oldest_created_at_ms
+                .map(|ms| {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            gauge(
+                e,
+                "lineship_spool_oldest_age_seconds",
+                "Age of the oldest undelivered spooled batch (0 when the spool is empty).",
+                age.as_secs_f64(),
+            )?;
+        }
+        counter(
+            e,
+            "lineship_spool_dropped_lines",
+            "Lines the spool discarded at its size cap (when_full).",
+            s.spool_dropped_lines.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "lineship_spool_corrupt_records",
+            "Damaged spool records skipped at recovery or replay (their lines are lost).",
+            s.spool_corrupt_records.load(Relaxed),
+        )?;
+
+        let healthy = s.health.lock().unwrap().ok;
+        gauge(
+            e,
+            "lineship_output_healthy",
+            "1 while the output delivers, 0 while writes fail (see /health for why).",
+            u64::from(healthy),
+        )?;
+        let ages: Vec<(Labels, f64)> = s
+            .progress
+            .ages(Instant::now())
+            .iter()
+            .map(|(stage, age)| (vec![("stage", stage.name().to_owned())], age.as_secs_f64()))
+            .collect();
+        let mut m = e.encode_descriptor(
+            "lineship_stage_heartbeat_age_seconds",
+            "Seconds since a pipeline stage's loop last went round; it stays near 1 or below unless the stage is wedged.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, age) in &ages {
+            ConstGauge::new(*age).encode(m.encode_family(labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "lineship_build_info",
+            "Always 1; the version label says which lineship runs.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(m.encode_family(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn exposition_names_labels_and_values() {
+        let stats = Arc::new(Stats::default());
+        let stdin = stats.register_input("stdin");
+        stdin.lines.store(10, Relaxed);
+        stdin.add_invalid("too_long", 2);
+        stdin.add_invalid("bad", 1);
+        let udp = stats.register_input("udp:127.0.0.1:8089");
+        udp.add_dropped("channel_full", 7);
+        udp.kernel_drops.store(3, Relaxed);
+        stats.lines_delivered.store(9, Relaxed);
+        stats.count_request("204");
+        stats.count_request("204");
+        stats.count_request("503");
+        stats.spool_lines.store(42, Relaxed);
+        let text = render(&registry(stats, None));
+
+        assert_eq!(
+            sample(&text, r#"lineship_lines_received_total{input="stdin"}"#),
+            Some("10")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_lines_invalid_total{input="stdin",reason="too_long"}"#
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_lines_invalid_total{input="stdin",reason="bad"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_lines_dropped_total{input="udp:127.0.0.1:8089",reason="channel_full"}"#
+            ),
+            Some("7")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_udp_kernel_drops_total{input="udp:127.0.0.1:8089"}"#
+            ),
+            Some("3")
+        );
+        assert!(
+            !text.contains(r#"lineship_udp_kernel_drops_total{input="stdin"}"#),
+            "UDP series only for UDP inputs: {text}"
+        );
+        assert_eq!(sample(&text, "lineship_lines_delivered_total"), Some("9"));
+        assert_eq!(
+            sample(&text, r#"lineship_requests_total{status="204"}"#),
+            Some("2")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_requests_total{status="503"}"#),
+            Some("1")
+        );
+        assert_eq!(sample(&text, "lineship_spool_lines"), Some("42"));
+        assert_eq!(sample(&text, "lineship_output_healthy"), Some("1"));
+        assert!(
+            text.contains("# TYPE lineship_lines_delivered_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lineship_spool_bytes gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP lineship_retries_total "), "{text}");
+        // Every sample line belongs to a metric announced with HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(name.starts_with("lineship_"), "{line}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let stats = Arc::new(Stats::default());
+        stats
+            .register_input("tail \"a\\b\"\n")
+            .lines
+            .store(1, Relaxed);
+        let text = render(&registry(stats, None));
+        assert!(
+            text.contains(r#"lineship_lines_received_total{input="tail \"a\\b\"\n"} 1"#),
+            "{text}"
+        );
+    }
+}
