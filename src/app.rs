@@ -256,7 +256,7 @@ pub async fn run(
             };
             tail_threads.push(tail::spawn(tailer, links).context("cannot start a tail thread")?);
         }
-        spawn_sighup_rescan(tail_rescan.clone());
+        forward_reloads(reloader.subscribe(), tail_rescan.clone());
     }
     drop(tail_done_rx);
 
@@ -386,21 +386,14 @@ async fn sync_spool(spool: &Arc<Spool>, acks: &Arc<AckRouter>) {
     }
 }
 
-/// SIGHUP makes the tail inputs rescan their globs at once (they also do every few seconds).
-fn spawn_sighup_rescan(rescan: Arc<AtomicU64>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    rescan.fetch_add(1, Relaxed);
-                }
-            });
+/// SIGHUP (via the reloader) makes the tail inputs rescan their globs at once; they also
+/// rescan every few seconds.
+fn forward_reloads(mut reloads: watch::Receiver<u64>, rescan: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        while reloads.changed().await.is_ok() {
+            rescan.fetch_add(1, Relaxed);
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot handle SIGHUP; tail globs are still rescanned every few seconds")
-        }
-    }
+    });
 }
 
 /// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.
