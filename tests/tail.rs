@@ -470,6 +470,87 @@ fn kill_9_while_writing_across_rotations_loses_nothing() {
     );
 }
 
+/// Issue 5's crash loop: during an outage (the server answers 503), `kill -9` lineship at
+/// random moments ten times while lines keep arriving in a tailed file, then bring the server
+/// back: every line is delivered. Checkpoints may only pass lines that are durably spooled.
+#[test]
+fn kill_9_ten_times_during_an_outage_loses_nothing() {
+    let fake = FakeInflux::start().default_reply(common::Reply::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!("{}\nfrom_beginning = true", glob_of(&logs, "app.log")),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[[input.tail]]",
+        "[spool]\nfsync = \"interval\"\nfsync_interval = \"100ms\"\n[[input.tail]]",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    const N: u64 = 60_000;
+    let writer_logs = logs.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = append(&writer_logs.join("app.log"));
+        let started = Instant::now();
+        for block in 0..N / 500 {
+            let mut buf = String::new();
+            for seq in block * 500 + 1..=(block + 1) * 500 {
+                buf.push_str(&format!("m v=1i {seq}\n"));
+            }
+            w.write_all(buf.as_bytes()).unwrap();
+            // ~12 s of writing in all.
+            let due = Duration::from_millis((block + 1) * 100);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
+    // Pseudo-random kill moments, reproducible from the printed seed.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("kill moments seed: {seed}");
+    for _ in 0..10 {
+        let mut d = Daemon::start(&cfg);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 900));
+        d.kill9();
+        let _ = d.wait(T);
+    }
+    writer.join().unwrap();
+    assert!(
+        fake.accepted_lines().is_empty(),
+        "the server was down throughout"
+    );
+    assert!(!fake.requests().is_empty(), "lineship kept trying");
+
+    fake.set_default_reply(common::Reply::status(204));
+    let mut d = Daemon::start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seq_counts(&fake).len() as u64) < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.terminate();
+    let out = d.wait(T);
+    let counts = seq_counts(&fake);
+    let missing: Vec<u64> = (1..=N)
+        .filter(|s| !counts.contains_key(s))
+        .take(20)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} lines never arrived after 10 kills during the outage; first missing: {missing:?}\n{}",
+        N - counts.len() as u64,
+        out.stderr
+    );
+}
+
 /// Throughput of reading an existing file into the pipeline (a figure, not a pass/fail test):
 /// `cargo test --release --test tail -- --ignored --nocapture throughput`.
 #[test]
