@@ -515,7 +515,7 @@ fn kill_9_ten_times_during_an_outage_loses_nothing() {
         | 1;
     eprintln!("kill moments seed: {seed}");
     for _ in 0..10 {
-        let mut d = Daemon::start(&cfg);
+        let d = Daemon::start(&cfg);
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
