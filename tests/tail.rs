@@ -531,7 +531,7 @@ fn kill_9_ten_times_during_an_outage_loses_nothing() {
     assert!(!fake.requests().is_empty(), "lineship kept trying");
 
     fake.set_default_reply(common::Reply::status(204));
-    let mut d = Daemon::start(&cfg);
+    let d = Daemon::start(&cfg);
     let deadline = Instant::now() + Duration::from_secs(60);
     while (seq_counts(&fake).len() as u64) < N && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
