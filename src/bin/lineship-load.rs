@@ -1440,6 +1440,8 @@ struct DaemonRun {
 struct Measured {
     helper: std::process::Child,
     helper_pid: libc::pid_t,
+    /// The daemon's own pid, as the helper reported it.
+    pid: libc::pid_t,
     reports: io::BufReader<std::process::ChildStdout>,
 }
 
@@ -1470,14 +1472,18 @@ fn spawn_measured(
     let mut reports = io::BufReader::new(helper.stdout.take().context("helper stdout")?);
     let mut line = String::new();
     reports.read_line(&mut line)?;
-    if !line.starts_with("spawned ") {
+    let Some(pid) = line
+        .strip_prefix("spawned ")
+        .and_then(|p| p.trim().parse().ok())
+    else {
         // Closes the helper's stdin before waiting.
         let _ = helper.wait();
         bail!("could not start {}", lineship.display());
-    }
+    };
     Ok(Measured {
         helper,
         helper_pid,
+        pid,
         reports,
     })
 }
@@ -1605,6 +1611,42 @@ fn sink_cpu_s() -> f64 {
         }
     }
     total as f64 / ticks
+}
+
+/// CPU seconds (user + sys) so far of each thread of process `pid`, summed per thread name
+/// with trailing digits dropped (`lineship-udp0` and `lineship-udp1` are `lineship-udp`),
+/// from /proc; empty where that is unavailable.
+fn threads_cpu_s(pid: libc::pid_t) -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut by_name: Vec<(String, f64)> = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close]
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() <= 12 {
+            continue;
+        }
+        let t = (fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0))
+            as f64
+            / ticks;
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v += t,
+            None => by_name.push((name, t)),
+        }
+    }
+    by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by_name
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -2317,6 +2359,20 @@ fn parse_snmp_udp(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `some total=` of `/proc/pressure/cpu`: µs during which some task waited for a CPU.
+fn cpu_pressure_us() -> Option<u64> {
+    parse_cpu_pressure(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
+}
+
+fn parse_cpu_pressure(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 /// The `key=value` fields of a text-format tracing line, after its message `message`. A value
 /// with spaces runs until the next word that looks like `key=`.
 fn log_fields(line: &str, message: &str) -> Option<Vec<(String, String)>> {
@@ -2443,8 +2499,15 @@ struct UdpRunReport {
     rss_floor_mib: f64,
     exit_code: i32,
     timed_out: bool,
+    /// Share of the run during which some task on the machine waited for a CPU
+    /// (/proc/pressure/cpu): how contended the machine was.
+    cpu_pressure_pct: Option<f64>,
     /// The daemon's sockets in /proc/net/udp just before it was stopped.
     sockets: Vec<ProcUdpSocket>,
+    /// CPU seconds of the daemon's threads by name just before it was stopped, busiest first
+    /// (`lineship-udp`: receive threads; `lineship-batcher`: batching and gzip; `lineship-io`:
+    /// HTTP and the rest).
+    daemon_threads_cpu_s: Vec<(String, f64)>,
     daemon: DaemonCounters,
     net: NetCounters,
     senders: Vec<SenderStats>,
@@ -2455,6 +2518,16 @@ struct UdpRunReport {
     /// Where lines were lost, when they were.
     loss_causes: Vec<String>,
     ok: bool,
+}
+
+/// What a UDP run learns while the daemon runs.
+struct SendPhase {
+    /// The senders' schedule start.
+    t0: Instant,
+    senders: Vec<SenderStats>,
+    /// Read just before the daemon is stopped.
+    sockets: Vec<ProcUdpSocket>,
+    daemon_threads: Vec<(String, f64)>,
 }
 
 /// Runs the daemon with a UDP input once and sends it all of `slices` at `rate` lines/s.
@@ -2491,6 +2564,7 @@ fn run_udp(
         .with_context(|| format!("writing {}", config_path.display()))?;
 
     let net_before = NetCounters::read();
+    let (pressure_before, t_run) = (cpu_pressure_us(), Instant::now());
     let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
     let mut daemon = spawn_measured(lineship, &config_path, &[], Stdio::null(), Stdio::piped())?;
     let log = Arc::new(Mutex::new(DaemonLog::default()));
@@ -2501,7 +2575,7 @@ fn run_udp(
 
     // Everything between start and stop; the daemon is stopped and reaped whatever happens.
     let t_spawn = Instant::now();
-    let phase = (|| -> Result<(Instant, Vec<SenderStats>, Vec<ProcUdpSocket>)> {
+    let phase = (|| -> Result<SendPhase> {
         let mut bound_at: Option<Instant> = None;
         loop {
             ensure!(!daemon.has_exited(), "lineship exited before it was ready");
@@ -2544,7 +2618,12 @@ fn run_udp(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok((t0, senders, proc_udp_port(port)))
+        Ok(SendPhase {
+            t0,
+            senders,
+            sockets: proc_udp_port(port),
+            daemon_threads: threads_cpu_s(daemon.pid),
+        })
     })();
     daemon.signal(libc::SIGTERM);
     let exit = daemon.wait(Duration::from_secs(a.d.timeout_secs));
@@ -2552,6 +2631,13 @@ fn run_udp(
     let harness_cpu_s = process_cpu_s() - cpu_before;
     let sink_cpu_s = sink_cpu_s() - sink_cpu_before;
     let net = NetCounters::read().since(&net_before);
+    let cpu_pressure_pct = match (pressure_before, cpu_pressure_us()) {
+        (Some(b), Some(a)) => Some(rate(
+            a.saturating_sub(b) as f64 / 1e4,
+            t_run.elapsed().as_secs_f64(),
+        )),
+        _ => None,
+    };
     sink.stop();
     let snap = sink.sink.snapshot(Some((a.gen.start, lines_offered)));
     if a.d.keep_config {
@@ -2560,7 +2646,12 @@ fn run_udp(
         let _ = std::fs::remove_dir_all(&dir);
     }
     let exit = exit?;
-    let (t0, senders, sockets) = phase?;
+    let SendPhase {
+        t0,
+        senders,
+        sockets,
+        daemon_threads,
+    } = phase?;
     let daemon_counters = DaemonCounters::from_log(&log.lock().unwrap());
 
     let sum = |f: fn(&SenderStats) -> u64| senders.iter().map(f).sum::<u64>();
@@ -2638,7 +2729,9 @@ fn run_udp(
         rss_floor_mib: exit.rss_floor_kib as f64 / 1024.0,
         exit_code: exit.exit_code,
         timed_out: exit.timed_out,
+        cpu_pressure_pct,
         sockets,
+        daemon_threads_cpu_s: daemon_threads,
         daemon: daemon_counters,
         net,
         sender_cpu_s: senders.iter().map(|s| s.cpu_s).sum(),
@@ -2734,7 +2827,7 @@ fn opt_u64(v: Option<u64>) -> String {
 fn print_udp_run(r: &UdpRunReport, of: u32) {
     let s = r.net;
     println!(
-        "run {}/{of}: offered={:.0} lines/s sent={} in {:.3}s ({:.0} lines/s, max lag {:.2} ms{}) received={} lost={} dup={} e2e={:.3}s (drain {:.3}s) daemon_cpu={:.2}s (user {:.2} sys {:.2}; {:.3} s/M lines) peak_rss={:.1} MiB exit={}{} | kernel drops: socket={} daemon={} | daemon dropped={} [{}] | softnet_dropped={} udp_rcvbuf_errors={} | sender_cpu={:.2}s sink_cpu={:.2}s harness_cpu={:.2}s{}",
+        "run {}/{of}: offered={:.0} lines/s sent={} in {:.3}s ({:.0} lines/s, max lag {:.2} ms{}) received={} lost={} dup={} e2e={:.3}s (drain {:.3}s) daemon_cpu={:.2}s (user {:.2} sys {:.2}; {:.3} s/M lines) peak_rss={:.1} MiB exit={}{} | kernel drops: socket={} daemon={} | daemon dropped={} [{}] | softnet_dropped={} udp_rcvbuf_errors={} | sender_cpu={:.2}s sink_cpu={:.2}s harness_cpu={:.2}s cpu_pressure={}{}",
         r.run,
         r.offered_lines_per_sec,
         r.lines_sent,
@@ -2763,8 +2856,23 @@ fn print_udp_run(r: &UdpRunReport, of: u32) {
         r.sender_cpu_s,
         r.sink_cpu_s,
         r.harness_cpu_s,
+        r.cpu_pressure_pct
+            .map_or_else(|| "-".into(), |p| format!("{p:.0}%")),
         if r.ok { "" } else { "  << LOST LINES / FAILED" },
     );
+    if !r.daemon_threads_cpu_s.is_empty() {
+        let busy: Vec<String> = r
+            .daemon_threads_cpu_s
+            .iter()
+            .filter(|(_, t)| *t >= 0.01)
+            .map(|(n, t)| format!("{n} {t:.2}s ({:.0}%)", 100.0 * rate(*t, r.end_to_end_s)))
+            .collect();
+        println!(
+            "  daemon threads (CPU s, share of the {:.2}s to the last write): {}",
+            r.end_to_end_s,
+            busy.join(", ")
+        );
+    }
     for c in &r.loss_causes {
         println!("  loss: {c}");
     }
@@ -3553,6 +3661,10 @@ mod tests {
         assert_eq!(udp[0], ("InDatagrams".to_string(), 8974310));
         assert_eq!(udp[4], ("RcvbufErrors".to_string(), 459050));
         assert!(parse_snmp_udp("Ip: a\nIp: 1\n").is_empty());
+
+        let psi = "some avg10=32.15 avg60=65.42 avg300=76.56 total=5373067340\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_cpu_pressure(psi), Some(5373067340));
+        assert_eq!(parse_cpu_pressure("full total=3\n"), None);
     }
 
     #[test]
