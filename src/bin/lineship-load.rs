@@ -1,8 +1,8 @@
 //! `lineship-load`: the end-to-end load tool for `lineship`.
 //!
 //! It is a standalone binary: it does not link the `lineship` library but drives the real daemon
-//! binary from the outside, the way an operator would. Its pieces are kept apart so other modes
-//! (a planned `udp` subcommand) can reuse them:
+//! binary from the outside, the way an operator would. Its pieces are kept apart so the modes
+//! (`stdin`, `udp`) share them:
 //!
 //! - [`LineGen`]: a fast generator of realistic line protocol (~76 B/line, well over 10 M
 //!   lines/s on one core). Every line carries a unique `seq=<n>i` field; 1 line in 16 has no
@@ -12,11 +12,16 @@
 //!   `POST /api/v2/write` (gzip through libdeflate, multi-member safe, or identity), counts lines
 //!   and bytes, optionally records every `seq` in a bitset to count lost and duplicated lines,
 //!   and answers `GET /ping` (204) and `GET /health` (200). Per-line work is limited to counting.
-//! - [`render_config`] + [`run_daemon`]: write a config whose `[input...]` section the caller
-//!   chooses, start `lineship`, feed its stdin, and collect its CPU time and peak RSS from
-//!   `wait4`. The daemon is started through a small helper process (`exec-measured`, hidden),
-//!   because a child's `ru_maxrss` starts at the peak RSS of the process that spawned it, and
-//!   this one holds all the generated input.
+//! - [`render_config`] + [`spawn_measured`] / [`run_daemon`]: write a config whose `[input...]`
+//!   section the caller chooses, start `lineship` (feeding its stdin for `stdin`), and collect
+//!   its CPU time and peak RSS from `wait4`. The daemon is started through a small helper
+//!   process (`exec-measured`, hidden), because a child's `ru_maxrss` starts at the peak RSS of
+//!   the process that spawned it, and this one holds all the generated input.
+//! - [`prepare_slices`] + [`send_paced`]: the UDP senders. All datagrams are generated before
+//!   the clock starts; each sender thread has its own socket (its own source port, so
+//!   `SO_REUSEPORT` workers get a share each) and follows an absolute schedule, sleeping until
+//!   the next datagram is due and then sending everything due within `--pace-us` in one
+//!   `sendmmsg`.
 //!
 //! Subcommands:
 //!
@@ -27,6 +32,12 @@
 //! target/release/lineship-load stdin --lines 2000000 --gzip-level 3 --batch-max-lines 10000 \
 //!     --batch-max-bytes 4MiB --max-in-flight 8 --keep-config
 //! target/release/lineship-load stdin --lines 5000000 --repeat 5 | tail -n 1 > run.json
+//!
+//! # UDP: paced senders -> lineship [[input.udp]] on 127.0.0.1 -> gzip -> HTTP -> sink
+//! target/release/lineship-load udp --rate 1000000 --lines 5000000 --repeat 3
+//! target/release/lineship-load udp --rate 1500000 --workers 2 --senders 4 --receive-buffer 16MiB
+//! # step 500k, 750k, 1M, 1.25M, 1.5M lines/s (5M lines each) and report the highest loss-free
+//! target/release/lineship-load udp --find-max
 //!
 //! # generator alone, to stdout
 //! target/release/lineship-load gen --lines 1000000 --start 0 --tag-cardinality 1000 > data.lp
@@ -47,6 +58,19 @@
 //! the medians, compared against the DESIGN.md targets. Its last stdout line is one JSON object
 //! with all of it. The daemon's own output goes to stderr. It exits 0 when every run delivered
 //! every line and the daemon exited 0, 1 otherwise, and 2 when the harness itself failed.
+//!
+//! `udp` runs the daemon with one `[[input.udp]]` on a free port of 127.0.0.1 (info logging, so
+//! its start and final summary can be read from its stderr, which is copied to ours), waits
+//! until the port is bound and the daemon has started, sends `--lines` lines at `--rate`
+//! lines/s, waits until the sink has every line or has seen none for `--idle-secs`, and stops
+//! the daemon with SIGTERM. It reports per run: offered and achieved send rate (and how late the
+//! senders woke, at worst), lines received, lost and duplicated, time to the sink's last write,
+//! the daemon's CPU (user/sys, per million lines) and peak RSS, where lost lines went (the
+//! socket's kernel drops from /proc/net/udp and the daemon's `udp_kernel_drops`, the daemon's
+//! `dropped_by_reason`, /proc/net/softnet_stat backlog drops, /proc/net/snmp RcvbufErrors), and
+//! the CPU of the senders and the sink; then medians, and JSON last. It exits 1 when a run lost
+//! lines. `--find-max` steps the rate up instead and exits 1 only when no step was loss-free.
+//! Traffic goes only to 127.0.0.1 and every run ends by itself.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -108,9 +132,11 @@ enum Cmd {
     Sink(SinkArgs),
     /// Benchmark stdin -> lineship -> in-process sink, end to end.
     Stdin(StdinArgs),
+    /// Benchmark paced UDP senders -> lineship's UDP input -> in-process sink, with loss counts.
+    Udp(UdpArgs),
     /// Check the generator and the sink against each other; measure the sink's throughput.
     Selftest(SelftestArgs),
-    /// Internal: run a command and report its rusage (used by `stdin`).
+    /// Internal: run a command and report its rusage (used by `stdin` and `udp`).
     #[command(name = HELPER_SUBCOMMAND, hide = true)]
     ExecMeasured {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -171,11 +197,9 @@ struct SinkArgs {
     threads: usize,
 }
 
+/// Settings of the daemon runs, shared by `stdin` and `udp`.
 #[derive(Args)]
-struct StdinArgs {
-    /// Lines to send per run.
-    #[arg(long)]
-    lines: u64,
+struct DaemonOpts {
     /// The lineship binary (default: `lineship` next to this executable).
     #[arg(long)]
     lineship: Option<PathBuf>,
@@ -197,9 +221,10 @@ struct StdinArgs {
     /// `agent.flush_interval`.
     #[arg(long, default_value = "200ms")]
     flush_interval: String,
-    /// `agent.log_level`.
-    #[arg(long, default_value = "warn")]
-    log_level: String,
+    /// `agent.log_level` (default: warn for `stdin`; info for `udp`, which reads the daemon's
+    /// start and summary lines from its log).
+    #[arg(long)]
+    log_level: Option<String>,
     /// Keep the temp dir with the config and state_dir, and print its path.
     #[arg(long)]
     keep_config: bool,
@@ -212,6 +237,53 @@ struct StdinArgs {
     /// Tokio worker threads for the in-process sink.
     #[arg(long, default_value_t = 2)]
     sink_threads: usize,
+}
+
+impl DaemonOpts {
+    /// The lineship binary to run, checked to exist.
+    fn lineship(&self) -> Result<PathBuf> {
+        let lineship = match &self.lineship {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locating this executable")?
+                .with_file_name("lineship"),
+        };
+        if !lineship.is_file() {
+            bail!(
+                "lineship binary not found at {} (build it with `cargo build --release`, or pass --lineship PATH)",
+                lineship.display()
+            );
+        }
+        Ok(lineship)
+    }
+
+    /// The daemon config for a sink at `sink`, with the caller's `[input...]` section.
+    fn config<'a>(
+        &'a self,
+        sink: SocketAddr,
+        log_level: &'a str,
+        input_section: &'a str,
+    ) -> DaemonConfig<'a> {
+        DaemonConfig {
+            sink,
+            gzip_level: self.gzip_level,
+            batch_max_lines: self.batch_max_lines,
+            batch_max_bytes: &self.batch_max_bytes,
+            max_in_flight: self.max_in_flight,
+            flush_interval: &self.flush_interval,
+            log_level,
+            input_section,
+        }
+    }
+}
+
+#[derive(Args)]
+struct StdinArgs {
+    /// Lines to send per run.
+    #[arg(long)]
+    lines: u64,
+    #[command(flatten)]
+    d: DaemonOpts,
     #[command(flatten)]
     gen: GenOpts,
 }
@@ -243,6 +315,7 @@ fn main() -> ExitCode {
         Cmd::Gen(a) => cmd_gen(&a),
         Cmd::Sink(a) => cmd_sink(&a),
         Cmd::Stdin(a) => cmd_stdin(&a),
+        Cmd::Udp(a) => cmd_udp(&a),
         Cmd::Selftest(a) => cmd_selftest(&a),
         Cmd::ExecMeasured { command } => cmd_exec_measured(&command),
     };
@@ -1363,9 +1436,25 @@ struct DaemonRun {
     wall: Duration,
 }
 
-/// Starts `lineship --config CFG --stdin` through the `exec-measured` helper, writes `feed` into
-/// its stdin from a writer thread, and waits for it to exit (stopping it after `timeout`).
-fn run_daemon(lineship: &Path, config: &Path, feed: &Feed, timeout: Duration) -> Result<DaemonRun> {
+/// A daemon started through the `exec-measured` helper.
+struct Measured {
+    helper: std::process::Child,
+    helper_pid: libc::pid_t,
+    /// The daemon's own pid, as the helper reported it.
+    pid: libc::pid_t,
+    reports: io::BufReader<std::process::ChildStdout>,
+}
+
+/// Starts `lineship --config CFG [extra...]` through the `exec-measured` helper and waits for it
+/// to say the daemon was spawned. `stdin` and `stderr` are the helper's, which the daemon
+/// inherits (its stdout goes to the same place as its stderr).
+fn spawn_measured(
+    lineship: &Path,
+    config: &Path,
+    extra: &[&str],
+    stdin: Stdio,
+    stderr: Stdio,
+) -> Result<Measured> {
     let this = std::env::current_exe().context("locating this executable")?;
     let mut helper = Command::new(this)
         .arg(HELPER_SUBCOMMAND)
@@ -1373,22 +1462,88 @@ fn run_daemon(lineship: &Path, config: &Path, feed: &Feed, timeout: Duration) ->
         .arg(lineship)
         .arg("--config")
         .arg(config)
-        .arg("--stdin")
-        .stdin(Stdio::piped())
+        .args(extra)
+        .stdin(stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .context("spawning the exec-measured helper")?;
     let helper_pid = helper.id() as libc::pid_t;
-    let mut stdin = helper.stdin.take().context("helper stdin")?;
     let mut reports = io::BufReader::new(helper.stdout.take().context("helper stdout")?);
     let mut line = String::new();
     reports.read_line(&mut line)?;
-    if !line.starts_with("spawned ") {
-        drop(stdin);
+    let Some(pid) = line
+        .strip_prefix("spawned ")
+        .and_then(|p| p.trim().parse().ok())
+    else {
+        // Closes the helper's stdin before waiting.
         let _ = helper.wait();
         bail!("could not start {}", lineship.display());
+    };
+    Ok(Measured {
+        helper,
+        helper_pid,
+        pid,
+        reports,
+    })
+}
+
+impl Measured {
+    /// Sends `sig` to the helper, which forwards it to the daemon (SIGUSR1 as SIGKILL).
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: the helper is our child and is reaped only in `wait`, which consumes self.
+        unsafe { libc::kill(self.helper_pid, sig) };
     }
+
+    /// True once the helper (and so the daemon) has exited.
+    fn has_exited(&mut self) -> bool {
+        matches!(self.helper.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits for the daemon to exit and returns the helper's report. After `timeout` the daemon
+    /// gets SIGTERM, and SIGKILL 10 s later.
+    fn wait(mut self, timeout: Duration) -> Result<DaemonExit> {
+        let helper_pid = self.helper_pid;
+        let (cancel_tx, cancel_rx) = mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if cancel_rx.recv_timeout(timeout).is_ok() {
+                return false;
+            }
+            eprintln!("lineship-load: run exceeded {timeout:?}; sending SIGTERM");
+            // SAFETY: the helper is our child and is not reaped before this thread is joined;
+            // it forwards the signal to the daemon.
+            unsafe { libc::kill(helper_pid, libc::SIGTERM) };
+            if cancel_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                eprintln!("lineship-load: still running; sending SIGKILL");
+                // SAFETY: as above; the helper turns SIGUSR1 into SIGKILL for the daemon.
+                unsafe { libc::kill(helper_pid, libc::SIGUSR1) };
+            }
+            true
+        });
+        let mut line = String::new();
+        let read = self.reports.read_line(&mut line);
+        let _ = cancel_tx.send(());
+        let timed_out = watchdog.join().expect("watchdog thread panicked");
+        let _ = self.helper.wait();
+        read.context("reading the helper's report")?;
+        let mut exit: DaemonExit = serde_json::from_str(line.trim())
+            .with_context(|| format!("the exec-measured helper reported {line:?}"))?;
+        exit.timed_out = timed_out;
+        Ok(exit)
+    }
+}
+
+/// Starts `lineship --config CFG --stdin` through the `exec-measured` helper, writes `feed` into
+/// its stdin from a writer thread, and waits for it to exit (stopping it after `timeout`).
+fn run_daemon(lineship: &Path, config: &Path, feed: &Feed, timeout: Duration) -> Result<DaemonRun> {
+    let mut daemon = spawn_measured(
+        lineship,
+        config,
+        &["--stdin"],
+        Stdio::piped(),
+        Stdio::inherit(),
+    )?;
+    let mut stdin = daemon.helper.stdin.take().context("helper stdin")?;
 
     let t0 = Instant::now();
     let progress = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -1404,32 +1559,9 @@ fn run_daemon(lineship: &Path, config: &Path, feed: &Feed, timeout: Duration) ->
             })
             .context("spawning the writer thread")?;
     }
-    let (cancel_tx, cancel_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if cancel_rx.recv_timeout(timeout).is_ok() {
-            return false;
-        }
-        eprintln!("lineship-load: run exceeded {timeout:?}; sending SIGTERM");
-        // SAFETY: the helper is our child and is not reaped before this thread is joined; it
-        // forwards the signal to the daemon.
-        unsafe { libc::kill(helper_pid, libc::SIGTERM) };
-        if cancel_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            eprintln!("lineship-load: still running; sending SIGKILL");
-            // SAFETY: as above; the helper turns SIGUSR1 into SIGKILL for the daemon.
-            unsafe { libc::kill(helper_pid, libc::SIGUSR1) };
-        }
-        true
-    });
-    line.clear();
-    let read = reports.read_line(&mut line);
+    let exit = daemon.wait(timeout);
     let wall = t0.elapsed();
-    let _ = cancel_tx.send(());
-    let timed_out = watchdog.join().expect("watchdog thread panicked");
-    let _ = helper.wait();
-    read.context("reading the helper's report")?;
-    let mut exit: DaemonExit = serde_json::from_str(line.trim())
-        .with_context(|| format!("the exec-measured helper reported {line:?}"))?;
-    exit.timed_out = timed_out;
+    let exit = exit?;
     // A process the daemon left behind may still hold the pipe open and the writer blocked; then
     // the writer is abandoned (it ends when that process does) and the run reports what got in.
     let feed = done_rx
@@ -1479,6 +1611,42 @@ fn sink_cpu_s() -> f64 {
         }
     }
     total as f64 / ticks
+}
+
+/// CPU seconds (user + sys) so far of each thread of process `pid`, summed per thread name
+/// with trailing digits dropped (`lineship-udp0` and `lineship-udp1` are `lineship-udp`),
+/// from /proc; empty where that is unavailable.
+fn threads_cpu_s(pid: libc::pid_t) -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut by_name: Vec<(String, f64)> = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close]
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() <= 12 {
+            continue;
+        }
+        let t = (fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0))
+            as f64
+            / ticks;
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v += t,
+            None => by_name.push((name, t)),
+        }
+    }
+    by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by_name
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -1564,20 +1732,10 @@ fn verdict(pass: bool) -> &'static str {
 
 fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
     ensure!(a.lines > 0, "--lines must be > 0");
-    ensure!(a.repeat > 0, "--repeat must be > 0");
-    let lineship = match &a.lineship {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .with_file_name("lineship"),
-    };
-    if !lineship.is_file() {
-        bail!(
-            "lineship binary not found at {} (build it with `cargo build --release`, or pass --lineship PATH)",
-            lineship.display()
-        );
-    }
-    let check_seq = !a.no_check_seq;
+    ensure!(a.d.repeat > 0, "--repeat must be > 0");
+    let lineship = a.d.lineship()?;
+    let log_level = a.d.log_level.as_deref().unwrap_or("warn");
+    let check_seq = !a.d.no_check_seq;
     // Fix the timestamp base so every repeat sends identical bytes.
     let mut gen_opts = a.gen;
     gen_opts
@@ -1611,9 +1769,9 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         }
     };
 
-    let rt = runtime(a.sink_threads)?;
+    let rt = runtime(a.d.sink_threads)?;
     let mut runs = Vec::new();
-    for run in 1..=a.repeat {
+    for run in 1..=a.d.repeat {
         let mut sink = start_sink(
             rt.handle(),
             "127.0.0.1:0".parse().unwrap(),
@@ -1626,16 +1784,7 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         let dir = make_run_dir(run)?;
         let config_path = dir.join("lineship.toml");
         let config = render_config(
-            &DaemonConfig {
-                sink: sink.addr,
-                gzip_level: a.gzip_level,
-                batch_max_lines: a.batch_max_lines,
-                batch_max_bytes: &a.batch_max_bytes,
-                max_in_flight: a.max_in_flight,
-                flush_interval: &a.flush_interval,
-                log_level: &a.log_level,
-                input_section: "[input.stdin]\nenabled = true",
-            },
+            &a.d.config(sink.addr, log_level, "[input.stdin]\nenabled = true"),
             &dir.join("state"),
         );
         std::fs::write(&config_path, config)
@@ -1646,7 +1795,7 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
             &lineship,
             &config_path,
             &feed,
-            Duration::from_secs(a.timeout_secs),
+            Duration::from_secs(a.d.timeout_secs),
         );
         let harness_cpu_s = process_cpu_s() - cpu_before;
         let sink_cpu_s = sink_cpu_s() - sink_cpu_before;
@@ -1654,7 +1803,7 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         // nothing is in flight once it has exited.
         sink.stop();
         let snap = sink.sink.snapshot(Some((a.gen.start, a.lines)));
-        if a.keep_config {
+        if a.d.keep_config {
             eprintln!("kept {}", dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&dir);
@@ -1696,7 +1845,7 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         };
         println!(
             "run {run}/{}: sent={} received={} lost={} dup={} wall={:.3}s rate={:.0} lines/s daemon_cpu={:.2}s ({:.3} s/M lines) peak_rss={:.1} MiB (floor {:.1}) exit={}{} harness_cpu={:.2}s (sink {:.2}s){}",
-            a.repeat,
+            a.d.repeat,
             report.lines_sent,
             report.lines_received,
             lost.map_or_else(|| "-".into(), |v| v.to_string()),
@@ -1747,12 +1896,12 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         tool: "lineship-load",
         mode: "stdin",
         lines: a.lines,
-        repeat: a.repeat,
-        gzip_level: a.gzip_level,
-        batch_max_lines: a.batch_max_lines,
-        batch_max_bytes: &a.batch_max_bytes,
-        max_in_flight: a.max_in_flight,
-        flush_interval: &a.flush_interval,
+        repeat: a.d.repeat,
+        gzip_level: a.d.gzip_level,
+        batch_max_lines: a.d.batch_max_lines,
+        batch_max_bytes: &a.d.batch_max_bytes,
+        max_in_flight: a.d.max_in_flight,
+        flush_interval: &a.d.flush_interval,
         pregenerated: pregenerate,
         median: med,
         runs: &runs,
@@ -1760,6 +1909,1173 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
     };
     println!("{}", serde_json::to_string(&summary)?);
     Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP: paced senders -> lineship's [[input.udp]] -> in-process sink
+// ---------------------------------------------------------------------------------------------
+
+/// Largest UDP payload over IPv4.
+const MAX_DATAGRAM_BYTES: usize = 65_507;
+/// How long a UDP run waits for the daemon to bind its port and start.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Once the port is bound, how long to wait for the "lineship started" log line before sending
+/// anyway (it never comes when the log level hides info).
+const READY_GRACE: Duration = Duration::from_millis(500);
+/// A run whose senders achieved less than this share of the offered rate was sender-limited.
+const SENDER_LIMITED_SHARE: f64 = 0.97;
+/// Late wake-ups of a sender beyond this are counted as `late_wakeups`.
+const LATE_NS: u64 = 1_000_000;
+// DESIGN.md: "UDP (10 lines per datagram) -> HTTP sink: >= 1,000,000 lines/s offered with 0 loss".
+const TARGET_UDP_LINES_PER_SEC: f64 = 1_000_000.0;
+
+#[derive(Args)]
+struct UdpArgs {
+    /// Offered rate in lines/s, paced from the first datagram (required unless --find-max).
+    #[arg(long, required_unless_present = "find_max")]
+    rate: Option<f64>,
+    /// Lines to send per run.
+    #[arg(long, default_value_t = 5_000_000)]
+    lines: u64,
+    /// Lines per datagram (the last datagram of a sender may hold fewer).
+    #[arg(long, default_value_t = 10)]
+    lines_per_datagram: u64,
+    /// Sender threads, each with its own socket and source port (so SO_REUSEPORT can spread them
+    /// over the workers) and an equal share of the rate.
+    #[arg(long, default_value_t = 2)]
+    senders: usize,
+    /// `workers` of the UDP input (sockets and receive threads sharing the port).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// `receive_buffer` of the UDP input, written as given.
+    #[arg(long, default_value = "64MiB")]
+    receive_buffer: String,
+    /// Most datagrams per `sendmmsg` call.
+    #[arg(long, default_value_t = 64)]
+    send_batch: usize,
+    /// Pacing granularity in µs: a sender sleeps to the schedule, then sends every datagram due
+    /// within this much, so no burst is longer than this.
+    #[arg(long, default_value_t = 500)]
+    pace_us: u64,
+    /// After sending, stop waiting once the sink has seen no new line for this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    idle_secs: f64,
+    /// Step the rate up through --find-max-rates (--lines each, stopping after two steps in a
+    /// row lose lines) and report the highest loss-free rate.
+    #[arg(long)]
+    find_max: bool,
+    /// Offered rates (lines/s) for --find-max, in ascending order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500000,750000,1000000,1250000,1500000"
+    )]
+    find_max_rates: Vec<f64>,
+    /// --find-max does not start a step that would likely end after this many seconds.
+    #[arg(long, default_value_t = 170)]
+    find_max_budget_secs: u64,
+    #[command(flatten)]
+    d: DaemonOpts,
+    #[command(flatten)]
+    gen: GenOpts,
+}
+
+/// One sender's pre-generated datagrams.
+struct SenderSlice {
+    data: Vec<u8>,
+    /// End offset in `data` of each datagram.
+    ends: Vec<usize>,
+    lines: u64,
+}
+
+impl SenderSlice {
+    fn datagram(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+}
+
+/// Splits `lines` lines (sequence numbers from `opts.start`) into datagrams of `per_datagram`
+/// lines and deals contiguous runs of datagrams to `senders` senders, generating them in
+/// parallel.
+fn prepare_slices(
+    opts: &GenOpts,
+    lines: u64,
+    per_datagram: u64,
+    senders: usize,
+) -> Result<Vec<SenderSlice>> {
+    let datagrams = lines.div_ceil(per_datagram);
+    let senders = (senders as u64).clamp(1, datagrams.max(1));
+    let slices = std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..senders)
+            .map(|k| {
+                let (lo, hi) = (k * datagrams / senders, (k + 1) * datagrams / senders);
+                let (first, end) = (lo * per_datagram, (hi * per_datagram).min(lines));
+                let opts = GenOpts {
+                    start: opts.start + first,
+                    ..*opts
+                };
+                scope.spawn(move || {
+                    let mut gen = LineGen::new(&opts);
+                    let mut data = Vec::with_capacity(((end - first) * APPROX_LINE_BYTES) as usize);
+                    let mut ends = Vec::with_capacity((hi - lo) as usize);
+                    let mut left = end - first;
+                    while left > 0 {
+                        let n = left.min(per_datagram);
+                        gen.fill_lines(&mut data, n);
+                        ends.push(data.len());
+                        left -= n;
+                    }
+                    SenderSlice {
+                        data,
+                        ends,
+                        lines: end - first,
+                    }
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .map(|p| p.join().expect("generator thread panicked"))
+            .collect::<Vec<_>>()
+    });
+    for s in &slices {
+        let biggest = (0..s.ends.len())
+            .map(|i| s.datagram(i).len())
+            .max()
+            .unwrap_or(0);
+        ensure!(
+            biggest <= MAX_DATAGRAM_BYTES,
+            "a datagram of {biggest} bytes exceeds the UDP maximum of {MAX_DATAGRAM_BYTES}; lower --lines-per-datagram"
+        );
+    }
+    Ok(slices)
+}
+
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+struct SenderStats {
+    datagrams: u64,
+    lines: u64,
+    bytes: u64,
+    /// Datagrams the kernel refused (ECONNREFUSED: nothing listening), not retried.
+    failed_datagrams: u64,
+    failed_lines: u64,
+    /// Transient send errors (ENOBUFS, EAGAIN) that were retried.
+    retries: u64,
+    sendmmsg_calls: u64,
+    /// ns after the schedule's start of the first call and of the end of the last one.
+    first_send_ns: u64,
+    last_send_ns: u64,
+    /// How far behind the schedule a wake-up was, at worst; and how many were over 1 ms late.
+    max_lag_ns: u64,
+    late_wakeups: u64,
+    /// CPU time of the sender thread (sendmmsg on loopback also runs the receive path up to the
+    /// socket queue, so most of it is kernel time).
+    cpu_s: f64,
+}
+
+fn thread_cpu_s() -> f64 {
+    // SAFETY: zeroed timespec is a valid out-parameter.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn ns_since(t0: Instant) -> u64 {
+    Instant::now().saturating_duration_since(t0).as_nanos() as u64
+}
+
+/// Sends `slice` on the connected `sock` at `rate` lines/s from `t0`: datagram `i` is due at
+/// `t0 + i * per_datagram / rate`. The sender sleeps until the first unsent datagram is due, then
+/// sends, in one `sendmmsg`, every datagram due within `pace` (at most `max_batch`). The
+/// schedule is absolute, so a late wake-up is made up by the next calls instead of drifting.
+fn send_paced(
+    sock: &std::net::UdpSocket,
+    slice: &SenderSlice,
+    per_datagram: u64,
+    rate: f64,
+    t0: Instant,
+    pace: Duration,
+    max_batch: usize,
+) -> Result<SenderStats> {
+    // Sleep to within ~10 µs of the schedule instead of the default 50 µs of timer slack.
+    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 10_000 as libc::c_ulong, 0, 0, 0) };
+    let cpu_before = thread_cpu_s();
+    let fd = sock.as_raw_fd();
+    let n = slice.ends.len();
+    let ns_per_datagram = per_datagram as f64 * 1e9 / rate;
+    let due = |i: usize| (i as f64 * ns_per_datagram) as u64;
+    let lines_of = |i: usize| {
+        if i + 1 == n {
+            slice.lines - (n as u64 - 1) * per_datagram
+        } else {
+            per_datagram
+        }
+    };
+    let pace_ns = pace.as_nanos() as u64;
+    let max_batch = max_batch.clamp(1, 1024);
+    // SAFETY: all-zero iovec and mmsghdr are valid (null pointers, zero lengths).
+    let mut iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; max_batch];
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; max_batch];
+    let mut st = SenderStats::default();
+    if let Some(wait) = t0.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    let mut i = 0;
+    while i < n {
+        let now = ns_since(t0);
+        let due_i = due(i);
+        if due_i > now {
+            std::thread::sleep(Duration::from_nanos(due_i - now));
+            continue;
+        }
+        let lag = now - due_i;
+        st.max_lag_ns = st.max_lag_ns.max(lag);
+        st.late_wakeups += u64::from(lag > LATE_NS);
+        let horizon = now + pace_ns;
+        let mut j = i;
+        while j < n && j - i < max_batch && due(j) <= horizon {
+            let d = slice.datagram(j);
+            let b = j - i;
+            iov[b] = libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            };
+            // SAFETY: all-zero is a valid msghdr; the fields set point at live data.
+            hdrs[b].msg_hdr = unsafe { std::mem::zeroed() };
+            hdrs[b].msg_hdr.msg_iov = &mut iov[b];
+            hdrs[b].msg_hdr.msg_iovlen = 1;
+            hdrs[b].msg_len = 0;
+            j += 1;
+        }
+        if st.sendmmsg_calls == 0 {
+            st.first_send_ns = ns_since(t0);
+        }
+        st.sendmmsg_calls += 1;
+        // SAFETY: hdrs[..j - i] point at iovecs that point into `slice.data`, all alive for the
+        // call; the socket is connected, so no address is needed.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), (j - i) as libc::c_uint, 0) };
+        st.last_send_ns = ns_since(t0);
+        if r > 0 {
+            for k in i..i + r as usize {
+                st.datagrams += 1;
+                st.lines += lines_of(k);
+                st.bytes += slice.datagram(k).len() as u64;
+            }
+            i += r as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::ENOBUFS | libc::EAGAIN) => {
+                st.retries += 1;
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            Some(libc::ECONNREFUSED) => {
+                // An ICMP port-unreachable from an earlier datagram: this one was not sent.
+                st.failed_datagrams += 1;
+                st.failed_lines += lines_of(i);
+                i += 1;
+            }
+            _ => return Err(e).context("sendmmsg"),
+        }
+    }
+    st.cpu_s = thread_cpu_s() - cpu_before;
+    Ok(st)
+}
+
+/// Sends all slices to `target` from one thread and socket each, together at `rate` lines/s.
+fn send_all(
+    slices: &[SenderSlice],
+    target: SocketAddr,
+    per_datagram: u64,
+    rate: f64,
+    pace: Duration,
+    max_batch: usize,
+) -> Result<(Instant, Vec<SenderStats>)> {
+    let total: u64 = slices.iter().map(|s| s.lines).sum();
+    let socks = slices
+        .iter()
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").context("binding a sender socket")?;
+            s.connect(target).context("connecting a sender socket")?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // All senders share one schedule start, a moment from now so every thread is ready.
+    let t0 = Instant::now() + Duration::from_millis(5);
+    let stats = std::thread::scope(|scope| {
+        let threads: Vec<_> = slices
+            .iter()
+            .zip(&socks)
+            .enumerate()
+            .map(|(k, (slice, sock))| {
+                let share = rate * slice.lines as f64 / total as f64;
+                std::thread::Builder::new()
+                    .name(format!("sender{k}"))
+                    .spawn_scoped(scope, move || {
+                        send_paced(sock, slice, per_datagram, share, t0, pace, max_batch)
+                    })
+                    .context("spawning a sender thread")
+            })
+            .collect::<Result<_>>()?;
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("sender thread panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok((t0, stats))
+}
+
+/// A free UDP port on 127.0.0.1: bound to find one, then released for the daemon.
+fn free_udp_port() -> Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(s.local_addr()?.port())
+}
+
+fn udp_input_section(port: u16, receive_buffer: &str, workers: u32) -> String {
+    format!(
+        "[[input.udp]]\nlisten = \"127.0.0.1:{port}\"\nreceive_buffer = {}\nworkers = {workers}\n\n[input.stdin]\nenabled = false",
+        toml_str(receive_buffer)
+    )
+}
+
+/// A UDP socket's row in `/proc/net/udp`.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcUdpSocket {
+    inode: u64,
+    rx_queue: u64,
+    drops: u64,
+}
+
+/// The sockets bound to 127.0.0.1:`port` in `/proc/net/udp` text.
+fn parse_proc_udp_port(text: &str, port: u16) -> Vec<ProcUdpSocket> {
+    // The kernel prints the address as the raw (network-order) u32 in hex.
+    let local = format!(
+        "{:08X}:{port:04X}",
+        u32::from_ne_bytes(std::net::Ipv4Addr::LOCALHOST.octets())
+    );
+    text.lines()
+        .skip(1)
+        .filter_map(|row| {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            let n = cols.len();
+            if n < 13 || cols[1] != local {
+                return None;
+            }
+            let rx_queue = cols[4]
+                .split_once(':')
+                .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())?;
+            Some(ProcUdpSocket {
+                inode: cols[n - 4].parse().ok()?,
+                rx_queue,
+                drops: cols[n - 1].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn proc_udp_port(port: u16) -> Vec<ProcUdpSocket> {
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| parse_proc_udp_port(&t, port))
+        .unwrap_or_default()
+}
+
+/// Machine-wide counters from /proc that tell where datagrams were lost.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NetCounters {
+    /// `/proc/net/softnet_stat`, summed over CPUs: packets dropped because a CPU's backlog queue
+    /// (`net.core.netdev_max_backlog`, which loopback traffic goes through) was full; and times
+    /// the receive softirq ran out of budget.
+    softnet_dropped: u64,
+    softnet_time_squeeze: u64,
+    /// `/proc/net/snmp` Udp (this network namespace, all sockets).
+    udp_in_datagrams: u64,
+    udp_in_errors: u64,
+    udp_rcvbuf_errors: u64,
+}
+
+impl NetCounters {
+    fn read() -> Self {
+        let mut c = NetCounters::default();
+        if let Ok(t) = std::fs::read_to_string("/proc/net/softnet_stat") {
+            (c.softnet_dropped, c.softnet_time_squeeze) = parse_softnet(&t);
+        }
+        if let Ok(t) = std::fs::read_to_string("/proc/net/snmp") {
+            let udp = parse_snmp_udp(&t);
+            let get = |k: &str| udp.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+            c.udp_in_datagrams = get("InDatagrams");
+            c.udp_in_errors = get("InErrors");
+            c.udp_rcvbuf_errors = get("RcvbufErrors");
+        }
+        c
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        NetCounters {
+            softnet_dropped: self.softnet_dropped.wrapping_sub(before.softnet_dropped),
+            softnet_time_squeeze: self
+                .softnet_time_squeeze
+                .wrapping_sub(before.softnet_time_squeeze),
+            udp_in_datagrams: self.udp_in_datagrams.wrapping_sub(before.udp_in_datagrams),
+            udp_in_errors: self.udp_in_errors.wrapping_sub(before.udp_in_errors),
+            udp_rcvbuf_errors: self
+                .udp_rcvbuf_errors
+                .wrapping_sub(before.udp_rcvbuf_errors),
+        }
+    }
+}
+
+/// Sums the `dropped` (2nd) and `time_squeeze` (3rd) hex columns over the CPUs' rows.
+fn parse_softnet(text: &str) -> (u64, u64) {
+    let col = |row: &str, i: usize| {
+        row.split_whitespace()
+            .nth(i)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    text.lines()
+        .fold((0, 0), |(d, s), row| (d + col(row, 1), s + col(row, 2)))
+}
+
+/// The `Udp:` header and value rows of `/proc/net/snmp`, zipped.
+fn parse_snmp_udp(text: &str) -> Vec<(String, u64)> {
+    let mut rows = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        return Vec::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// `some total=` of `/proc/pressure/cpu`: µs during which some task waited for a CPU.
+fn cpu_pressure_us() -> Option<u64> {
+    parse_cpu_pressure(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
+}
+
+fn parse_cpu_pressure(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// The `key=value` fields of a text-format tracing line, after its message `message`. A value
+/// with spaces runs until the next word that looks like `key=`.
+fn log_fields(line: &str, message: &str) -> Option<Vec<(String, String)>> {
+    let at = line.find(&format!(" {message} "))? + message.len() + 2;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for word in line[at..].split_whitespace() {
+        match word.split_once('=') {
+            Some((k, v))
+                if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+            {
+                fields.push((k.to_string(), v.to_string()));
+            }
+            _ => {
+                if let Some((_, v)) = fields.last_mut() {
+                    v.push(' ');
+                    v.push_str(word);
+                }
+            }
+        }
+    }
+    Some(fields)
+}
+
+/// What the daemon's log said, collected from its stderr.
+#[derive(Default)]
+struct DaemonLog {
+    started: bool,
+    listening: Option<Vec<(String, String)>>,
+    /// The last `summary` line: at exit, the daemon's final counters.
+    summary: Option<Vec<(String, String)>>,
+    errors: u64,
+}
+
+/// Copies the daemon's output to our stderr, noting the lines `udp` needs.
+fn spawn_log_reader(
+    out: std::process::ChildStderr,
+    log: Arc<Mutex<DaemonLog>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let stderr = io::stderr();
+        for line in io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(stderr.lock(), "{line}");
+            let mut l = log.lock().unwrap();
+            if line.contains(" lineship started") {
+                l.started = true;
+            } else if let Some(f) = log_fields(&line, "udp input listening") {
+                l.listening = Some(f);
+            } else if let Some(f) = log_fields(&line, "summary") {
+                l.summary = Some(f);
+            }
+            if line.contains(" ERROR ") {
+                l.errors += 1;
+            }
+        }
+    })
+}
+
+/// The daemon's own counters, from its final summary log line.
+#[derive(Serialize, Clone, Debug, Default)]
+struct DaemonCounters {
+    lines_in: Option<u64>,
+    delivered: Option<u64>,
+    invalid: Option<u64>,
+    dropped: Option<u64>,
+    dropped_by_reason: Option<String>,
+    udp_kernel_drops: Option<u64>,
+    udp_truncated: Option<u64>,
+    /// SO_RCVBUF as the kernel applied it (Linux reports twice the size asked for).
+    receive_buffer_applied: Option<u64>,
+    /// ERROR lines the daemon logged.
+    error_lines: u64,
+}
+
+impl DaemonCounters {
+    fn from_log(log: &DaemonLog) -> Self {
+        let get = |f: &Option<Vec<(String, String)>>, k: &str| {
+            f.as_ref()
+                .and_then(|f| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        };
+        let num = |f: &Option<Vec<(String, String)>>, k: &str| get(f, k)?.parse().ok();
+        DaemonCounters {
+            lines_in: num(&log.summary, "lines_in"),
+            delivered: num(&log.summary, "delivered"),
+            invalid: num(&log.summary, "invalid"),
+            dropped: num(&log.summary, "dropped"),
+            dropped_by_reason: get(&log.summary, "dropped_by_reason"),
+            udp_kernel_drops: num(&log.summary, "udp_kernel_drops"),
+            udp_truncated: num(&log.summary, "udp_truncated"),
+            receive_buffer_applied: num(&log.listening, "receive_buffer_applied"),
+            error_lines: log.errors,
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct UdpRunReport {
+    run: u32,
+    offered_lines_per_sec: f64,
+    lines_offered: u64,
+    lines_sent: u64,
+    datagrams_sent: u64,
+    bytes_sent: u64,
+    /// Lines in datagrams the kernel refused to send (nothing listening).
+    send_failed_lines: u64,
+    /// From the schedule's start to the end of the last send.
+    send_s: f64,
+    send_lines_per_sec: f64,
+    /// Worst lateness of a sender wake-up against the schedule, and wake-ups over 1 ms late.
+    send_max_lag_ms: f64,
+    send_late_wakeups: u64,
+    sender_limited: bool,
+    lines_received: u64,
+    lost: Option<u64>,
+    dup: Option<u64>,
+    /// From the schedule's start to the sink's last write, and from the end of sending to it.
+    end_to_end_s: f64,
+    drain_s: f64,
+    daemon_cpu_s: f64,
+    daemon_cpu_user_s: f64,
+    daemon_cpu_sys_s: f64,
+    cpu_s_per_million_lines: f64,
+    peak_rss_mib: f64,
+    rss_floor_mib: f64,
+    exit_code: i32,
+    timed_out: bool,
+    /// Share of the run during which some task on the machine waited for a CPU
+    /// (/proc/pressure/cpu): how contended the machine was.
+    cpu_pressure_pct: Option<f64>,
+    /// The daemon's sockets in /proc/net/udp just before it was stopped.
+    sockets: Vec<ProcUdpSocket>,
+    /// CPU seconds of the daemon's threads by name just before it was stopped, busiest first
+    /// (`lineship-udp`: receive threads; `lineship-batcher`: batching and gzip; `lineship-io`:
+    /// HTTP and the rest).
+    daemon_threads_cpu_s: Vec<(String, f64)>,
+    daemon: DaemonCounters,
+    net: NetCounters,
+    senders: Vec<SenderStats>,
+    sender_cpu_s: f64,
+    sink_cpu_s: f64,
+    harness_cpu_s: f64,
+    sink: SinkSnapshot,
+    /// Where lines were lost, when they were.
+    loss_causes: Vec<String>,
+    ok: bool,
+}
+
+/// What a UDP run learns while the daemon runs.
+struct SendPhase {
+    /// The senders' schedule start.
+    t0: Instant,
+    senders: Vec<SenderStats>,
+    /// Read just before the daemon is stopped.
+    sockets: Vec<ProcUdpSocket>,
+    daemon_threads: Vec<(String, f64)>,
+}
+
+/// Runs the daemon with a UDP input once and sends it all of `slices` at `rate` lines/s.
+fn run_udp(
+    a: &UdpArgs,
+    lineship: &Path,
+    slices: &[SenderSlice],
+    rt: &tokio::runtime::Runtime,
+    offered: f64,
+    run: u32,
+) -> Result<UdpRunReport> {
+    let lines_offered: u64 = slices.iter().map(|s| s.lines).sum();
+    let check_seq = !a.d.no_check_seq;
+    let mut sink = start_sink(
+        rt.handle(),
+        "127.0.0.1:0".parse().unwrap(),
+        SinkOptions {
+            status: StatusCode::NO_CONTENT,
+            check_seq,
+            progress: Progress::Stderr,
+        },
+    )?;
+    let port = free_udp_port()?;
+    let target: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = make_run_dir(run)?;
+    let config_path = dir.join("lineship.toml");
+    let input = udp_input_section(port, &a.receive_buffer, a.workers);
+    let log_level = a.d.log_level.as_deref().unwrap_or("info");
+    let config = render_config(
+        &a.d.config(sink.addr, log_level, &input),
+        &dir.join("state"),
+    );
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+
+    let net_before = NetCounters::read();
+    let (pressure_before, t_run) = (cpu_pressure_us(), Instant::now());
+    let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
+    let mut daemon = spawn_measured(lineship, &config_path, &[], Stdio::null(), Stdio::piped())?;
+    let log = Arc::new(Mutex::new(DaemonLog::default()));
+    let log_reader = match daemon.helper.stderr.take() {
+        Some(err) => spawn_log_reader(err, log.clone()),
+        None => bail!("no stderr pipe from the helper"),
+    };
+
+    // Everything between start and stop; the daemon is stopped and reaped whatever happens.
+    let t_spawn = Instant::now();
+    let phase = (|| -> Result<SendPhase> {
+        let mut bound_at: Option<Instant> = None;
+        loop {
+            ensure!(!daemon.has_exited(), "lineship exited before it was ready");
+            let started = log.lock().unwrap().started;
+            if bound_at.is_none() && proc_udp_port(port).len() >= a.workers as usize {
+                bound_at = Some(Instant::now());
+            }
+            match bound_at {
+                Some(t) if started || t.elapsed() >= READY_GRACE => break,
+                _ => {}
+            }
+            ensure!(
+                t_spawn.elapsed() < READY_TIMEOUT,
+                "lineship did not bind 127.0.0.1:{port} within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (t0, senders) = send_all(
+            slices,
+            target,
+            a.lines_per_datagram,
+            offered,
+            Duration::from_micros(a.pace_us),
+            a.send_batch,
+        )?;
+        let sent: u64 = senders.iter().map(|s| s.lines).sum();
+        // Wait for the sink to see everything, or to stop making progress.
+        let idle = Duration::from_secs_f64(a.idle_secs.max(0.1));
+        let deadline = Instant::now() + Duration::from_secs(a.d.timeout_secs);
+        let (mut last, mut last_change) = (0, Instant::now());
+        loop {
+            let seen = sink.sink.lines.load(Relaxed);
+            if seen >= sent || Instant::now() >= deadline || daemon.has_exited() {
+                break;
+            }
+            if seen != last {
+                (last, last_change) = (seen, Instant::now());
+            } else if last_change.elapsed() >= idle {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(SendPhase {
+            t0,
+            senders,
+            sockets: proc_udp_port(port),
+            daemon_threads: threads_cpu_s(daemon.pid),
+        })
+    })();
+    daemon.signal(libc::SIGTERM);
+    let exit = daemon.wait(Duration::from_secs(a.d.timeout_secs));
+    let _ = log_reader.join();
+    let harness_cpu_s = process_cpu_s() - cpu_before;
+    let sink_cpu_s = sink_cpu_s() - sink_cpu_before;
+    let net = NetCounters::read().since(&net_before);
+    let cpu_pressure_pct = match (pressure_before, cpu_pressure_us()) {
+        (Some(b), Some(a)) => Some(rate(
+            a.saturating_sub(b) as f64 / 1e4,
+            t_run.elapsed().as_secs_f64(),
+        )),
+        _ => None,
+    };
+    sink.stop();
+    let snap = sink.sink.snapshot(Some((a.gen.start, lines_offered)));
+    if a.d.keep_config {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let exit = exit?;
+    let SendPhase {
+        t0,
+        senders,
+        sockets,
+        daemon_threads,
+    } = phase?;
+    let daemon_counters = DaemonCounters::from_log(&log.lock().unwrap());
+
+    let sum = |f: fn(&SenderStats) -> u64| senders.iter().map(f).sum::<u64>();
+    let lines_sent = sum(|s| s.lines);
+    // Times are from the schedule's start, when the first datagram is due.
+    let send_s = senders.iter().map(|s| s.last_send_ns).max().unwrap_or(0) as f64 / 1e9;
+    let send_lines_per_sec = rate(lines_sent as f64, send_s);
+    let last_write_ns = sink.sink.last_write_ns.load(Relaxed);
+    let end_to_end_s = if last_write_ns == 0 {
+        0.0
+    } else {
+        (sink.sink.started + Duration::from_nanos(last_write_ns - 1))
+            .saturating_duration_since(t0)
+            .as_secs_f64()
+    };
+    let lost = snap.seq.and_then(|s| s.lost);
+    let dup = snap.seq.map(|s| s.dup);
+    let lost_n = lost.unwrap_or_else(|| lines_offered.saturating_sub(snap.lines));
+    let socket_drops: u64 = sockets.iter().map(|s| s.drops).sum();
+    let mut loss_causes = Vec::new();
+    if lost_n > 0 {
+        let failed = sum(|s| s.failed_lines);
+        if failed > 0 {
+            loss_causes.push(format!(
+                "{failed} lines refused at send (nothing listening)"
+            ));
+        }
+        if socket_drops > 0 || daemon_counters.udp_kernel_drops.unwrap_or(0) > 0 {
+            loss_causes.push(format!(
+                "socket receive buffer full: {socket_drops} datagrams dropped by the kernel (daemon counted {}); the receive thread fell behind",
+                daemon_counters.udp_kernel_drops.map_or("?".into(), |v| v.to_string())
+            ));
+        }
+        if daemon_counters.dropped.unwrap_or(0) > 0 {
+            loss_causes.push(format!(
+                "daemon dropped {} lines ({}): the pipeline behind the receive thread fell behind",
+                daemon_counters.dropped.unwrap_or(0),
+                daemon_counters.dropped_by_reason.as_deref().unwrap_or("")
+            ));
+        }
+        if net.softnet_dropped > 0 {
+            loss_causes.push(format!(
+                "{} packets dropped from a full CPU backlog (net.core.netdev_max_backlog; machine-wide)",
+                net.softnet_dropped
+            ));
+        }
+        if loss_causes.is_empty() {
+            loss_causes.push("no counter explains it".into());
+        }
+    }
+    let ok = lost_n == 0 && exit.exit_code == 0 && !exit.timed_out;
+    Ok(UdpRunReport {
+        run,
+        offered_lines_per_sec: offered,
+        lines_offered,
+        lines_sent,
+        datagrams_sent: sum(|s| s.datagrams),
+        bytes_sent: sum(|s| s.bytes),
+        send_failed_lines: sum(|s| s.failed_lines),
+        send_s,
+        send_lines_per_sec,
+        send_max_lag_ms: senders.iter().map(|s| s.max_lag_ns).max().unwrap_or(0) as f64 / 1e6,
+        send_late_wakeups: sum(|s| s.late_wakeups),
+        sender_limited: send_lines_per_sec < offered * SENDER_LIMITED_SHARE,
+        lines_received: snap.lines,
+        lost,
+        dup,
+        end_to_end_s,
+        drain_s: (end_to_end_s - send_s).max(0.0),
+        daemon_cpu_s: exit.cpu_s(),
+        daemon_cpu_user_s: exit.cpu_user_s,
+        daemon_cpu_sys_s: exit.cpu_sys_s,
+        cpu_s_per_million_lines: rate(exit.cpu_s(), lines_sent as f64 / 1e6),
+        peak_rss_mib: exit.peak_rss_kib as f64 / 1024.0,
+        rss_floor_mib: exit.rss_floor_kib as f64 / 1024.0,
+        exit_code: exit.exit_code,
+        timed_out: exit.timed_out,
+        cpu_pressure_pct,
+        sockets,
+        daemon_threads_cpu_s: daemon_threads,
+        daemon: daemon_counters,
+        net,
+        sender_cpu_s: senders.iter().map(|s| s.cpu_s).sum(),
+        senders,
+        sink_cpu_s,
+        harness_cpu_s,
+        sink: snap,
+        loss_causes,
+        ok,
+    })
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct UdpMedians {
+    send_lines_per_sec: f64,
+    /// Lines received over the time from the schedule's start to the sink's last write.
+    end_to_end_lines_per_sec: f64,
+    lost: f64,
+    max_lost: u64,
+    daemon_cpu_s: f64,
+    cpu_s_per_million_lines: f64,
+    peak_rss_mib: f64,
+    max_peak_rss_mib: f64,
+    sender_cpu_s: f64,
+    sink_cpu_s: f64,
+}
+
+impl UdpMedians {
+    fn of(runs: &[UdpRunReport]) -> Self {
+        let m = |f: fn(&UdpRunReport) -> f64| median(runs.iter().map(f).collect());
+        let lost = |r: &UdpRunReport| r.lost.unwrap_or(r.lines_offered - r.lines_received);
+        UdpMedians {
+            send_lines_per_sec: m(|r| r.send_lines_per_sec),
+            end_to_end_lines_per_sec: m(|r| rate(r.lines_received as f64, r.end_to_end_s)),
+            lost: median(runs.iter().map(|r| lost(r) as f64).collect()),
+            max_lost: runs.iter().map(lost).max().unwrap_or(0),
+            daemon_cpu_s: m(|r| r.daemon_cpu_s),
+            cpu_s_per_million_lines: m(|r| r.cpu_s_per_million_lines),
+            peak_rss_mib: m(|r| r.peak_rss_mib),
+            max_peak_rss_mib: runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            sender_cpu_s: m(|r| r.sender_cpu_s),
+            sink_cpu_s: m(|r| r.sink_cpu_s),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FindMaxStep {
+    offered_lines_per_sec: f64,
+    loss_free: bool,
+    median: UdpMedians,
+    runs: Vec<UdpRunReport>,
+}
+
+#[derive(Serialize)]
+struct UdpSummary<'a> {
+    tool: &'static str,
+    mode: &'static str,
+    lines: u64,
+    lines_per_datagram: u64,
+    senders: usize,
+    workers: u32,
+    receive_buffer: &'a str,
+    send_batch: usize,
+    pace_us: u64,
+    repeat: u32,
+    gzip_level: u32,
+    batch_max_lines: u64,
+    batch_max_bytes: &'a str,
+    max_in_flight: u32,
+    flush_interval: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offered_lines_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median: Option<UdpMedians>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runs: Option<&'a [UdpRunReport]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<&'a [FindMaxStep]>,
+    /// --find-max: the highest offered rate at which every run delivered every line, and the
+    /// lowest at which some run lost lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_loss_free_lines_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_lossy_lines_per_sec: Option<f64>,
+    ok: bool,
+}
+
+fn opt_u64(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn print_udp_run(r: &UdpRunReport, of: u32) {
+    let s = r.net;
+    println!(
+        "run {}/{of}: offered={:.0} lines/s sent={} in {:.3}s ({:.0} lines/s, max lag {:.2} ms{}) received={} lost={} dup={} e2e={:.3}s (drain {:.3}s) daemon_cpu={:.2}s (user {:.2} sys {:.2}; {:.3} s/M lines) peak_rss={:.1} MiB exit={}{} | kernel drops: socket={} daemon={} | daemon dropped={} [{}] | softnet_dropped={} udp_rcvbuf_errors={} | sender_cpu={:.2}s sink_cpu={:.2}s harness_cpu={:.2}s cpu_pressure={}{}",
+        r.run,
+        r.offered_lines_per_sec,
+        r.lines_sent,
+        r.send_s,
+        r.send_lines_per_sec,
+        r.send_max_lag_ms,
+        if r.sender_limited { ", SENDER-LIMITED" } else { "" },
+        r.lines_received,
+        opt_u64(r.lost),
+        opt_u64(r.dup),
+        r.end_to_end_s,
+        r.drain_s,
+        r.daemon_cpu_s,
+        r.daemon_cpu_user_s,
+        r.daemon_cpu_sys_s,
+        r.cpu_s_per_million_lines,
+        r.peak_rss_mib,
+        r.exit_code,
+        if r.timed_out { " (timed out)" } else { "" },
+        r.sockets.iter().map(|s| s.drops).sum::<u64>(),
+        opt_u64(r.daemon.udp_kernel_drops),
+        opt_u64(r.daemon.dropped),
+        r.daemon.dropped_by_reason.as_deref().unwrap_or("-"),
+        s.softnet_dropped,
+        s.udp_rcvbuf_errors,
+        r.sender_cpu_s,
+        r.sink_cpu_s,
+        r.harness_cpu_s,
+        r.cpu_pressure_pct
+            .map_or_else(|| "-".into(), |p| format!("{p:.0}%")),
+        if r.ok { "" } else { "  << LOST LINES / FAILED" },
+    );
+    if !r.daemon_threads_cpu_s.is_empty() {
+        let busy: Vec<String> = r
+            .daemon_threads_cpu_s
+            .iter()
+            .filter(|(_, t)| *t >= 0.01)
+            .map(|(n, t)| format!("{n} {t:.2}s ({:.0}%)", 100.0 * rate(*t, r.end_to_end_s)))
+            .collect();
+        println!(
+            "  daemon threads (CPU s, share of the {:.2}s to the last write): {}",
+            r.end_to_end_s,
+            busy.join(", ")
+        );
+    }
+    for c in &r.loss_causes {
+        println!("  loss: {c}");
+    }
+}
+
+fn print_udp_medians(runs: &[UdpRunReport], med: &UdpMedians) {
+    println!(
+        "median of {} run(s): sent {:.0} lines/s, end to end {:.0} lines/s, lost {} (max {}), {:.3} CPU-s per M lines [{} <= {}], peak RSS max {:.1} MiB [{} <= {}], sender CPU {:.2}s, sink CPU {:.2}s",
+        runs.len(),
+        med.send_lines_per_sec,
+        med.end_to_end_lines_per_sec,
+        med.lost,
+        med.max_lost,
+        med.cpu_s_per_million_lines,
+        verdict(med.cpu_s_per_million_lines <= TARGET_CPU_S_PER_M),
+        TARGET_CPU_S_PER_M,
+        med.max_peak_rss_mib,
+        verdict(med.max_peak_rss_mib <= TARGET_RSS_MIB),
+        TARGET_RSS_MIB,
+        med.sender_cpu_s,
+        med.sink_cpu_s,
+    );
+}
+
+fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
+    ensure!(a.lines > 0, "--lines must be > 0");
+    ensure!(a.d.repeat > 0, "--repeat must be > 0");
+    ensure!(a.lines_per_datagram > 0, "--lines-per-datagram must be > 0");
+    ensure!(a.senders > 0, "--senders must be > 0");
+    ensure!(
+        (1..=64).contains(&a.workers),
+        "--workers must be between 1 and 64"
+    );
+    ensure!(
+        (1..=1024).contains(&a.send_batch),
+        "--send-batch must be between 1 and 1024"
+    );
+    let rates: Vec<f64> = if a.find_max {
+        a.find_max_rates.clone()
+    } else {
+        vec![a.rate.context("--rate is required without --find-max")?]
+    };
+    ensure!(
+        !rates.is_empty() && rates.iter().all(|r| r.is_finite() && *r > 0.0),
+        "rates must be > 0"
+    );
+    let lineship = a.d.lineship()?;
+    let mut gen_opts = a.gen;
+    gen_opts
+        .timestamp_base
+        .get_or_insert_with(now_whole_second_ns);
+    // Generated once, before any clock starts; every run sends the same datagrams.
+    let t = Instant::now();
+    let slices = prepare_slices(&gen_opts, a.lines, a.lines_per_datagram, a.senders)?;
+    let bytes: usize = slices.iter().map(|s| s.data.len()).sum();
+    let datagrams: usize = slices.iter().map(|s| s.ends.len()).sum();
+    eprintln!(
+        "generated {} lines in {datagrams} datagrams ({:.1} MB, {:.0} B/datagram) for {} sender(s) in {:.2}s",
+        a.lines,
+        bytes as f64 / 1e6,
+        bytes as f64 / datagrams as f64,
+        slices.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let rt = runtime(a.d.sink_threads)?;
+    let summary = |mode| UdpSummary {
+        tool: "lineship-load",
+        mode,
+        lines: a.lines,
+        lines_per_datagram: a.lines_per_datagram,
+        senders: slices.len(),
+        workers: a.workers,
+        receive_buffer: &a.receive_buffer,
+        send_batch: a.send_batch,
+        pace_us: a.pace_us,
+        repeat: a.d.repeat,
+        gzip_level: a.d.gzip_level,
+        batch_max_lines: a.d.batch_max_lines,
+        batch_max_bytes: &a.d.batch_max_bytes,
+        max_in_flight: a.d.max_in_flight,
+        flush_interval: &a.d.flush_interval,
+        offered_lines_per_sec: None,
+        median: None,
+        runs: None,
+        steps: None,
+        max_loss_free_lines_per_sec: None,
+        first_lossy_lines_per_sec: None,
+        ok: false,
+    };
+
+    if !a.find_max {
+        let rate = rates[0];
+        let mut runs = Vec::new();
+        for run in 1..=a.d.repeat {
+            let r = run_udp(a, &lineship, &slices, &rt, rate, run)?;
+            print_udp_run(&r, a.d.repeat);
+            runs.push(r);
+        }
+        let med = UdpMedians::of(&runs);
+        print_udp_medians(&runs, &med);
+        let ok = runs.iter().all(|r| r.ok);
+        let target_met = ok
+            && rate >= TARGET_UDP_LINES_PER_SEC
+            && med.send_lines_per_sec >= TARGET_UDP_LINES_PER_SEC * SENDER_LIMITED_SHARE;
+        println!(
+            "offered {rate:.0} lines/s, {}: {} [target >= {TARGET_UDP_LINES_PER_SEC:.0} lines/s offered with 0 loss]",
+            if ok { "no line lost in any run" } else { "LINES LOST (or lineship failed)" },
+            verdict(target_met),
+        );
+        let s = UdpSummary {
+            offered_lines_per_sec: Some(rate),
+            median: Some(med),
+            runs: Some(&runs),
+            ok,
+            ..summary("udp")
+        };
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+
+    // --find-max: step up until two steps in a row lose lines (one may be noise on a busy
+    // machine), within the time budget.
+    let started = Instant::now();
+    let budget = Duration::from_secs(a.find_max_budget_secs);
+    // Start-up, drain and stop around the sending itself; refined from the runs.
+    let mut overhead = Duration::from_secs(4);
+    let mut steps: Vec<FindMaxStep> = Vec::new();
+    for &rate in &rates {
+        let per_run = Duration::from_secs_f64(a.lines as f64 / rate) + overhead;
+        if started.elapsed() + per_run * a.d.repeat > budget {
+            println!(
+                "step {rate:.0} lines/s skipped: it would end after the {}s budget",
+                budget.as_secs()
+            );
+            break;
+        }
+        let mut runs = Vec::new();
+        for run in 1..=a.d.repeat {
+            let t = Instant::now();
+            let r = run_udp(a, &lineship, &slices, &rt, rate, run)?;
+            overhead = t
+                .elapsed()
+                .saturating_sub(Duration::from_secs_f64(r.send_s));
+            print_udp_run(&r, a.d.repeat);
+            runs.push(r);
+        }
+        let med = UdpMedians::of(&runs);
+        print_udp_medians(&runs, &med);
+        let loss_free = runs.iter().all(|r| r.ok);
+        println!(
+            "step {rate:.0} lines/s: {}",
+            if loss_free { "loss-free" } else { "LOST LINES" }
+        );
+        steps.push(FindMaxStep {
+            offered_lines_per_sec: rate,
+            loss_free,
+            median: med,
+            runs,
+        });
+        if steps.len() >= 2 && steps.iter().rev().take(2).all(|s| !s.loss_free) {
+            break;
+        }
+    }
+    let best = steps
+        .iter()
+        .filter(|s| s.loss_free)
+        .max_by(|x, y| x.offered_lines_per_sec.total_cmp(&y.offered_lines_per_sec));
+    let first_lossy = steps
+        .iter()
+        .filter(|s| !s.loss_free)
+        .map(|s| s.offered_lines_per_sec)
+        .min_by(f64::total_cmp);
+    let first_lossy_text =
+        first_lossy.map_or_else(|| "none".into(), |r: f64| format!("{r:.0} lines/s"));
+    match best {
+        Some(step) => {
+            let b = step.offered_lines_per_sec;
+            println!(
+                "highest loss-free offered rate: {b:.0} lines/s (sent at {:.0} lines/s, {:.3} CPU-s per M lines){} [{} >= {TARGET_UDP_LINES_PER_SEC:.0}]; lowest lossy step: {first_lossy_text}{}; {:.0}s in all",
+                step.median.send_lines_per_sec,
+                step.median.cpu_s_per_million_lines,
+                if step.runs.iter().any(|r| r.sender_limited) { ", sender-limited" } else { "" },
+                verdict(b >= TARGET_UDP_LINES_PER_SEC),
+                if first_lossy.is_some_and(|l| l < b) { " (below the best: loss there is noise or a borderline rate)" } else { "" },
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        None => println!("no step was loss-free; lowest lossy step: {first_lossy_text}"),
+    }
+    let best = best.map(|s| s.offered_lines_per_sec);
+    let s = UdpSummary {
+        steps: Some(&steps),
+        max_loss_free_lines_per_sec: best,
+        first_lossy_lines_per_sec: first_lossy,
+        ok: best.is_some(),
+        ..summary("udp-find-max")
+    };
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(if best.is_some() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -2218,5 +3534,165 @@ mod tests {
         ] {
             assert!(c.contains(key), "missing {key} in\n{c}");
         }
+    }
+
+    #[test]
+    fn udp_slices_cover_every_seq_once() {
+        let opts = gen_opts(500);
+        let slices = prepare_slices(&opts, 1003, 10, 3).unwrap();
+        assert_eq!(slices.len(), 3);
+        assert_eq!(slices.iter().map(|s| s.lines).sum::<u64>(), 1003);
+        let mut seqs = Vec::new();
+        let mut datagrams = 0;
+        for s in &slices {
+            for i in 0..s.ends.len() {
+                let d = s.datagram(i);
+                let want = if i + 1 == s.ends.len() {
+                    s.lines - 10 * (s.ends.len() as u64 - 1)
+                } else {
+                    10
+                };
+                assert_eq!(count_lines(d), want);
+                assert_eq!(scan_seqs(d, &mut seqs), 0);
+                datagrams += 1;
+            }
+        }
+        assert_eq!(datagrams, 101);
+        seqs.sort_unstable();
+        assert_eq!(seqs, (500..1503).collect::<Vec<_>>());
+        // More senders than datagrams: one datagram each.
+        assert_eq!(prepare_slices(&opts, 25, 10, 8).unwrap().len(), 3);
+        // A datagram over the UDP maximum is refused.
+        assert!(prepare_slices(&opts, 2000, 1000, 1).is_err());
+    }
+
+    #[test]
+    fn udp_sender_paces_to_the_schedule() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let slices = prepare_slices(&gen_opts(0), 300, 10, 1).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        // 30 datagrams at 30,000 lines/s: the last is due at 29 * 10 / 30000 s = 9.67 ms, and
+        // may go out at most one pacing quantum (0.5 ms) early.
+        let t0 = Instant::now() + Duration::from_millis(2);
+        let st = send_paced(
+            &tx,
+            &slices[0],
+            10,
+            30_000.0,
+            t0,
+            Duration::from_micros(500),
+            64,
+        )
+        .unwrap();
+        assert!(Instant::now() >= t0);
+        assert_eq!((st.datagrams, st.lines, st.failed_lines), (30, 300, 0));
+        assert!(
+            st.last_send_ns >= 9_100_000,
+            "sent too fast: {}",
+            st.last_send_ns
+        );
+        assert!(st.sendmmsg_calls >= 10, "not paced: {st:?}");
+        let mut buf = vec![0u8; 65536];
+        let mut seqs = Vec::new();
+        for _ in 0..30 {
+            let n = rx.recv(&mut buf).unwrap();
+            scan_seqs(&buf[..n], &mut seqs);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..300).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn udp_config_is_valid_toml() {
+        let input = udp_input_section(8089, "64MiB", 2);
+        let c = render_config(
+            &DaemonConfig {
+                sink: "127.0.0.1:9".parse().unwrap(),
+                gzip_level: 1,
+                batch_max_lines: 5000,
+                batch_max_bytes: "1MiB",
+                max_in_flight: 4,
+                flush_interval: "200ms",
+                log_level: "info",
+                input_section: &input,
+            },
+            Path::new("/tmp/state"),
+        );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        let udp = &v["input"]["udp"][0];
+        assert_eq!(udp["listen"].as_str(), Some("127.0.0.1:8089"));
+        assert_eq!(udp["receive_buffer"].as_str(), Some("64MiB"));
+        assert_eq!(udp["workers"].as_integer(), Some(2));
+        assert_eq!(v["input"]["stdin"]["enabled"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn parses_proc_counters() {
+        let udp = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+           12: 0100007F:1F99 00000000:0000 07 00000000:00000A00 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+           13: 0100007F:1F99 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 0\n\
+           14: 0100007F:1F9A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 5\n";
+        // The rows above spell 127.0.0.1 as a little-endian machine prints it.
+        #[cfg(target_endian = "little")]
+        assert_eq!(
+            parse_proc_udp_port(udp, 0x1F99),
+            vec![
+                ProcUdpSocket {
+                    inode: 4242,
+                    rx_queue: 0xA00,
+                    drops: 17
+                },
+                ProcUdpSocket {
+                    inode: 4243,
+                    rx_queue: 0,
+                    drops: 0
+                },
+            ]
+        );
+        assert!(parse_proc_udp_port(udp, 1).is_empty());
+
+        let softnet = "0042f072 00000003 00000001 00000000\n005172a5 0000000a 00000000 00000000\n";
+        assert_eq!(parse_softnet(softnet), (13, 1));
+
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 8974310 0 459053 9433684 459050\nUdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
+        let udp = parse_snmp_udp(snmp);
+        assert_eq!(udp[0], ("InDatagrams".to_string(), 8974310));
+        assert_eq!(udp[4], ("RcvbufErrors".to_string(), 459050));
+        assert!(parse_snmp_udp("Ip: a\nIp: 1\n").is_empty());
+
+        let psi = "some avg10=32.15 avg60=65.42 avg300=76.56 total=5373067340\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_cpu_pressure(psi), Some(5373067340));
+        assert_eq!(parse_cpu_pressure("full total=3\n"), None);
+    }
+
+    #[test]
+    fn reads_the_daemon_summary_line() {
+        let log = DaemonLog {
+            started: true,
+            listening: log_fields(
+                "2026-11-28T01:48:30.541821Z  INFO udp input listening input=udp:127.0.0.1:34673 listen=127.0.0.1:34673 workers=1 receive_buffer=67108864 receive_buffer_applied=134217728",
+                "udp input listening",
+            ),
+            summary: log_fields(
+                "2026-11-28T01:48:33.160742Z  INFO summary lines_in=500000 delivered=499990 invalid=0 invalid_by_reason= dropped=10 dropped_by_reason=channel_full=10 udp_kernel_drops=3 udp_truncated=0 last_status=connection error: refused healthy=false",
+                "summary",
+            ),
+            errors: 2,
+        };
+        let c = DaemonCounters::from_log(&log);
+        assert_eq!(c.lines_in, Some(500000));
+        assert_eq!(c.delivered, Some(499990));
+        assert_eq!(c.dropped, Some(10));
+        assert_eq!(c.dropped_by_reason.as_deref(), Some("channel_full=10"));
+        assert_eq!(c.udp_kernel_drops, Some(3));
+        assert_eq!(c.udp_truncated, Some(0));
+        assert_eq!(c.receive_buffer_applied, Some(134217728));
+        assert_eq!(c.error_lines, 2);
+        let f = log.summary.unwrap();
+        let status = f.iter().find(|(k, _)| k == "last_status").unwrap();
+        assert_eq!(status.1, "connection error: refused");
+        assert!(log_fields("INFO something else x=1", "summary").is_none());
     }
 }
