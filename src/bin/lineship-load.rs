@@ -3962,7 +3962,8 @@ mod tests {
             "sent too fast: {}",
             st.last_send_ns
         );
-        assert!(st.sendmmsg_calls >= 10, "not paced: {st:?}");
+        // How many sendmmsg calls it took depends on how late the thread woke up (a busy
+        // machine batches more per call), so only "never early" is asserted.
         let mut buf = vec![0u8; 65536];
         let mut seqs = Vec::new();
         for _ in 0..30 {
