@@ -290,7 +290,6 @@ pub struct Batch {
 /// Compresses sealed batches. One per thread: it owns libdeflate's compressor state and a
 /// scratch buffer, so the worst-case output size is not allocated (and page-faulted) per batch.
 pub struct Encoder {
-    level: u32,
     compressor: Option<libdeflater::Compressor>,
     scratch: Vec<u8>,
 }
@@ -303,14 +302,9 @@ impl Encoder {
             libdeflater::Compressor::new(lvl)
         });
         Encoder {
-            level,
             compressor,
             scratch: Vec::new(),
         }
-    }
-
-    pub fn level(&self) -> u32 {
-        self.level
     }
 
     /// Encodes the data of `raw` (the lines are not changed).
