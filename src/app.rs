@@ -29,8 +29,11 @@ use crate::service::{self, Service};
 use crate::spool::Spool;
 use crate::telemetry::Stats;
 
-/// Chunks in flight between the inputs and the batcher.
-const CHANNEL_CHUNKS: usize = 64;
+/// Chunks queued between the inputs and the batcher (small UDP reads make many small chunks).
+const CHANNEL_CHUNKS: usize = 1024;
+/// Bytes of checked lines queued between the inputs and the batcher: about 200 ms of input at
+/// 1M lines/s, and the bound that keeps memory flat when the inputs outrun the batcher.
+pub const CHANNEL_BYTES: usize = 16 << 20;
 
 /// What a run did; `main` maps it to an exit code in stdin mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,7 +147,7 @@ pub async fn run(
     )?);
     let memory = Arc::new(MemoryGate::new(settings.output.memory_limit));
 
-    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(CHANNEL_CHUNKS);
+    let (chunk_tx, chunk_rx) = crate::queue::channel(CHANNEL_CHUNKS, CHANNEL_BYTES);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let (batch_tx, batch_rx) = mpsc::unbounded_channel();
     let batcher = Batcher {

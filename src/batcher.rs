@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError};
+
+use crate::queue::ChunkRx;
 use tokio::sync::mpsc;
 
-use crate::batch::{AckRouter, Batch, Builder, Chunk, Encoder, Limits, RawBatch};
+use crate::batch::{AckRouter, Batch, Builder, Encoder, Limits, RawBatch};
 use crate::output::MemoryGate;
 use crate::spool::{Appended, Spool};
 use crate::telemetry::Stats;
@@ -26,7 +28,7 @@ use crate::watchdog::{Stage, BEAT_EVERY};
 const STOP_GRACE: Duration = Duration::from_millis(300);
 
 pub struct Batcher {
-    pub chunks: Receiver<Chunk>,
+    pub chunks: ChunkRx,
     pub stop: Receiver<()>,
     pub limits: Limits,
     pub gzip_level: u32,
@@ -65,8 +67,8 @@ impl Batcher {
                 }
             } else {
                 select! {
-                    recv(self.chunks) -> msg => match msg {
-                        Ok(c) => builder.push(c, Instant::now(), &mut sealed),
+                    recv(self.chunks.select_handle()) -> msg => match msg {
+                        Ok(c) => builder.push(self.chunks.taken(c), Instant::now(), &mut sealed),
                         Err(_) => break, // every input hung up
                     },
                     recv(self.stop) -> _ => stopping = true,

@@ -3,10 +3,10 @@
 //!
 //! ```text
 //!  UDP  (recv thread, recvmmsg) ─┐
-//!  stdin (thread)               ─┼─► crossbeam bounded<Chunk> ─► batcher thread ─► sender (tokio + reqwest) ─► /api/v2/write
-//!                                │   chunks of checked lines     group by (bucket,   N requests in flight        │  ▲
-//!                                    (never one message per      precision); seal     retry/backoff, bisect       ▼  │ replay, FIFO
-//!                                     line)                      + gzip               on 400/413                 spool (disk)
+//!  stdin, tail (threads)        ─┼─► queue of Chunks ─────────► batcher thread ─► sender (tokio + reqwest) ─► /api/v2/write
+//!                                │   (bounded in chunks and      group by (bucket,   N requests in flight        │  ▲
+//!                                    bytes; never one message    precision); seal     retry/backoff, bisect       ▼  │ replay, FIFO
+//!                                    per line)                   + gzip               on 400/413                 spool (disk)
 //! ```
 //!
 //! Lines are forwarded byte for byte: the only changes are CRLF → LF and a timestamp appended
@@ -21,6 +21,7 @@ pub mod config;
 pub mod input;
 pub mod line;
 pub mod output;
+pub mod queue;
 pub mod reject;
 pub mod reload;
 pub mod sd_notify;

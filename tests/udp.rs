@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use crossbeam_channel::{Receiver, Sender};
 use lineship::batch::{Chunk, Dest};
 use lineship::config::{InputFormat, LineSettings};
 use lineship::input::udp::recv::Worker;
 use lineship::input::Intake;
 use lineship::line::Precision;
+use lineship::queue::{ChunkRx, ChunkTx};
 use lineship::reject::DeadLetter;
 use lineship::telemetry::{InputStats, Stats};
 use lineship::{Io, Report, Settings};
@@ -74,7 +74,7 @@ struct Loop {
     stats: Arc<InputStats>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
-    rx: Receiver<Chunk>,
+    rx: ChunkRx,
     _dir: tempfile::TempDir,
 }
 
@@ -85,7 +85,7 @@ impl Loop {
         slots: usize,
         slot_bytes: usize,
         hold_bytes: usize,
-        (tx, rx): (Sender<Chunk>, Receiver<Chunk>),
+        (tx, rx): (ChunkTx, ChunkRx),
         stop: Arc<AtomicBool>,
     ) -> Loop {
         let dir = tempfile::tempdir().unwrap();
@@ -124,7 +124,7 @@ impl Loop {
     }
 
     /// Stops the loop and asserts that it returns promptly.
-    fn stop(self) -> (Arc<InputStats>, Receiver<Chunk>) {
+    fn stop(self) -> (Arc<InputStats>, ChunkRx) {
         let asked = Instant::now();
         self.stop.store(true, Relaxed);
         assert!(
@@ -150,7 +150,7 @@ impl Loop {
     }
 }
 
-fn chunk_text(chunks: &Receiver<Chunk>) -> (u32, String) {
+fn chunk_text(chunks: &ChunkRx) -> (u32, String) {
     let mut lines = 0;
     let mut text = String::new();
     while let Ok(c) = chunks.try_recv() {
@@ -169,7 +169,7 @@ fn truncated_datagram_is_counted_and_keeps_only_complete_lines() {
         4,
         64,
         0,
-        crossbeam_channel::bounded(16),
+        lineship::queue::channel(16, 1 << 30),
         Arc::new(AtomicBool::new(false)),
     );
     let client = client_for(addr);
@@ -200,7 +200,7 @@ fn truncated_datagram_is_counted_and_keeps_only_complete_lines() {
 fn full_channel_drops_and_counts_instead_of_blocking() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (tx, rx) = lineship::queue::channel(1, 1 << 30);
     // Fill the channel before the loop starts: every chunk it makes finds it full.
     tx.send(Chunk {
         dest: Dest::new("b", Precision::Ns),
@@ -243,7 +243,7 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
 fn full_channel_holds_a_bounded_amount_and_sends_it_when_there_is_room() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (tx, rx) = lineship::queue::channel(1, 1 << 30);
     tx.send(Chunk {
         dest: Dest::new("b", Precision::Ns),
         data: b"filler 1i\n".to_vec(),
@@ -288,6 +288,54 @@ fn full_channel_holds_a_bounded_amount_and_sends_it_when_there_is_room() {
 }
 
 #[test]
+fn queue_full_in_bytes_drops_and_counts_even_with_free_slots() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    // Room for 1,024 chunks but only 100 bytes, all taken by the filler.
+    let (tx, rx) = lineship::queue::channel(1024, 100);
+    tx.send(Chunk {
+        dest: Dest::new("b", Precision::Ns),
+        data: vec![b'#'; 100],
+        lines: 1,
+        ack: None,
+    })
+    .unwrap();
+    let l = Loop::start(
+        sock,
+        64,
+        1500,
+        0,
+        (tx, rx),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let client = client_for(addr);
+    client
+        .send_to(
+            b"m v=1i 1
+m v=2i 2
+",
+            addr,
+        )
+        .unwrap();
+    assert!(
+        eventually(T, || l.dropped("channel_full") == 2),
+        "a queue full in bytes must drop and count, not grow; dropped {:?}",
+        l.stats.dropped.lock().unwrap()
+    );
+    assert_eq!(l.rx.recv().unwrap().data.len(), 100);
+    client
+        .send_to(
+            b"m v=3i 3
+",
+            addr,
+        )
+        .unwrap();
+    assert!(eventually(T, || l.stats.lines.load(Relaxed) == 1));
+    let (_, rx) = l.stop();
+    assert_eq!(chunk_text(&rx), (1, "m v=3i 3\n".to_string()));
+}
+
+#[test]
 fn kernel_drops_are_counted_exactly() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
@@ -306,7 +354,7 @@ fn kernel_drops_are_counted_exactly() {
         64,
         2048,
         0,
-        crossbeam_channel::bounded(1024),
+        lineship::queue::channel(1024, 1 << 30),
         Arc::new(AtomicBool::new(false)),
     );
     // Wait until the queued datagrams are read, then send one more: it carries the drop
@@ -355,7 +403,7 @@ fn kernel_drops_after_the_last_datagram_are_found_through_proc() {
         64,
         2048,
         0,
-        crossbeam_channel::bounded(1024),
+        lineship::queue::channel(1024, 1 << 30),
         Arc::new(AtomicBool::new(false)),
     );
     assert!(
@@ -379,7 +427,7 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
         64,
         2048,
         0,
-        crossbeam_channel::bounded(16),
+        lineship::queue::channel(16, 1 << 30),
         Arc::new(AtomicBool::new(false)),
     );
     std::thread::sleep(Duration::from_millis(150));
@@ -402,7 +450,7 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
         64,
         2048,
         0,
-        crossbeam_channel::bounded(16),
+        lineship::queue::channel(16, 1 << 30),
         Arc::new(AtomicBool::new(true)),
     );
     let (stats, rx) = l.stop();

@@ -5,11 +5,9 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
 use super::Intake;
-use crate::batch::Chunk;
 use crate::line::Framer;
+use crate::queue::ChunkTx;
 
 const READ_BUF: usize = 256 << 10;
 
@@ -18,7 +16,7 @@ pub fn run(
     mut reader: Box<dyn Read + Send>,
     mut intake: Intake,
     max_line_bytes: usize,
-    tx: Sender<Chunk>,
+    tx: ChunkTx,
     stop: Arc<AtomicBool>,
 ) {
     let mut framer = Framer::new(max_line_bytes);
@@ -51,7 +49,7 @@ pub fn run(
 
 /// Sends the accepted lines in `out`, blocking while the channel is full. Returns false when the
 /// pipeline is gone.
-fn send(intake: &mut Intake, out: &mut Vec<u8>, tx: &Sender<Chunk>) -> bool {
+fn send(intake: &mut Intake, out: &mut Vec<u8>, tx: &ChunkTx) -> bool {
     let Some(chunk) = intake.take_chunk(out, READ_BUF + READ_BUF / 4) else {
         return true;
     };

@@ -34,12 +34,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::batch::Chunk;
 use crate::config::UdpSettings;
 use crate::input::Intake;
+use crate::queue::ChunkTx;
 use crate::reject::DeadLetter;
 use crate::telemetry::InputStats;
 
@@ -192,7 +191,7 @@ impl Opened {
         stats: Arc<InputStats>,
         dead_letter: Arc<DeadLetter>,
         max_line_bytes: usize,
-        tx: Sender<Chunk>,
+        tx: ChunkTx,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Vec<JoinHandle<()>>> {
         let mut threads = Vec::with_capacity(self.sockets.len());

@@ -27,14 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 pub use checkpoint::Store;
 pub use tailer::{AckInbox, Closed, Config, Tailer};
 
-use crate::batch::Chunk;
+use crate::queue::ChunkTx;
 
 /// How often the globs are rescanned without any event.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
@@ -52,7 +52,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// What a tail thread shares with the rest of the agent.
 pub struct Links {
-    pub tx: Sender<Chunk>,
+    pub tx: ChunkTx,
     /// Set when shutdown begins: stop reading.
     pub stop: Arc<AtomicBool>,
     /// Bumped on SIGHUP: rescan the globs now.

@@ -5,8 +5,9 @@
 //! - The loop never blocks on the pipeline. When the channel is full, the checked lines wait
 //!   in one held chunk (at most `hold_bytes`, [`HOLD_BYTES`] in the daemon) that is retried
 //!   on every read and merged with newer lines; lines that do not fit are dropped and counted
-//!   as `dropped{reason="channel_full"}`. The hold absorbs short stalls of the batcher that a
-//!   64-chunk channel alone does not; the kernel buffer absorbs stalls of this thread.
+//!   as `dropped{reason="channel_full"}`. The channel is bounded in bytes as well as chunks
+//!   ([`crate::queue`]), so the queue plus the hold bound this input's memory however far the
+//!   batcher falls behind; the kernel buffer absorbs stalls of this thread.
 //! - No allocation per datagram: the datagram buffers, headers and control buffers are
 //!   allocated once; the only allocation per read is the chunk handed to the batcher.
 //! - A datagram is a complete unit: its last line needs no `\n`, and nothing carries over to
@@ -28,10 +29,11 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 
 use crate::batch::Chunk;
 use crate::input::Intake;
+use crate::queue::ChunkTx;
 use crate::reject::RateLimited;
 
 /// Datagrams read per `recvmmsg` call.
@@ -66,7 +68,7 @@ const CONTROL_WORDS: usize = 8;
 pub struct Worker {
     pub socket: socket2::Socket,
     pub intake: Intake,
-    pub tx: Sender<Chunk>,
+    pub tx: ChunkTx,
     pub stop: Arc<AtomicBool>,
     /// Datagrams per read ([`SLOTS`] in the daemon).
     pub slots: usize,
