@@ -401,6 +401,8 @@ pub struct LineSettings {
 #[derive(Debug, Clone)]
 pub struct UdpSettings {
     pub name: String,
+    /// The config table, e.g. `input.udp[0]`, for errors that should name the key.
+    pub key: String,
     pub listen: SocketAddr,
     pub receive_buffer: usize,
     pub workers: usize,
@@ -549,6 +551,7 @@ impl RawConfig {
             }
             inputs.udp.push(UdpSettings {
                 name: format!("udp:{listen}"),
+                key: key.clone(),
                 listen,
                 receive_buffer: to_usize(&format!("{key}.receive_buffer"), u.receive_buffer)?,
                 workers: u.workers as usize,

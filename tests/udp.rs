@@ -755,6 +755,28 @@ fn daemon_with_two_workers_delivers_and_exits_cleanly_on_sigterm() {
 }
 
 #[test]
+fn a_port_in_use_fails_at_start_naming_the_config_key() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = daemon_config(
+        dir.path(),
+        &fake.url(),
+        &format!("[[input.udp]]\nlisten = \"127.0.0.1:0\"\n\n[[input.udp]]\nlisten = \"{addr}\"\n"),
+    );
+    let out = Daemon::start(&cfg).wait(T);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("config key `input.udp[1].listen` = \"{addr}\"")),
+        "the error must name the key and the address: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("another process"), "{}", out.stderr);
+}
+
+#[test]
 fn socket_activation_uses_the_passed_socket() {
     let fake = FakeInflux::start();
     let dir = tempfile::tempdir().unwrap();

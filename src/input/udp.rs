@@ -100,7 +100,7 @@ pub struct Opened {
 
 /// Opens (or claims from `inherited`) and configures the sockets of one UDP input.
 pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened> {
-    let key = format!("{} (listen = \"{}\")", s.name, s.listen);
+    let key = format!("config key `{}.listen` = \"{}\"", s.key, s.listen);
     let mut sockets: Vec<(Socket, u32)> = inherited
         .take(s.listen)
         .into_iter()
