@@ -241,7 +241,7 @@ pub async fn run(
                 chunk_lines: (settings.agent.batch_max_lines / 4).clamp(1, u32::MAX as usize)
                     as u32,
                 chunk_bytes: (settings.agent.batch_max_bytes / 4).max(1),
-                orphan_grace: tail::ORPHAN_GRACE,
+                orphan_grace: t.rotate_wait,
                 checkpoint_every: tail::CHECKPOINT_EVERY,
                 text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
             };

@@ -282,7 +282,16 @@ input_table!(RawTail {
     pub paths: Vec<String>,
     #[serde(default)]
     pub from_beginning: bool,
+    #[serde(default = "default_rotate_wait", deserialize_with = "de_duration")]
+    pub rotate_wait: Duration,
 });
+
+/// Long enough for a writer that logs rarely to finish with a rotated file before it reopens
+/// its log (peers close after 5 s and lose those lines); short enough that deleted files do
+/// not hold disk space for long.
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(60)
+}
 
 input_table!(
     #[derive(Default)]
@@ -414,6 +423,9 @@ pub struct TailSettings {
     pub name: String,
     pub paths: Vec<String>,
     pub from_beginning: bool,
+    /// How long a rotated or deleted file stays open after it was read to its end, every line
+    /// delivered, with no new data.
+    pub rotate_wait: Duration,
     pub line: LineSettings,
 }
 
@@ -579,6 +591,7 @@ impl RawConfig {
                 line: defaults.resolve(&key, t.line())?,
                 paths: t.paths,
                 from_beginning: t.from_beginning,
+                rotate_wait: t.rotate_wait,
             });
         }
         // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.
@@ -865,6 +878,16 @@ token = "s3cret"
         assert_eq!(s.output.max_retry_after, Duration::from_secs(300));
         assert_eq!(s.spool.when_full, WhenFull::DropOldest);
         assert!(s.inputs.stdin.is_none());
+        let t = load(&format!(
+            "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(t.inputs.tail[0].rotate_wait, Duration::from_secs(60));
+        let t = load(&format!(
+            "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\nrotate_wait = \"5m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.inputs.tail[0].rotate_wait, Duration::from_secs(300));
     }
 
     #[test]
@@ -895,6 +918,10 @@ token = "s3cret"
             ),
             ("[[input.udp]]\nlisten = \"nope\"\n", "input.udp[0].listen"),
             ("[telemetry]\nlisten = \"x\"\n", "telemetry.listen"),
+            (
+                "[[input.tail]]\npaths = [\"/x\"]\nrotate_wait = \"soon\"\n",
+                "rotate_wait",
+            ),
         ] {
             let err = load(&format!("{MINIMAL}\n{snippet}")).unwrap_err();
             let msg = format!("{err:#}");

@@ -45,8 +45,6 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
 /// Longest sleep of an idle tail thread (bounds how long a stop takes to be noticed).
 pub const IDLE_WAKE: Duration = Duration::from_millis(200);
-/// A rotated or deleted file is closed once it is drained, delivered and idle this long.
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// Checkpoint writes while offsets move, at most this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 

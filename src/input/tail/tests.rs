@@ -489,3 +489,41 @@ fn file_rotated_away_before_a_crash_is_found_again() {
     });
     h.check().unwrap();
 }
+
+/// A writer that logs rarely can finish with a rotated file long after the rename: the file
+/// stays open, and is read, until it has had no new data for `orphan_grace` (the input's
+/// `rotate_wait`); then it is closed.
+#[test]
+fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
+    let mut h = Harness::new(0, false);
+    h.sync();
+    // The application's own handle: it keeps writing to the old file after the rename.
+    let mut app = append_file(&h.streams[0].path);
+    h.apply(&Action::Append {
+        stream: 0,
+        lines: 2,
+    });
+    h.apply(&Action::Rotate {
+        stream: 0,
+        matched: false,
+    });
+    h.sync();
+    // Quiet for most of the wait, then one late line into the renamed file.
+    h.now += GRACE - Duration::from_secs(1);
+    h.seq += 1;
+    writeln!(app, "{}", line(h.seq)).unwrap();
+    h.appended.push(h.seq);
+    h.sync();
+    assert_eq!(h.delivered.last(), Some(&h.seq), "the late line was read");
+    // Open now: b.log, the new a.log (the harness's writer reopened its path) and the old one.
+    let open = h.tailer.as_ref().unwrap().files_open();
+    assert_eq!(open, 3);
+    // The late line restarted the wait; after a full wait of silence the file is closed.
+    h.now += GRACE - Duration::from_secs(1);
+    h.sync();
+    assert_eq!(h.tailer.as_ref().unwrap().files_open(), open);
+    h.now += Duration::from_secs(2);
+    h.sync();
+    assert_eq!(h.tailer.as_ref().unwrap().files_open(), open - 1);
+    h.check().unwrap();
+}
