@@ -250,6 +250,11 @@ pub async fn run(
                     .with_context(|| format!("config key `input.tail[{i}].paths`"))?,
             );
         }
+        // First scans one input after another, in config order: a file that several inputs'
+        // globs match is read by the first of them, on every start.
+        for tailer in &mut tailers {
+            tailer.start(Instant::now());
+        }
         for tailer in tailers {
             let links = tail::Links {
                 tx: chunk_tx.clone(),

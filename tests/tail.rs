@@ -132,6 +132,52 @@ fn logrotate_style_rotation_while_writing_loses_nothing() {
     assert_exactly_once(&fake, 1..=N);
 }
 
+/// Overlapping globs in two inputs: each file is read by the first input that matches it,
+/// once, and the second input says so.
+#[test]
+fn a_file_matched_by_two_inputs_is_read_once() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut w = append(&logs.join("app.log"));
+    for seq in 1..=100 {
+        writeln!(w, "m v=1i {seq}").unwrap();
+    }
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!(
+            "{}\nfrom_beginning = true\n\n[[input.tail]]\n{}\nfrom_beginning = true\nbucket = \"other\"",
+            glob_of(&logs, "*.log"),
+            glob_of(&logs, "app.log")
+        ),
+    );
+    let mut d = Daemon::start(&cfg);
+    wait_started(&mut d);
+    for seq in 101..=200 {
+        writeln!(w, "m v=1i {seq}").unwrap();
+    }
+    assert!(fake.wait_for_lines(200, T), "{}", d.stderr_so_far());
+    // A rescan (every 2 s) must not start a second reader either.
+    std::thread::sleep(Duration::from_millis(2500));
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exactly_once(&fake, 1..=200);
+    let warned: Vec<_> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("also matches another tail input"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning: {}", out.stderr);
+    assert!(
+        warned[0].contains("input=tail[1]") && warned[0].contains("read_by=tail[0]"),
+        "{}",
+        warned[0]
+    );
+}
+
 #[test]
 fn copytruncate_is_read_again_from_the_start() {
     let fake = FakeInflux::start();

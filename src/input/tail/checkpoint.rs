@@ -136,6 +136,8 @@ struct Inner {
     pending_inputs: usize,
     /// The file existed but could not be read: treat every input as restarted.
     unreadable: bool,
+    /// Which input follows each open file: a file two inputs' globs match is read by one.
+    owners: HashMap<FileKey, u32>,
 }
 
 impl Store {
@@ -182,6 +184,7 @@ impl Store {
                 sections: BTreeMap::new(),
                 pending_inputs: inputs,
                 unreadable,
+                owners: HashMap::new(),
             }),
         })
     }
@@ -194,6 +197,24 @@ impl Store {
     pub fn first_start(&self, input_key: &str) -> bool {
         let i = self.inner.lock().unwrap();
         !i.unreadable && !i.started.contains(input_key)
+    }
+
+    /// Makes `input` the one input that follows the file `key`. `Err(owner)` when another
+    /// input already follows it.
+    pub fn own(&self, key: FileKey, input: u32) -> Result<(), u32> {
+        let mut i = self.inner.lock().unwrap();
+        match *i.owners.entry(key).or_insert(input) {
+            owner if owner == input => Ok(()),
+            owner => Err(owner),
+        }
+    }
+
+    /// `input` closed the file `key`: another input may follow it from now on.
+    pub fn disown(&self, key: FileKey, input: u32) {
+        let mut i = self.inner.lock().unwrap();
+        if i.owners.get(&key) == Some(&input) {
+            i.owners.remove(&key);
+        }
     }
 
     /// Takes the loaded entry for `key`, if any.
@@ -263,6 +284,20 @@ mod tests {
             offset,
             path: path.into(),
         }
+    }
+
+    #[test]
+    fn one_input_owns_a_file_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 2).unwrap();
+        let k = FileKey { dev: 1, ino: 7 };
+        assert_eq!(s.own(k, 0), Ok(()));
+        assert_eq!(s.own(k, 0), Ok(()), "owning again is fine");
+        assert_eq!(s.own(k, 1), Err(0));
+        s.disown(k, 1);
+        assert_eq!(s.own(k, 1), Err(0), "only the owner lets go");
+        s.disown(k, 0);
+        assert_eq!(s.own(k, 1), Ok(()));
     }
 
     #[test]

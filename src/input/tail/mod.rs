@@ -78,7 +78,7 @@ pub fn raise_open_file_limit() {
     }
 }
 
-/// Starts the thread of one tail input.
+/// Starts the thread of one tail input; `tailer` must have been [`Tailer::start`]ed.
 pub fn spawn(tailer: Tailer, links: Links) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("lineship-tail".into())
@@ -105,7 +105,6 @@ fn run(mut tailer: Tailer, links: Links) {
     let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
     let mut watched_scan = u64::MAX;
 
-    tailer.start(Instant::now());
     let (mut last_rescan, mut last_poll) = (Instant::now(), Instant::now());
     let mut hups = rescan.load(Relaxed);
     while !stop.load(Relaxed) {

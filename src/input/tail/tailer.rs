@@ -86,6 +86,8 @@ pub struct Tailer {
     ckpt_urgent: bool,
     last_ckpt: Option<Instant>,
     warn: RateLimited,
+    /// Files skipped because another input follows them (warned about once each).
+    shared: HashSet<FileKey>,
 }
 
 impl Tailer {
@@ -125,6 +127,7 @@ impl Tailer {
             ckpt_urgent: false,
             last_ckpt: None,
             warn: RateLimited::new(Duration::from_secs(10)),
+            shared: HashSet::new(),
             cfg,
         })
     }
@@ -412,6 +415,18 @@ impl Tailer {
         if self.files.contains_key(&key) {
             return None;
         }
+        if let Err(owner) = self.store.own(key, self.cfg.input) {
+            if self.shared.insert(key) {
+                tracing::warn!(
+                    input = %self.intake.stats().name,
+                    path = %path.display(),
+                    read_by = %format!("tail[{owner}]"),
+                    "this file also matches another tail input's paths and is read only by that input (once, not twice); remove the overlap from one input's paths"
+                );
+            }
+            return None;
+        }
+        self.shared.remove(&key);
         let size = meta.len();
         let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
         let n = read_at_most(&file, &mut prefix, 0).ok()?;
@@ -512,6 +527,7 @@ impl Tailer {
             .collect();
         for key in done {
             if let Some(f) = self.files.remove(&key) {
+                self.store.disown(key, self.cfg.input);
                 self.ids.remove(&f.id);
                 self.dirty.remove(&key);
                 self.ckpt_dirty = true;
@@ -552,6 +568,9 @@ impl Drop for Tailer {
     fn drop(&mut self) {
         let n = self.files.len() as u64;
         self.intake.stats().files_open.fetch_sub(n, Relaxed);
+        for key in self.files.keys() {
+            self.store.disown(*key, self.cfg.input);
+        }
     }
 }
 
