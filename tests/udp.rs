@@ -150,6 +150,17 @@ impl Loop {
     }
 }
 
+/// Queues one chunk of `data` (a filler that takes the room a test needs taken).
+fn fill(tx: &ChunkTx, data: &[u8]) {
+    tx.send(Chunk {
+        dest: Dest::new("b", Precision::Ns),
+        data: data.to_vec(),
+        lines: 1,
+        ack: None,
+    })
+    .unwrap();
+}
+
 fn chunk_text(chunks: &ChunkRx) -> (u32, String) {
     let mut lines = 0;
     let mut text = String::new();
@@ -202,13 +213,7 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
     let addr = sock.local_addr().unwrap();
     let (tx, rx) = lineship::queue::channel(1, 1 << 30);
     // Fill the channel before the loop starts: every chunk it makes finds it full.
-    tx.send(Chunk {
-        dest: Dest::new("b", Precision::Ns),
-        data: b"filler 1i\n".to_vec(),
-        lines: 1,
-        ack: None,
-    })
-    .unwrap();
+    fill(&tx, b"filler 1i\n");
     let l = Loop::start(
         sock,
         64,
@@ -244,13 +249,7 @@ fn full_channel_holds_a_bounded_amount_and_sends_it_when_there_is_room() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     let (tx, rx) = lineship::queue::channel(1, 1 << 30);
-    tx.send(Chunk {
-        dest: Dest::new("b", Precision::Ns),
-        data: b"filler 1i\n".to_vec(),
-        lines: 1,
-        ack: None,
-    })
-    .unwrap();
+    fill(&tx, b"filler 1i\n");
     // Each datagram is 3 lines of 9 bytes: the 64-byte hold takes two datagrams, not three.
     let l = Loop::start(
         sock,
@@ -293,13 +292,7 @@ fn queue_full_in_bytes_drops_and_counts_even_with_free_slots() {
     let addr = sock.local_addr().unwrap();
     // Room for 1,024 chunks but only 100 bytes, all taken by the filler.
     let (tx, rx) = lineship::queue::channel(1024, 100);
-    tx.send(Chunk {
-        dest: Dest::new("b", Precision::Ns),
-        data: vec![b'#'; 100],
-        lines: 1,
-        ack: None,
-    })
-    .unwrap();
+    fill(&tx, &[b'#'; 100]);
     let l = Loop::start(
         sock,
         64,
