@@ -32,6 +32,8 @@
 //! - Recovery never refuses to start: a torn tail (a partial record at the end of the newest
 //!   segment) is truncated; a corrupt record is skipped and counted (the scan resynchronises on
 //!   the next valid record); a segment that cannot be read is moved to `corrupt/`.
+//! - Recovery and inspection read a segment through a fixed window (`scan.rs`), never whole:
+//!   their memory does not grow with the segment size.
 //! - Records are handed out oldest first; acknowledgements may come out of order, and the
 //!   cursor only moves over a contiguous acknowledged prefix. Fully acknowledged segments are
 //!   deleted (deleting before the cursor is persisted is safe: a cursor pointing at a missing
@@ -54,6 +56,10 @@ use crate::batch::{Ack, Batch, Dest, Encoding};
 use crate::config::{FsyncPolicy, SpoolSettings, WhenFull};
 use crate::line::Precision;
 use crate::telemetry::Stats;
+
+mod scan;
+use scan::scan_segment_file;
+pub use scan::scan_segment_reader;
 
 const MAGIC: &[u8; 4] = b"LSPL";
 const VERSION: u8 = 1;
@@ -221,7 +227,8 @@ pub struct SegmentScan {
 }
 
 /// Scans segment bytes: every valid record, every damaged region (resynchronising on the next
-/// valid record), and a torn tail.
+/// valid record), and a torn tail. The reference model for [`scan_segment_reader`], which the
+/// spool uses so as not to hold a whole segment in memory.
 pub fn scan_segment(buf: &[u8]) -> SegmentScan {
     let mut scan = SegmentScan::default();
     let mut pos = 0usize;
@@ -364,14 +371,13 @@ impl Spool {
         for (id, path) in list_segments(&dir)
             .with_context(|| format!("cannot list spool directory {}", dir.display()))?
         {
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
+            let (scan, len) = match scan_segment_file(&path) {
+                Ok(s) => s,
                 Err(e) => {
                     move_aside(&dir, &path, &e.to_string());
                     continue;
                 }
             };
-            let scan = scan_segment(&bytes);
             for (offset, damage, skipped) in &scan.damaged {
                 stats.spool_corrupt_records.fetch_add(1, Relaxed);
                 tracing::error!(
@@ -382,7 +388,7 @@ impl Spool {
                     "spool record is damaged and was skipped; the lines in it are lost"
                 );
             }
-            let mut size = bytes.len() as u64;
+            let mut size = len;
             if let Some(tail) = scan.torn_tail {
                 tracing::warn!(segment = %path.display(), offset = tail, "truncating a torn record at the end of a spool segment (an interrupted write)");
                 if let Err(e) = OpenOptions::new()
@@ -917,10 +923,10 @@ pub fn inspect(state_dir: &Path) -> io::Result<Inspection> {
     let cursor = read_cursor(&dir);
     let mut out = Vec::new();
     for (_, path) in list_segments(&dir)? {
-        match fs::read(&path) {
-            Ok(bytes) => out.push(SegmentReport {
+        match scan_segment_file(&path) {
+            Ok((scan, _)) => out.push(SegmentReport {
                 path,
-                scan: Some(scan_segment(&bytes)),
+                scan: Some(scan),
                 read_error: None,
             }),
             Err(e) => out.push(SegmentReport {
