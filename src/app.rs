@@ -31,8 +31,9 @@ use crate::telemetry::Stats;
 
 /// Chunks queued between the inputs and the batcher (small UDP reads make many small chunks).
 const CHANNEL_CHUNKS: usize = 1024;
-/// Bytes of checked lines queued between the inputs and the batcher: about 200 ms of input at
-/// 1M lines/s, and the bound that keeps memory flat when the inputs outrun the batcher.
+/// Bytes of checked lines queued between the inputs and the batcher: about 200 ms of UDP input
+/// at 1M lines/s, and the bound that keeps memory flat when the inputs outrun the batcher.
+/// stdin and tail may fill only a quarter of it (see [`crate::queue`]).
 pub const CHANNEL_BYTES: usize = 16 << 20;
 
 /// What a run did; `main` maps it to an exit code in stdin mode.

@@ -9,8 +9,10 @@
 //! already in memory; refusing it forever would wedge its input).
 //!
 //! Blocking senders (stdin, tail) wait on a condition variable that the receiver signals only
-//! while someone waits, so the steady state costs two atomic operations per chunk. The UDP
-//! input uses [`ChunkTx::try_send`] and never waits.
+//! while someone waits, so the steady state costs two atomic operations per chunk. They may
+//! fill only a quarter of the bytes ([`WAITING_SHARE`]): the pipe or the file is their buffer,
+//! and more queue would only cost memory. The rest is kept for the UDP input, which cannot
+//! wait: it uses [`ChunkTx::try_send`], which may fill the whole budget and never blocks.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
@@ -26,6 +28,8 @@ use crate::batch::Chunk;
 
 /// Upper bound on one wait of a blocked sender; a missed wake-up costs at most this.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+/// Blocking senders may fill `max_bytes / WAITING_SHARE` of the queue.
+pub const WAITING_SHARE: usize = 4;
 
 struct Budget {
     max_bytes: usize,
@@ -37,11 +41,11 @@ struct Budget {
 }
 
 impl Budget {
-    /// Reserves `n` bytes if they fit, or if the queue holds no bytes at all.
-    fn try_reserve(&self, n: usize) -> bool {
+    /// Reserves `n` bytes if the queue stays within `limit`, or if it holds no bytes at all.
+    fn try_reserve(&self, n: usize, limit: usize) -> bool {
         let mut cur = self.used.load(SeqCst);
         loop {
-            if cur > 0 && cur.saturating_add(n) > self.max_bytes {
+            if cur > 0 && cur.saturating_add(n) > limit {
                 return false;
             }
             match self
@@ -54,9 +58,10 @@ impl Budget {
         }
     }
 
-    /// Reserves `n` bytes, waiting for room. False if the receiver went away meanwhile.
-    fn reserve(&self, n: usize) -> bool {
-        if self.try_reserve(n) {
+    /// Reserves `n` bytes within `limit`, waiting for room. False if the receiver went away
+    /// meanwhile.
+    fn reserve(&self, n: usize, limit: usize) -> bool {
+        if self.try_reserve(n, limit) {
             return true;
         }
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -64,7 +69,7 @@ impl Budget {
         let ok = loop {
             // Checked after announcing the wait: a release that read `waiting == 0` happened
             // before this check, so its bytes are visible here.
-            if self.try_reserve(n) {
+            if self.try_reserve(n, limit) {
                 break true;
             }
             if self.receiver_gone.load(SeqCst) {
@@ -123,11 +128,14 @@ pub fn channel(max_chunks: usize, max_bytes: usize) -> (ChunkTx, ChunkRx) {
 }
 
 impl ChunkTx {
-    /// Sends, waiting while the queue is full (in bytes or in chunks). Fails only when the
-    /// receiver is gone, giving the chunk back.
+    /// Sends, waiting while the queue is full (in chunks, or past its waiting senders' share of
+    /// bytes). Fails only when the receiver is gone, giving the chunk back.
     pub fn send(&self, chunk: Chunk) -> Result<(), SendError<Chunk>> {
         let n = chunk.data.len();
-        if !self.budget.reserve(n) {
+        if !self
+            .budget
+            .reserve(n, self.budget.max_bytes / WAITING_SHARE)
+        {
             return Err(SendError(chunk));
         }
         self.tx.send(chunk).inspect_err(|_| self.budget.release(n))
@@ -139,7 +147,7 @@ impl ChunkTx {
             return Err(TrySendError::Disconnected(chunk));
         }
         let n = chunk.data.len();
-        if !self.budget.try_reserve(n) {
+        if !self.budget.try_reserve(n, self.budget.max_bytes) {
             return Err(TrySendError::Full(chunk));
         }
         self.tx
@@ -242,6 +250,32 @@ mod tests {
             tx.try_send(chunk(5000)),
             Err(TrySendError::Full(_))
         ));
+    }
+
+    #[test]
+    fn waiting_senders_fill_a_quarter_and_leave_the_rest_to_try_send() {
+        let (tx, rx) = channel(100, 1000);
+        tx.send(chunk(200)).unwrap();
+        let t = {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send(chunk(100)).is_ok())
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            tx.queued_bytes(),
+            200,
+            "past 250 bytes a waiting sender waits"
+        );
+        tx.try_send(chunk(800)).unwrap();
+        assert_eq!(
+            tx.queued_bytes(),
+            1000,
+            "try_send may fill the whole budget"
+        );
+        rx.recv().unwrap();
+        rx.recv().unwrap();
+        assert!(t.join().unwrap());
+        assert_eq!(tx.queued_bytes(), 100);
     }
 
     #[test]
