@@ -55,6 +55,12 @@ impl Batcher {
         let mut stopping = false;
         loop {
             self.stats.progress.beat(Stage::Batcher);
+            self.stats
+                .queue_bytes
+                .store(self.chunks.queued_bytes() as u64, Relaxed);
+            self.stats
+                .memory_bytes
+                .store(self.memory.used() as u64, Relaxed);
             let now = Instant::now();
             // Wake at least every BEAT_EVERY even when idle, so the watchdog sees the loop alive.
             let timeout = builder.next_deadline().map_or(BEAT_EVERY, |d| {

@@ -174,6 +174,11 @@ impl ChunkRx {
         chunk
     }
 
+    /// Bytes of lines queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.used.load(SeqCst)
+    }
+
     pub fn recv(&self) -> Option<Chunk> {
         self.rx.recv().ok().map(|c| self.taken(c))
     }

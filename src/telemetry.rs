@@ -126,6 +126,10 @@ pub struct Stats {
     pub batches_delivered: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub retries: AtomicU64,
+    /// Gauge: bytes of checked lines queued between the inputs and the batcher.
+    pub queue_bytes: AtomicU64,
+    /// Gauge: bytes of sealed, compressed batches held in memory for the sender.
+    pub memory_bytes: AtomicU64,
     /// Spool gauges: bytes of segment files, records not yet delivered.
     pub spool_bytes: AtomicU64,
     pub spool_records: AtomicU64,

@@ -552,3 +552,34 @@ fn check_warns_about_a_world_readable_config_holding_the_token() {
     let out = Daemon::spawn(cmd).wait(T);
     assert!(!out.stderr.contains("chmod"), "{}", out.stderr);
 }
+
+/// The memory and queue gauges: a batch waiting on a slow server shows in
+/// `lineship_memory_bytes`, and both gauges return to 0 once it is delivered.
+#[test]
+fn memory_gauge_shows_batches_waiting_for_a_slow_server() {
+    let fake = FakeInflux::start();
+    fake.set_response_delay(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "token = \"t\"",
+        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut d = daemon(&cfg, &[]);
+    let addr = telemetry_addr(&mut d);
+    d.write_stdin(&lines(0, 100));
+    assert!(
+        wait_until(T, || metric(&scrape(addr), "lineship_memory_bytes") > 0),
+        "a sealed batch waiting for the server is held in memory"
+    );
+    assert!(fake.wait_for_lines(100, T));
+    assert!(wait_until(T, || {
+        let m = scrape(addr);
+        metric(&m, "lineship_lines_delivered_total") == 100
+            && metric(&m, "lineship_memory_bytes") == 0
+            && metric(&m, "lineship_queue_bytes") == 0
+    }));
+    d.terminate();
+    assert_eq!(d.wait(T).code, Some(0));
+}

@@ -220,6 +220,18 @@ impl Collector for StatsCollector {
 
         gauge(
             e,
+            "lineship_queue_bytes",
+            "Bytes of checked lines queued between the inputs and the batcher (at most 16 MiB).",
+            s.queue_bytes.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "lineship_memory_bytes",
+            "Bytes of sealed, compressed batches held in memory for the sender (at most output.memory_limit).",
+            s.memory_bytes.load(Relaxed),
+        )?;
+        gauge(
+            e,
             "lineship_spool_bytes",
             "Bytes of spool segment files on disk.",
             s.spool_bytes.load(Relaxed),
@@ -379,6 +391,11 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE lineship_spool_bytes gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lineship_queue_bytes gauge\n")
+                && text.contains("# TYPE lineship_memory_bytes gauge\n"),
             "{text}"
         );
         assert!(text.contains("# HELP lineship_retries_total "), "{text}");
