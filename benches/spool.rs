@@ -1,5 +1,7 @@
 //! Spool append and replay throughput with `fsync = "interval"` (one sync per iteration, as
-//! the periodic sync would do), on ~100 KB compressed batches like the batcher produces.
+//! the periodic sync would do), on ~100 KB compressed batches like the batcher produces, and
+//! the per-record cost on many small records (a quiet host's backlog after a long outage:
+//! one small batch per `flush_interval`).
 //!
 //! `cargo bench --bench spool`
 
@@ -17,9 +19,17 @@ use lineship::telemetry::Stats;
 const RECORD: usize = 100 << 10;
 const RECORDS: usize = 640; // 64 MiB per iteration
 
+/// Small records: 20,000 of 1 KiB, like a day of 1 s flushes of a few dozen lines.
+const SMALL: usize = 1 << 10;
+const SMALL_RECORDS: usize = 20_000;
+
 fn batch(i: usize) -> Batch {
+    sized_batch(i, RECORD)
+}
+
+fn sized_batch(i: usize, size: usize) -> Batch {
     // Incompressible-looking bytes: the spool stores what it is given either way.
-    let body: Vec<u8> = (0..RECORD)
+    let body: Vec<u8> = (0..size)
         .map(|j| (j as u32).wrapping_mul(2654435761).wrapping_add(i as u32) as u8)
         .collect();
     Batch {
@@ -27,7 +37,7 @@ fn batch(i: usize) -> Batch {
         body: Bytes::from(body),
         encoding: Encoding::Gzip,
         lines: 5000,
-        raw_len: RECORD * 4,
+        raw_len: size * 4,
         acks: Vec::new(),
     }
 }
@@ -76,6 +86,50 @@ fn bench(c: &mut Criterion) {
                     n += 1;
                 }
                 assert_eq!(n, RECORDS);
+                sp.sync().unwrap();
+                dir
+            },
+        )
+    });
+    g.finish();
+
+    let small: Vec<Batch> = (0..SMALL_RECORDS).map(|i| sized_batch(i, SMALL)).collect();
+    let mut g = c.benchmark_group("spool small records");
+    g.throughput(Throughput::Elements(SMALL_RECORDS as u64));
+    g.sample_size(10);
+    g.bench_function("append 20k x 1 KiB + sync", |b| {
+        b.iter_with_setup(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
+                for batch in &small {
+                    sp.append(batch, || false).unwrap();
+                }
+                sp.sync().unwrap();
+                dir
+            },
+        )
+    });
+    g.bench_function("replay 20k x 1 KiB (next + ack)", |b| {
+        b.iter_with_setup(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
+                for batch in &small {
+                    sp.append(batch, || false).unwrap();
+                }
+                sp.sync().unwrap();
+                drop(sp);
+                dir
+            },
+            |dir| {
+                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
+                let mut n = 0;
+                while let Some((id, _)) = sp.next() {
+                    sp.ack(id);
+                    n += 1;
+                }
+                assert_eq!(n, SMALL_RECORDS);
                 sp.sync().unwrap();
                 dir
             },

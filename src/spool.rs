@@ -304,11 +304,79 @@ struct Rec {
     state: RecState,
 }
 
+/// One segment file's records, in offset order, with running counts so that the spool's
+/// bookkeeping costs O(segments) per operation, not O(records): a quiet host's day-long outage
+/// leaves ~100,000 small records.
 #[derive(Debug)]
 struct Segment {
     id: u64,
     size: u64,
     records: VecDeque<Rec>,
+    /// Records not acknowledged (pending or handed out), and their lines.
+    live: u64,
+    live_lines: u64,
+    /// Records waiting to be handed out.
+    pending: u64,
+}
+
+impl Segment {
+    fn new(id: u64, size: u64, records: VecDeque<Rec>) -> Segment {
+        let mut s = Segment {
+            id,
+            size,
+            records: VecDeque::with_capacity(records.len()),
+            live: 0,
+            live_lines: 0,
+            pending: 0,
+        };
+        for r in records {
+            s.push(r);
+        }
+        s
+    }
+
+    fn push(&mut self, r: Rec) {
+        self.count(r.state, r.lines, 1);
+        self.records.push_back(r);
+    }
+
+    /// Adds (`sign` 1) or removes (`sign` -1) one record in `state` from the counts.
+    fn count(&mut self, state: RecState, lines: u32, sign: i64) {
+        let add = |v: &mut u64, n: u64| *v = v.wrapping_add_signed(sign * n as i64);
+        if state != RecState::Acked {
+            add(&mut self.live, 1);
+            add(&mut self.live_lines, u64::from(lines));
+        }
+        if state == RecState::Pending {
+            add(&mut self.pending, 1);
+        }
+    }
+
+    /// Moves the record at `offset` to `to(its state)`. Returns its lines, or `None` when no
+    /// record starts there.
+    fn update(&mut self, offset: u64, to: impl FnOnce(RecState) -> RecState) -> Option<u32> {
+        let i = self
+            .records
+            .binary_search_by_key(&offset, |r| r.offset)
+            .ok()?;
+        let (from, lines) = (self.records[i].state, self.records[i].lines);
+        let next = to(from);
+        if next != from {
+            self.count(from, lines, -1);
+            self.count(next, lines, 1);
+            self.records[i].state = next;
+        }
+        Some(lines)
+    }
+
+    /// The oldest pending record. Acknowledged records at the front are dropped as they are
+    /// acked, so this looks past only the few handed out and not yet acked.
+    fn first_pending(&self) -> Option<&Rec> {
+        if self.pending == 0 {
+            return None;
+        }
+        self.records.iter().find(|r| r.state == RecState::Pending)
+    }
 }
 
 /// What happened to an appended batch.
@@ -419,7 +487,7 @@ impl Spool {
                     records.retain(|r| r.offset >= coff);
                 }
             }
-            segments.push_back(Segment { id, size, records });
+            segments.push_back(Segment::new(id, size, records));
         }
         let next_segment_id = segments.back().map_or(1, |s| s.id + 1);
         let segment_size = (settings.max_size / 8).clamp(64 << 10, 32 << 20);
@@ -454,23 +522,13 @@ impl Spool {
     /// Records not yet acknowledged (pending or handed out).
     pub fn unacked(&self) -> u64 {
         let st = self.state.lock().unwrap();
-        st.segments
-            .iter()
-            .map(|s| {
-                s.records
-                    .iter()
-                    .filter(|r| r.state != RecState::Acked)
-                    .count() as u64
-            })
-            .sum()
+        st.segments.iter().map(|s| s.live).sum()
     }
 
     /// Whether some record waits to be handed out.
     pub fn has_pending(&self) -> bool {
         let st = self.state.lock().unwrap();
-        st.segments
-            .iter()
-            .any(|s| s.records.iter().any(|r| r.state == RecState::Pending))
+        st.segments.iter().any(|s| s.pending > 0)
     }
 
     pub fn backlog(&self) -> Backlog {
@@ -525,7 +583,7 @@ impl Spool {
             .iter_mut()
             .find(|s| s.id == id)
             .expect("writer segment is listed");
-        seg.records.push_back(Rec {
+        seg.push(Rec {
             offset,
             len: rec.len() as u32,
             lines: batch.lines,
@@ -575,11 +633,7 @@ impl Spool {
                 .append(true)
                 .open(segment_path(&self.dir, id))?;
             sync_dir(&self.dir)?;
-            st.segments.push_back(Segment {
-                id,
-                size: 0,
-                records: VecDeque::new(),
-            });
+            st.segments.push_back(Segment::new(id, 0, VecDeque::new()));
             st.writer = Some((id, f));
         }
         let (id, f) = st.writer.as_mut().expect("writer opened above");
@@ -598,26 +652,23 @@ impl Spool {
     pub fn next(&self) -> Option<(RecordId, Batch)> {
         let mut st = self.state.lock().unwrap();
         loop {
-            let (seg_id, offset, len) = st.segments.iter().find_map(|s| {
-                s.records
-                    .iter()
-                    .find(|r| r.state == RecState::Pending)
-                    .map(|r| (s.id, r.offset, r.len))
-            })?;
+            let (seg_id, offset, len) = st
+                .segments
+                .iter()
+                .find_map(|s| s.first_pending().map(|r| (s.id, r.offset, r.len)))?;
             let mut buf = vec![0u8; len as usize];
             let read = self.read_at(&mut st, seg_id, offset, &mut buf);
-            let rec = st
+            let seg = st
                 .segments
                 .iter_mut()
                 .find(|s| s.id == seg_id)
-                .and_then(|s| s.records.iter_mut().find(|r| r.offset == offset))
-                .expect("record just found");
+                .expect("segment just found");
             match read
                 .map_err(|e| e.to_string())
                 .and_then(|()| parse_record(&buf).map_err(|d| format!("{d:?}")))
             {
                 Ok((_, batch)) => {
-                    rec.state = RecState::HandedOut;
+                    seg.update(offset, |_| RecState::HandedOut);
                     return Some((
                         RecordId {
                             segment: seg_id,
@@ -627,8 +678,7 @@ impl Spool {
                     ));
                 }
                 Err(what) => {
-                    let lines = rec.lines;
-                    rec.state = RecState::Acked;
+                    let lines = seg.update(offset, |_| RecState::Acked).unwrap_or(0);
                     self.stats.spool_corrupt_records.fetch_add(1, Relaxed);
                     tracing::error!(segment = seg_id, offset, lines, error = %what, "spool record could not be read back and was skipped; its lines are lost");
                     self.collect_garbage(&mut st);
@@ -651,13 +701,8 @@ impl Spool {
     /// The record was delivered (or dead-lettered): it may be forgotten.
     pub fn ack(&self, id: RecordId) {
         let mut st = self.state.lock().unwrap();
-        if let Some(r) = st
-            .segments
-            .iter_mut()
-            .find(|s| s.id == id.segment)
-            .and_then(|s| s.records.iter_mut().find(|r| r.offset == id.offset))
-        {
-            r.state = RecState::Acked;
+        if let Some(s) = st.segments.iter_mut().find(|s| s.id == id.segment) {
+            s.update(id.offset, |_| RecState::Acked);
         }
         self.collect_garbage(&mut st);
         self.update_gauges(&st);
@@ -667,15 +712,11 @@ impl Spool {
     /// The record was not delivered (shutdown): it stays on disk for the next run.
     pub fn release(&self, id: RecordId) {
         let mut st = self.state.lock().unwrap();
-        if let Some(r) = st
-            .segments
-            .iter_mut()
-            .find(|s| s.id == id.segment)
-            .and_then(|s| s.records.iter_mut().find(|r| r.offset == id.offset))
-        {
-            if r.state == RecState::HandedOut {
-                r.state = RecState::Pending;
-            }
+        if let Some(s) = st.segments.iter_mut().find(|s| s.id == id.segment) {
+            s.update(id.offset, |state| match state {
+                RecState::HandedOut => RecState::Pending,
+                other => other,
+            });
         }
     }
 
@@ -717,7 +758,7 @@ impl Spool {
         let writer = st.writer.as_ref().map(|(id, _)| *id);
         let last = st.segments.back().map(|s| s.id);
         while let Some(front) = st.segments.front() {
-            let done = front.records.iter().all(|r| r.state == RecState::Acked);
+            let done = front.live == 0;
             if !done || Some(front.id) == writer || Some(front.id) == last {
                 break;
             }
@@ -749,11 +790,7 @@ impl Spool {
                     .open(segment_path(&self.dir, id))
                 {
                     Ok(f) => {
-                        st.segments.push_back(Segment {
-                            id,
-                            size: 0,
-                            records: VecDeque::new(),
-                        });
+                        st.segments.push_back(Segment::new(id, 0, VecDeque::new()));
                         st.writer = Some((id, f));
                     }
                     Err(_) => return false,
@@ -763,12 +800,7 @@ impl Spool {
             }
         }
         let seg = st.segments.pop_front().expect("at least two segments");
-        let lines: u64 = seg
-            .records
-            .iter()
-            .filter(|r| r.state != RecState::Acked)
-            .map(|r| r.lines as u64)
-            .sum();
+        let lines = seg.live_lines;
         if st.reader.as_ref().is_some_and(|(r, _)| *r == seg.id) {
             st.reader = None;
         }
@@ -804,13 +836,16 @@ fn backlog_of(segments: &VecDeque<Segment>) -> Backlog {
     };
     for s in segments {
         b.bytes += s.size;
-        for r in s.records.iter().filter(|r| r.state != RecState::Acked) {
-            b.records += 1;
-            b.lines += r.lines as u64;
-            b.oldest_created_at_ms = Some(
-                b.oldest_created_at_ms
-                    .map_or(r.created_at_ms, |o| o.min(r.created_at_ms)),
-            );
+        b.records += s.live;
+        b.lines += s.live_lines;
+        if b.oldest_created_at_ms.is_none() && s.live > 0 {
+            // The first live record in spool order was spooled first (acked records at the
+            // front are dropped as they are acked, so this looks at a few at most).
+            b.oldest_created_at_ms = s
+                .records
+                .iter()
+                .find(|r| r.state != RecState::Acked)
+                .map(|r| r.created_at_ms);
         }
     }
     b

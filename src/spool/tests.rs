@@ -391,6 +391,11 @@ proptest! {
                     handed.clear();
                 }
             }
+            // The spool's running counts agree with the model (every batch is one line).
+            let b = sp.backlog();
+            prop_assert_eq!(sp.unacked(), live.len() as u64);
+            prop_assert_eq!((b.records, b.lines), (live.len() as u64, live.len() as u64));
+            prop_assert_eq!(sp.has_pending(), live.len() > handed.len());
         }
     }
 }
