@@ -239,9 +239,12 @@ pub async fn run(
                 from_beginning: t.from_beginning,
                 max_line_bytes: settings.agent.max_line_bytes,
                 // A quarter of a batch: never split across batches, batches stay >= 3/4 full.
+                // At most a quarter of what a waiting input may queue, so several tail inputs
+                // share the queue.
                 chunk_lines: (settings.agent.batch_max_lines / 4).clamp(1, u32::MAX as usize)
                     as u32,
-                chunk_bytes: (settings.agent.batch_max_bytes / 4).max(1),
+                chunk_bytes: (settings.agent.batch_max_bytes / 4)
+                    .clamp(1, CHANNEL_BYTES / crate::queue::WAITING_SHARE / 4),
                 orphan_grace: t.rotate_wait,
                 checkpoint_every: tail::CHECKPOINT_EVERY,
                 text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
@@ -251,11 +254,17 @@ pub async fn run(
                     .with_context(|| format!("config key `input.tail[{i}].paths`"))?,
             );
         }
-        // First scans one input after another, in config order: a file that several inputs'
-        // globs match is read by the first of them, on every start.
-        for tailer in &mut tailers {
-            tailer.start(Instant::now());
-        }
+        // First scans one input after another, in config order (files and checkpoints: off
+        // the runtime's threads), so that inputs with overlapping paths resume the same files
+        // on every start.
+        let tailers = tokio::task::spawn_blocking(move || {
+            for tailer in &mut tailers {
+                tailer.start(Instant::now());
+            }
+            tailers
+        })
+        .await
+        .context("the first scan of the tail inputs failed")?;
         for tailer in tailers {
             let links = tail::Links {
                 tx: chunk_tx.clone(),

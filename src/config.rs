@@ -287,8 +287,8 @@ input_table!(RawTail {
 });
 
 /// Long enough for a writer that logs rarely to finish with a rotated file before it reopens
-/// its log (peers close after 5 s and lose those lines); short enough that deleted files do
-/// not hold disk space for long.
+/// its log (a few seconds loses those lines); short enough that deleted files do not hold
+/// disk space for long.
 fn default_rotate_wait() -> Duration {
     Duration::from_secs(60)
 }

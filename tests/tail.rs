@@ -168,13 +168,108 @@ fn a_file_matched_by_two_inputs_is_read_once() {
     let warned: Vec<_> = out
         .stderr
         .lines()
-        .filter(|l| l.contains("also matches another tail input"))
+        .filter(|l| l.contains("matches the paths of more than one tail input"))
         .collect();
     assert_eq!(warned.len(), 1, "one warning: {}", out.stderr);
     assert!(
         warned[0].contains("input=tail[1]") && warned[0].contains("read_by=tail[0]"),
         "{}",
         warned[0]
+    );
+}
+
+/// The buckets of the lines the fake accepted, by sequence number.
+fn buckets_by_seq(fake: &FakeInflux) -> BTreeMap<u64, Vec<String>> {
+    let mut m: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for r in fake.requests().iter().filter(|r| r.accepted()) {
+        let bucket = r.param("bucket").unwrap_or_default().to_string();
+        for l in r.lines() {
+            m.entry(seq_of(&l)).or_default().push(bucket.clone());
+        }
+    }
+    m
+}
+
+/// Two inputs with the same glob: files that appear while running also go to the first input
+/// (not to whichever thread scans first), each line once.
+#[test]
+fn new_files_under_overlapping_globs_go_to_the_first_input() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let glob = glob_of(&logs, "*.log");
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!("{glob}\n\n[[input.tail]]\n{glob}\nbucket = \"second\""),
+    );
+    let mut d = Daemon::start(&cfg);
+    wait_started(&mut d);
+    // In waves, so that files appear at different points of both inputs' scan cycles.
+    for f in 0..20u64 {
+        let mut w = append(&logs.join(format!("f{f}.log")));
+        for k in 0..5 {
+            writeln!(w, "m v=1i {}", f * 5 + k + 1).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(fake.wait_for_lines(100, T), "{}", d.stderr_so_far());
+    std::thread::sleep(Duration::from_millis(2500)); // a rescan of both inputs
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exactly_once(&fake, 1..=100);
+    let wrong: Vec<_> = buckets_by_seq(&fake)
+        .into_iter()
+        .filter(|(_, b)| b != &["b"])
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "lines read by the second input: {wrong:?}"
+    );
+}
+
+/// A file rotated into another input's glob stays with the input that read it, also after
+/// `rotate_wait` and after a restart: its lines are not read a second time.
+#[test]
+fn a_file_rotated_into_another_inputs_glob_is_not_read_again() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        &format!(
+            "{}\nfrom_beginning = true\nrotate_wait = \"500ms\"\n\n[[input.tail]]\n{}\nbucket = \"rotated\"",
+            glob_of(&logs, "app.log"),
+            glob_of(&logs, "*.log.1")
+        ),
+    );
+    let mut d = Daemon::start(&cfg);
+    wait_started(&mut d);
+    let mut w = append(&logs.join("app.log"));
+    for seq in 1..=100 {
+        writeln!(w, "m v=1i {seq}").unwrap();
+    }
+    assert!(fake.wait_for_lines(100, T), "{}", d.stderr_so_far());
+    std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).unwrap();
+    // Past rotate_wait and a rescan of both inputs.
+    std::thread::sleep(Duration::from_millis(3000));
+    d.terminate();
+    assert_eq!(d.wait(T).code, Some(0));
+    let mut d = Daemon::start(&cfg);
+    wait_started(&mut d);
+    std::thread::sleep(Duration::from_millis(2500));
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exactly_once(&fake, 1..=100);
+    assert!(
+        out.stderr.contains("read_by=tail[0]"),
+        "the second input says who reads the file: {}",
+        out.stderr
     );
 }
 

@@ -146,8 +146,12 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
     }
     let mut applied = 0;
     for (sock, _) in &sockets {
-        applied = set_receive_buffer(sock, s.receive_buffer)
-            .with_context(|| format!("{key}: cannot set the receive buffer"))?;
+        applied = set_receive_buffer(sock, s.receive_buffer).with_context(|| {
+            format!(
+                "config key `{}.receive_buffer`: cannot set the receive buffer of {}",
+                s.key, s.listen
+            )
+        })?;
     }
     let local = sockets[0]
         .0

@@ -121,6 +121,14 @@ struct OnDisk {
 
 /// The checkpoint file of all tail inputs. Inputs claim the entries they find at startup and
 /// publish their current entries; every publish rewrites the file.
+/// How a path is matched against a tail glob outside a directory walk: as `glob::glob` walks,
+/// `*` never crosses a `/`.
+pub const GLOB_MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
 pub struct Store {
     dir: PathBuf,
     inner: Mutex<Inner>,
@@ -138,6 +146,8 @@ struct Inner {
     unreadable: bool,
     /// Which input follows each open file: a file two inputs' globs match is read by one.
     owners: HashMap<FileKey, u32>,
+    /// Every tail input's globs, by input id.
+    patterns: BTreeMap<u32, Vec<glob::Pattern>>,
 }
 
 impl Store {
@@ -185,6 +195,7 @@ impl Store {
                 pending_inputs: inputs,
                 unreadable,
                 owners: HashMap::new(),
+                patterns: BTreeMap::new(),
             }),
         })
     }
@@ -197,6 +208,21 @@ impl Store {
     pub fn first_start(&self, input_key: &str) -> bool {
         let i = self.inner.lock().unwrap();
         !i.unreadable && !i.started.contains(input_key)
+    }
+
+    /// Records the globs of `input`, for [`Store::first_input_matching`].
+    pub fn register_patterns(&self, input: u32, patterns: Vec<glob::Pattern>) {
+        self.inner.lock().unwrap().patterns.insert(input, patterns);
+    }
+
+    /// The lowest-numbered input whose globs match `path`: the one that reads it when several
+    /// inputs' paths overlap.
+    pub fn first_input_matching(&self, path: &Path) -> Option<u32> {
+        let i = self.inner.lock().unwrap();
+        i.patterns
+            .iter()
+            .find(|(_, ps)| ps.iter().any(|p| p.matches_path_with(path, GLOB_MATCH)))
+            .map(|(input, _)| *input)
     }
 
     /// Makes `input` the one input that follows the file `key`. `Err(owner)` when another

@@ -103,6 +103,14 @@ impl TailFile {
         self.pos
     }
 
+    /// Where the file is now, as the kernel knows it through the open descriptor; `None` once
+    /// it is deleted (or if /proc is not mounted).
+    pub fn current_path(&self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let p = std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd())).ok()?;
+        (self.nlink().ok()? > 0).then_some(p)
+    }
+
     /// Links to the file (0 once it is deleted).
     pub fn nlink(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{Entry, FileKey, Fingerprint, Store, FP_MAX};
+use super::checkpoint::{Entry, FileKey, Fingerprint, Store, FP_MAX, GLOB_MATCH};
 use super::file::{read_at_most, Format, ReadCtx, TailFile};
 use crate::batch::{Ack, Chunk};
 use crate::input::text::TextFormat;
@@ -104,6 +104,7 @@ impl Tailer {
                     .map_err(|e| anyhow::anyhow!("tail path {g:?} is not a valid glob: {e}"))?,
             );
         }
+        store.register_patterns(cfg.input, patterns.clone());
         let mut sorted = cfg.globs.clone();
         sorted.sort();
         let buf = vec![0u8; (256 << 10).max(cfg.max_line_bytes + 2)];
@@ -384,6 +385,7 @@ impl Tailer {
                 );
             }
         }
+        self.shared.retain(|k| seen.contains(k));
         self.paths = paths;
         self.all_dirty = true;
         self.scans += 1;
@@ -415,22 +417,29 @@ impl Tailer {
         if self.files.contains_key(&key) {
             return None;
         }
-        if let Err(owner) = self.store.own(key, self.cfg.input) {
+        let size = meta.len();
+        let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
+        let n = read_at_most(&file, &mut prefix, 0).ok()?;
+        prefix.truncate(n);
+        // Overlapping paths: a file found by a glob belongs to the first input whose globs
+        // match it (that input picks it up at its own scan), and a file some input already
+        // follows, e.g. one rotated into this input's globs, stays with that input.
+        let first = self.store.first_input_matching(path);
+        let owner = match first.filter(|f| resume.is_none() && *f < self.cfg.input) {
+            Some(f) => Err(f),
+            None => self.store.own(key, self.cfg.input),
+        };
+        if let Err(owner) = owner {
             if self.shared.insert(key) {
                 tracing::warn!(
                     input = %self.intake.stats().name,
                     path = %path.display(),
                     read_by = %format!("tail[{owner}]"),
-                    "this file also matches another tail input's paths and is read only by that input (once, not twice); remove the overlap from one input's paths"
+                    "this file matches the paths of more than one tail input; only the input named in read_by reads it (once, not twice); remove the overlap from one input's paths"
                 );
             }
             return None;
         }
-        self.shared.remove(&key);
-        let size = meta.len();
-        let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
-        let n = read_at_most(&file, &mut prefix, 0).ok()?;
-        prefix.truncate(n);
         let fp = Fingerprint::of(&prefix);
         let origin = resume.as_ref().map(|e| PathBuf::from(&e.path));
         let orphan = resume.is_some();
@@ -488,7 +497,7 @@ impl Tailer {
         let patterns = self.patterns.clone();
         let lost = self
             .store
-            .claim_where(|e| patterns.iter().any(|p| p.matches(&e.path)));
+            .claim_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, GLOB_MATCH)));
         for e in lost {
             let dir = Path::new(&e.path).parent().unwrap_or(Path::new("/"));
             let found = std::fs::read_dir(dir).ok().and_then(|rd| {
@@ -522,6 +531,11 @@ impl Tailer {
                         && f.fully_acked()
                         && now.saturating_duration_since(t.max(f.last_data)) >= grace
                 })
+                // Rotated into another input's globs: closing it would let that input read it
+                // again from the start. It is kept until it is deleted or leaves every glob.
+                && f
+                    .current_path()
+                    .is_none_or(|p| self.store.first_input_matching(&p).is_none())
             })
             .map(|f| f.key)
             .collect();
