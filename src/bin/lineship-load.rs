@@ -1247,6 +1247,21 @@ fn make_run_dir(run: u32) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Writes a run's config readable by the owner only: it holds the sink's token, and the
+/// daemon warns about a token in a file every user can read.
+fn write_config(path: &Path, config: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(config.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// How the daemon process ended, from `wait4` in the `exec-measured` helper.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
 struct DaemonExit {
@@ -1790,8 +1805,7 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
             &a.d.config(sink.addr, log_level, "[input.stdin]\nenabled = true"),
             &dir.join("state"),
         );
-        std::fs::write(&config_path, config)
-            .with_context(|| format!("writing {}", config_path.display()))?;
+        write_config(&config_path, &config)?;
 
         let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
         let result = run_daemon(
@@ -2057,8 +2071,7 @@ fn run_tail(
         &a.d.config(sink.addr, log_level, &tail_input_section(&logs)),
         &dir.join("state"),
     );
-    std::fs::write(&config_path, config)
-        .with_context(|| format!("writing {}", config_path.display()))?;
+    write_config(&config_path, &config)?;
 
     let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
     let t_spawn = Instant::now();
@@ -2929,8 +2942,7 @@ fn run_udp(
         &a.d.config(sink.addr, log_level, &input),
         &dir.join("state"),
     );
-    std::fs::write(&config_path, config)
-        .with_context(|| format!("writing {}", config_path.display()))?;
+    write_config(&config_path, &config)?;
 
     let net_before = NetCounters::read();
     let (pressure_before, t_run) = (cpu_pressure_us(), Instant::now());
