@@ -461,9 +461,97 @@ impl Settings {
         force_stdin: bool,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Settings> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         raw.validate(force_stdin, env)
     }
+}
+
+/// A TOML error as `line L, column C: message`. toml's own rendering quotes the offending
+/// source line, which may be `token = <secret>` (unquoted, mistyped key, wrong type), and this
+/// message goes to stderr and the journal; so the source is never quoted, and on a line that
+/// mentions a token, values the message quotes in backticks are redacted too. The key is
+/// named as `table.key`, found from the table headers above the line.
+fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let msg = e.message().trim();
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{msg}");
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let source_line = &text[line_start..line_end];
+    // Messages about a key name quote key names only; the others may quote the value.
+    let about_keys = ["unknown field", "missing field", "duplicate key"]
+        .iter()
+        .any(|p| msg.starts_with(p));
+    let msg = if !about_keys && source_line.to_ascii_lowercase().contains("tok") {
+        redact_quoted(msg)
+    } else {
+        msg.to_owned()
+    };
+    let at = format!("line {line_no}, column {column}");
+    match key_at(&text[..line_start], source_line) {
+        Some(key) => anyhow::anyhow!("config key `{key}` ({at}): {msg}"),
+        None => anyhow::anyhow!("{at}: {msg}"),
+    }
+}
+
+/// A best guess at the dotted key `line` sets, from the table headers `before` it:
+/// `agent.flush_interval`, `input.udp[1].listen`. `None` when the line sets no key.
+fn key_at(before: &str, line: &str) -> Option<String> {
+    let header = |l: &str| {
+        let l = l.split('#').next().unwrap_or("").trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            Some((name.trim().to_owned(), true))
+        } else {
+            let name = l.strip_prefix('[').and_then(|l| l.strip_suffix(']'))?;
+            Some((name.trim().to_owned(), false))
+        }
+    };
+    let mut table = String::new();
+    for l in before.lines() {
+        match header(l) {
+            Some((name, true)) => {
+                let base = name.clone() + "[";
+                let i = match table.strip_prefix(&base) {
+                    Some(rest) => rest
+                        .trim_end_matches(']')
+                        .parse::<usize>()
+                        .map_or(0, |i| i + 1),
+                    None => 0,
+                };
+                table = format!("{name}[{i}]");
+            }
+            Some((name, false)) => table = name,
+            None => {}
+        }
+    }
+    if let Some((name, _)) = header(line) {
+        return Some(name);
+    }
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    Some(if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+/// Replaces the contents of every `backticked` span with `[redacted]`.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for (i, part) in msg.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        out.push_str(if i % 2 == 1 { "[redacted]" } else { part });
+    }
+    out
 }
 
 impl RawConfig {
@@ -717,7 +805,9 @@ fn validate_output(
             "is required (the default bucket; inputs may override it)"
         ));
     }
-    let (token, token_source) = match (o.token, &o.token_file) {
+    // `token = ""` (as in the example config) counts as unset, so token_file and
+    // LINESHIP_TOKEN still apply.
+    let (token, token_source) = match (o.token.filter(|t| !t.is_empty()), &o.token_file) {
         (Some(_), Some(_)) => bail!(key_err(
             "output.token_file",
             "set either output.token or output.token_file, not both"
@@ -961,6 +1051,54 @@ token = "s3cret"
         assert_eq!(s.output.token.expose(), "filetok");
         let both = format!("{with_file}token = \"x\"\n");
         assert!(format!("{:#}", load(&both).unwrap_err()).contains("output.token_file"));
+
+        let empty = MINIMAL.replace("token = \"s3cret\"", "token = \"\"");
+        let s = Settings::from_toml(&empty, false, |k| (k == TOKEN_ENV).then(|| "envtok".into()))
+            .unwrap();
+        assert_eq!(
+            s.output.token.expose(),
+            "envtok",
+            "an empty token counts as unset"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_under_its_table() {
+        let text = format!(
+            "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.udp]] # two\nlisten = 5\n"
+        );
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+        let err = format!("{:#}", load("state_dir = 5\n").unwrap_err());
+        assert!(
+            err.starts_with("config key `state_dir` (line 1, column 13)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_token() {
+        for bad in [
+            "tokn = \"s3cret\"",
+            "token = s3cret",
+            "token = 123456789",
+            "token = \"s3cret",
+            "token = [\"s3cret\"]",
+        ] {
+            let text = MINIMAL.replace("token = \"s3cret\"", bad);
+            let err = format!("{:#}", load(&text).unwrap_err());
+            assert!(!err.contains("s3cret"), "{bad}: {err}");
+            assert!(!err.contains("123456789"), "{bad}: {err}");
+            let line = MINIMAL.lines().position(|l| l.contains("s3cret")).unwrap() + 1;
+            assert!(
+                err.contains(&format!("line {line}, column ")),
+                "{bad}: {err}"
+            );
+        }
+        // Elsewhere the message keeps the value it complains about.
+        let text = MINIMAL.replace("[output]", "[output]\ngzip_level = \"high\"");
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(err.contains("high"), "{err}");
     }
 
     #[test]

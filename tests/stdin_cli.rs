@@ -114,6 +114,12 @@ fn bad_config_exits_2_and_names_the_key() {
         ("[agent]\nflush_intervall = \"1s\"\n", "flush_intervall"),
         ("[agent]\nbatch_max_bytes = \"lots\"\n", "batch_max_bytes"),
         ("[output]\nmax_in_flight = 0\n", "output.max_in_flight"),
+        // toml's own message would quote the line, and with it the secret.
+        ("[agent]\ntokn = \"leaked-secret\"\n", "agent.tokn"),
+        (
+            "[output]\ntoken_file = leaked-secret\n",
+            "output.token_file",
+        ),
     ];
     for (i, (extra, key)) in cases.iter().enumerate() {
         let sub = dir.path().join(i.to_string());
@@ -129,21 +135,26 @@ fn bad_config_exits_2_and_names_the_key() {
             std::fs::write(&c, text).unwrap();
             c
         };
-        let out = run_with_timeout(
-            {
-                let mut c = lineship_command();
-                c.arg("check").arg("--config").arg(&cfg);
-                c
-            },
-            b"",
-            T,
-        );
-        assert_eq!(out.code, Some(2), "{key}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(key),
-            "error names {key}: {}",
-            out.stderr
-        );
+        // `check`, and the daemon itself: both refuse to start.
+        for args in [&["check", "--config"][..], &["--stdin", "--config"][..]] {
+            let out = run_with_timeout(
+                {
+                    let mut c = lineship_command();
+                    c.args(args).arg(&cfg);
+                    c
+                },
+                b"",
+                T,
+            );
+            assert_eq!(out.code, Some(2), "{key} {args:?}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(key),
+                "error names {key}: {}",
+                out.stderr
+            );
+            assert!(!out.stderr.contains("leaked-secret"), "{}", out.stderr);
+            assert!(!out.stderr.contains("super-secret"), "{}", out.stderr);
+        }
     }
 }
 
