@@ -61,8 +61,12 @@ pub(super) struct TailFile {
     committed: u64,
     /// Set when the file left its glob (renamed away or deleted).
     pub orphan_since: Option<Instant>,
-    /// Last time data was read (or the file was found).
+    /// Last time the file was seen to grow (or was found, or restarted after a truncation).
+    /// Re-reading a trailing partial line is not new data: a rotated file whose writer left a
+    /// last line without a newline must still reach `rotate_wait` of quiet.
     pub last_data: Instant,
+    /// The size the file had at `last_data`.
+    grown_to: u64,
 }
 
 impl TailFile {
@@ -96,6 +100,7 @@ impl TailFile {
             committed: offset,
             orphan_since: None,
             last_data: now,
+            grown_to: size,
         }
     }
 
@@ -197,6 +202,7 @@ impl TailFile {
         self.discarding = false;
         self.outstanding.clear();
         self.committed = 0;
+        self.grown_to = 0;
         Ok(())
     }
 
@@ -222,7 +228,10 @@ impl TailFile {
         if n == 0 {
             return Ok(nothing);
         }
-        self.last_data = now;
+        if self.size > self.grown_to {
+            self.last_data = now;
+            self.grown_to = self.size;
+        }
         let data = &buf[..n];
         let mut start = 0usize;
         if self.discarding {

@@ -527,3 +527,43 @@ fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
     assert_eq!(h.tailer.as_ref().unwrap().files_open(), open - 1);
     h.check().unwrap();
 }
+
+#[test]
+fn a_rotated_file_ending_without_a_newline_ships_its_last_line_and_closes() {
+    let mut h = Harness::new(0, false);
+    h.sync();
+    let mut app = append_file(&h.streams[0].path);
+    h.apply(&Action::Append {
+        stream: 0,
+        lines: 2,
+    });
+    h.apply(&Action::Rotate {
+        stream: 0,
+        matched: false,
+    });
+    h.sync();
+    // The writer's last words, without a newline, and then it goes away for good.
+    h.seq += 1;
+    write!(app, "{}", line(h.seq)).unwrap();
+    drop(app);
+    h.appended.push(h.seq);
+    h.reopen(0);
+    h.sync();
+    // b.log, the new a.log and the rotated one.
+    let open = h.tailer.as_ref().unwrap().files_open();
+    assert_eq!(open, 3);
+    assert_ne!(h.delivered.last(), Some(&h.seq), "a partial line waits");
+    // Polling the orphan again and again (it re-reads the partial line each time) must not
+    // count as new data: after rotate_wait without growth the line ships and the file closes.
+    for _ in 0..(2 * GRACE.as_millis() / TICK.as_millis()) {
+        h.now += TICK;
+        h.sync();
+    }
+    assert_eq!(
+        h.delivered.last(),
+        Some(&h.seq),
+        "the unterminated last line shipped"
+    );
+    assert_eq!(h.tailer.as_ref().unwrap().files_open(), open - 1);
+    h.check().unwrap();
+}
