@@ -110,7 +110,10 @@ impl Batcher {
                     self.acks.ack(&durable);
                     self.spooled.notify_one();
                 }
-                Ok((Appended::DroppedNewest, _)) => {}
+                // Dropped as configured: tailed files may move on past these lines.
+                Ok((Appended::DroppedNewest, dropped)) => self.acks.ack(&dropped),
+                // Shutdown: withheld, so tailed lines are read again after the restart.
+                Ok((Appended::GaveUp, _)) => {}
                 Err(e) => {
                     tracing::error!(
                         error = %e,

@@ -383,8 +383,13 @@ impl Segment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     Stored,
-    /// `when_full = "drop_newest"` and the spool is full: the batch was dropped.
+    /// `when_full = "drop_newest"` and the spool is full: the batch was dropped, as configured.
+    /// Its acks come back with it: the lines are counted as dropped and inputs may forget
+    /// them (a tailed file's checkpoint moves on and a rotated file can be closed).
     DroppedNewest,
+    /// `when_full = "block"` and the spool stayed full until shutdown: the batch was dropped
+    /// and its acks withheld, so lines of a tailed file are read again after the restart.
+    GaveUp,
 }
 
 /// A point-in-time summary (for `lineship spool status`, metrics and health).
@@ -562,12 +567,12 @@ impl Spool {
                         batch.lines as u64,
                         "spool full (when_full = \"drop_newest\"): dropped the newest batch",
                     );
-                    return Ok((Appended::DroppedNewest, Vec::new()));
+                    return Ok((Appended::DroppedNewest, batch.acks.clone()));
                 }
                 WhenFull::Block => {
                     if give_up() {
-                        self.count_dropped(batch.lines as u64, "spool full (when_full = \"block\") at shutdown: dropped the newest batch");
-                        return Ok((Appended::DroppedNewest, Vec::new()));
+                        self.count_dropped(batch.lines as u64, "spool full (when_full = \"block\") at shutdown: dropped the newest batch (lines from tailed files are read again after a restart)");
+                        return Ok((Appended::GaveUp, Vec::new()));
                     }
                     st = self
                         .freed
