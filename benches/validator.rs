@@ -122,7 +122,7 @@ fn benches(c: &mut Criterion) {
             out.clear();
             let mut framer = Framer::new(opts.max_line_bytes);
             let mut accepted = 0usize;
-            let mut handle = |r: Result<&[u8], _>| {
+            let mut handle = |r: lineship::line::Framed<'_>| {
                 if let Ok(line) = r {
                     accepted +=
                         (normalize_line(line, &opts, Some(1_700_000_000_000_000_000), &mut out)

@@ -1492,15 +1492,27 @@ fn find_byte(bytes: &[u8], i: usize, a: u8, b: u8) -> usize {
 /// an unterminated quote can therefore cost at most about `max_line_bytes` of what follows it.
 /// (Inputs re-split an invalid multi-line result on raw `\n`, so within that limit the lines
 /// after an unterminated quote are still judged one by one.)
+///
+/// [`Framer::raw`] frames plain text (`format = "text"`): every `\n` ends a line.
 #[derive(Debug)]
 pub struct Framer {
-    /// The start of a line that spans feeds; never longer than `max_line_bytes + 1`.
+    /// The start of a line that spans feeds; never longer than `max_line_bytes + 2`.
     partial: Vec<u8>,
     max_line_bytes: usize,
     scan: Scan,
+    /// Plain text: quotes mean nothing.
+    raw: bool,
     /// Dropping the rest of an overlong line, up to the next `\n`.
     discarding: bool,
 }
+
+/// What the framer yields: a line (without its `\n`), or the start of one that was too long.
+pub type Framed<'a> = Result<&'a [u8], TooLong<'a>>;
+
+/// A line longer than `max_line_bytes`: its first `max_line_bytes` bytes (for the warning and
+/// the dead-letter copy); the rest was dropped unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong<'a>(pub &'a [u8]);
 
 impl Framer {
     pub fn new(max_line_bytes: usize) -> Self {
@@ -1508,14 +1520,23 @@ impl Framer {
             partial: Vec::new(),
             max_line_bytes,
             scan: Scan::Start,
+            raw: false,
             discarding: false,
+        }
+    }
+
+    /// A framer for plain text lines, where a `\n` inside quotes ends the line too.
+    pub fn raw(max_line_bytes: usize) -> Self {
+        Framer {
+            raw: true,
+            ..Framer::new(max_line_bytes)
         }
     }
 
     /// Feeds the next bytes of the stream. For each complete line (without its `\n`) calls
     /// `f(Ok(line))`; lines lying wholly inside `data` are borrowed from it, only a line that
-    /// spans feeds is copied. An overlong line gives one `f(Err(LineError::TooLong))`.
-    pub fn feed(&mut self, data: &[u8], mut f: impl FnMut(Result<&[u8], LineError>)) {
+    /// spans feeds is copied. An overlong line gives one `f(Err(TooLong(start)))`.
+    pub fn feed(&mut self, data: &[u8], mut f: impl FnMut(Framed<'_>)) {
         // A line may hold at most max+1 bytes, so looking at max+2 without finding its end
         // proves it too long.
         let limit = self.max_line_bytes.saturating_add(2);
@@ -1533,7 +1554,13 @@ impl Framer {
             }
             let room = limit - self.partial.len();
             let window_end = data.len().min(pos.saturating_add(room));
-            match self.scan.find_end(&data[pos..window_end]) {
+            let window = &data[pos..window_end];
+            let end = if self.raw {
+                memchr(b'\n', window)
+            } else {
+                self.scan.find_end(window)
+            };
+            match end {
                 Some(k) => {
                     if self.partial.is_empty() {
                         f(Ok(&data[pos..pos + k]));
@@ -1545,7 +1572,14 @@ impl Framer {
                     pos += k + 1;
                 }
                 None if window_end - pos == room => {
-                    f(Err(LineError::TooLong));
+                    let keep = self.max_line_bytes;
+                    if self.partial.is_empty() {
+                        f(Err(TooLong(&window[..keep.min(window.len())])));
+                    } else {
+                        let need = keep.saturating_sub(self.partial.len()).min(window.len());
+                        self.partial.extend_from_slice(&window[..need]);
+                        f(Err(TooLong(&self.partial[..keep.min(self.partial.len())])));
+                    }
                     self.partial.clear();
                     self.scan = Scan::Start;
                     self.discarding = true;
@@ -1561,7 +1595,7 @@ impl Framer {
 
     /// End of stream: a final line without `\n` is emitted (if non-empty). The framer is then
     /// ready for a new stream.
-    pub fn finish(&mut self, mut f: impl FnMut(Result<&[u8], LineError>)) {
+    pub fn finish(&mut self, mut f: impl FnMut(Framed<'_>)) {
         if !self.discarding && !self.partial.is_empty() {
             f(Ok(&self.partial));
         }
@@ -1679,7 +1713,15 @@ mod tests {
         cuts.dedup();
         let mut framer = Framer::new(max);
         let mut lines = Vec::new();
-        let mut push = |r: Result<&[u8], LineError>| lines.push(r.map(<[u8]>::to_vec));
+        let mut push = |r: super::Framed<'_>| {
+            if let Err(TooLong(start)) = r {
+                assert!(
+                    start.len() <= max,
+                    "the start of an overlong line is capped"
+                );
+            }
+            lines.push(r.map(<[u8]>::to_vec).map_err(|_| LineError::TooLong));
+        };
         let mut start = 0;
         for cut in cuts.into_iter().chain([data.len()]) {
             framer.feed(&data[start..cut], &mut push);
@@ -2292,13 +2334,34 @@ mod tests {
         let mut events = 0;
         for _ in 0..1000 {
             framer.feed(b"xxxxxxxx", |r| {
-                assert_eq!(r, Err(LineError::TooLong));
+                // The start of the line comes along, for the warning and the dead-letter copy.
+                assert_eq!(r, Err(TooLong(&[b'x'; 16][..])));
                 events += 1;
             });
             assert!(framer.pending() <= 17);
         }
         assert_eq!(events, 1);
         framer.feed(b"\nm f=1\n", |r| assert_eq!(r, Ok(&b"m f=1"[..])));
+        // Within one feed, too.
+        framer.feed(b"0123456789abcdefghij\nm f=2\n", |r| match r {
+            Err(TooLong(start)) => assert_eq!(start, b"0123456789abcdef"),
+            Ok(l) => assert_eq!(l, b"m f=2"),
+        });
+    }
+
+    #[test]
+    fn raw_framer_ends_lines_at_every_newline() {
+        let data = b"log msg=\"a\nb\" 1\nlast";
+        let (mut quoted, mut raw) = (Vec::new(), Vec::new());
+        for (framer, lines) in [
+            (&mut Framer::new(100), &mut quoted),
+            (&mut Framer::raw(100), &mut raw),
+        ] {
+            framer.feed(data, |r| lines.push(r.unwrap().to_vec()));
+            framer.finish(|r| lines.push(r.unwrap().to_vec()));
+        }
+        assert_eq!(quoted.len(), 2, "line protocol keeps a quoted newline");
+        assert_eq!(raw, [&b"log msg=\"a"[..], b"b\" 1", b"last"]);
     }
 
     // --- Escaping -------------------------------------------------------------------------

@@ -64,8 +64,11 @@ fn run(input: &[u8], precision: Precision) -> Result<Vec<Option<i64>>, String> {
     };
     let mut lines: Vec<Result<Vec<u8>, String>> = Vec::new();
     let mut framer = Framer::new(opts.max_line_bytes);
-    let mut collect = |r: Result<&[u8], lineship::line::LineError>| {
-        lines.push(r.map(<[u8]>::to_vec).map_err(|e| e.reason().to_string()));
+    let mut collect = |r: lineship::line::Framed<'_>| {
+        lines.push(
+            r.map(<[u8]>::to_vec)
+                .map_err(|_| lineship::line::LineError::TooLong.reason().to_string()),
+        );
     };
     framer.feed(input, &mut collect);
     framer.finish(&mut collect);

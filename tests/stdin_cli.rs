@@ -56,6 +56,77 @@ fn exit_65_when_some_lines_are_invalid_and_the_rest_is_delivered() {
 }
 
 #[test]
+fn format_text_wraps_each_raw_line_as_a_point() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "[input.stdin]\nformat = \"text\"\nmeasurement = \"app log\"\ntags = { env = \"prod,eu\" }\nprecision = \"s\"\nstamp_missing_timestamps = false",
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // An odd quote must not swallow the lines after it (the line-protocol framer would).
+    let input =
+        b"GET /a?x=1,y=2 \"ok\" C:\\tmp\tdone\r\nbad \xff utf8\n\n# kept\nhalf \" quote\nm v=1i";
+    let out = run_stdin(&cfg, input, T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines = fake.accepted_lines();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            let (head, stamp) = l.rsplit_once(' ').unwrap();
+            let stamp: i64 = stamp.parse().unwrap();
+            // Always stamped (whatever stamp_missing_timestamps says), in the input's precision.
+            assert!((before..before + 60).contains(&stamp), "{l}");
+            head.strip_prefix("app\\ log,env=prod\\,eu message=\"")
+                .and_then(|m| m.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{l}"))
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "GET /a?x=1,y=2 \\\"ok\\\" C:\\\\tmp\tdone",
+            "bad \u{FFFD} utf8",
+            "# kept",
+            "half \\\" quote",
+            "m v=1i",
+        ]
+    );
+}
+
+#[test]
+fn an_overlong_line_is_dead_lettered_with_its_start() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[agent]\n", "[agent]\nmax_line_bytes = \"1KiB\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut input = b"m v=1i 1\nlong,tag=start v=\"".to_vec();
+    input.resize(input.len() + 300_000, b'x');
+    input.extend_from_slice(b"\"\nm v=2i 2\n");
+    let out = run_stdin(&cfg, &input, T);
+    assert_eq!(out.code, Some(65), "{}", out.stderr);
+    assert_eq!(fake.accepted_lines(), vec!["m v=1i 1", "m v=2i 2"]);
+    assert!(out.stderr.contains("long,tag=start"), "{}", out.stderr);
+    let dead = std::fs::read(dir.path().join("state/rejected/rejected.lp")).unwrap();
+    let dead = String::from_utf8_lossy(&dead);
+    let (header, body) = dead.split_once('\n').unwrap();
+    assert!(header.contains("reason=too_long"), "{header}");
+    assert!(body.starts_with("long,tag=start v=\"xxx"), "{body}");
+    assert_eq!(
+        body.trim_end().len(),
+        1024,
+        "the first max_line_bytes bytes are kept"
+    );
+}
+
+#[test]
 fn exit_75_when_the_server_is_down_and_the_data_waits_in_the_spool() {
     let fake = FakeInflux::start().default_reply(Reply::status(503));
     let dir = tempfile::tempdir().unwrap();

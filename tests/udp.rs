@@ -657,6 +657,50 @@ async fn several_udp_inputs_keep_their_bucket_and_precision() {
     assert_eq!(by_dest.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_text_wraps_each_line_of_a_datagram_as_a_point() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = InProcess::start(
+        settings(
+            dir.path(),
+            &fake.url(),
+            &format!(
+                "[[input.udp]]\nlisten = \"{addr}\"\nformat = \"text\"\nmeasurement = \"syslog\"\ntags = {{ via = \"udp\" }}\n"
+            ),
+        ),
+        vec![sock],
+    );
+    let client = client_for(addr);
+    client
+        .send_to(
+            b"<13>Dec  1 app: user=\"bob\" ok\nsecond \\ line\r\n\n",
+            addr,
+        )
+        .unwrap();
+    client
+        .send_to(b"not line protocol, and that is fine", addr)
+        .unwrap();
+    assert!(fake.wait_for_lines_async(3, T).await);
+    let report = p.stop().await;
+    assert_eq!(report.lines_received, 3);
+    let heads: Vec<String> = fake
+        .accepted_lines()
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "syslog,via=udp message=\"<13>Dec  1 app: user=\\\"bob\\\" ok\"",
+            "syslog,via=udp message=\"second \\\\ line\"",
+            "syslog,via=udp message=\"not line protocol, and that is fine\"",
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary.
 

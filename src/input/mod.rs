@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Chunk, Dest};
-use crate::config::LineSettings;
-use crate::line::{normalize_line, LineError, LineOptions, Outcome};
+use crate::config::{InputFormat, LineSettings};
+use crate::line::{normalize_line, Framed, LineError, LineOptions, Outcome, TooLong};
 use crate::reject::{excerpt, DeadLetter, RateLimited};
 use crate::telemetry::InputStats;
 
@@ -29,6 +29,9 @@ pub struct Intake {
     stats: Arc<InputStats>,
     dead_letter: Arc<DeadLetter>,
     warn: RateLimited,
+    /// `format = "text"`: the prefix every raw line is wrapped in (without a `path` tag; tail
+    /// builds its own per file). Such inputs frame with [`crate::line::Framer::raw`].
+    text: Option<Vec<u8>>,
     /// Lines accepted into the current chunk buffer.
     pending_lines: u32,
 }
@@ -50,26 +53,47 @@ impl Intake {
             stats,
             dead_letter,
             warn: RateLimited::new(INVALID_WARN_EVERY),
+            text: (line.format == InputFormat::Text)
+                .then(|| text::TextFormat::new(line).prefix(None)),
             pending_lines: 0,
         }
+    }
+
+    /// Whether lines are raw text to wrap (`format = "text"`) rather than line protocol.
+    pub fn is_text(&self) -> bool {
+        self.text.is_some()
     }
 
     pub fn stats(&self) -> &Arc<InputStats> {
         &self.stats
     }
 
-    /// The arrival timestamp for lines read now, in this input's precision.
+    /// The arrival timestamp for lines read now, in this input's precision (`format = "text"`
+    /// stamps every point).
     pub fn stamp_now(&self) -> Option<i64> {
-        self.opts
-            .stamp_missing
+        (self.opts.stamp_missing || self.text.is_some())
             .then(|| self.opts.precision.timestamp(SystemTime::now()))
     }
 
-    /// Handles one framed line: good lines are appended to `out`, bad ones reported.
-    pub fn line(&mut self, line: Result<&[u8], LineError>, stamp: Option<i64>, out: &mut Vec<u8>) {
+    /// Handles one framed line: good lines are appended to `out`, bad ones reported. With
+    /// `format = "text"` the line is a raw log line and is wrapped as a point.
+    pub fn line(&mut self, line: Framed<'_>, stamp: Option<i64>, out: &mut Vec<u8>) {
+        if let (Some(prefix), Ok(raw)) = (self.text.take_if(|_| line.is_ok()), line) {
+            let stamp = stamp.unwrap_or_else(|| self.read_time());
+            // The framer keeps a quoted `\n` inside one line; raw text has no quoting.
+            for piece in raw.split(|&b| b == b'\n') {
+                if piece.len() > self.opts.max_line_bytes {
+                    self.reject(&piece[..self.opts.max_line_bytes], LineError::TooLong);
+                } else if text::wrap(&prefix, piece, stamp, out) {
+                    self.pending_lines += 1;
+                }
+            }
+            self.text = Some(prefix);
+            return;
+        }
         match line {
-            // The framer dropped an overlong line's bytes to stay bounded in memory.
-            Err(e) => self.reject(b"", e),
+            // The framer dropped the rest of an overlong line to stay bounded in memory.
+            Err(TooLong(start)) => self.reject(start, LineError::TooLong),
             Ok(l) => match normalize_line(l, &self.opts, stamp, out) {
                 Outcome::Accepted => self.pending_lines += 1,
                 Outcome::Skipped => {}

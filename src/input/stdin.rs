@@ -19,7 +19,11 @@ pub fn run(
     tx: ChunkTx,
     stop: Arc<AtomicBool>,
 ) {
-    let mut framer = Framer::new(max_line_bytes);
+    let mut framer = if intake.is_text() {
+        Framer::raw(max_line_bytes)
+    } else {
+        Framer::new(max_line_bytes)
+    };
     let mut buf = vec![0u8; READ_BUF];
     let mut out = Vec::with_capacity(READ_BUF + READ_BUF / 4);
     loop {
