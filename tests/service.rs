@@ -583,3 +583,84 @@ fn memory_gauge_shows_batches_waiting_for_a_slow_server() {
     d.terminate();
     assert_eq!(d.wait(T).code, Some(0));
 }
+
+#[test]
+fn the_health_probe_reports_an_unreachable_server_before_any_data_and_its_return() {
+    // A port with nothing listening, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &url,
+        "",
+        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut d = daemon(&cfg, &[]);
+    let addr = telemetry_addr(&mut d);
+    // No line was sent, yet GET /ping finds the server missing: logged once, /health 503.
+    assert!(
+        wait_until(T, || get(addr, "/health").0 == 503),
+        "{}",
+        d.stderr_so_far()
+    );
+    let probe = format!("cannot reach the server (GET {url}/ping");
+    assert!(d.stderr_so_far().contains(&probe), "{}", d.stderr_so_far());
+    // Probes repeat (every second here) without repeating the log.
+    std::thread::sleep(Duration::from_millis(2500));
+    let failing = |s: &str| s.matches("writes are failing").count();
+    assert_eq!(failing(&d.stderr_so_far()), 1, "{}", d.stderr_so_far());
+
+    // The server comes up: the next probe clears the failure, without any write.
+    let fake = FakeInflux::start_on_port(port);
+    assert!(
+        wait_until(T, || get(addr, "/health").0 == 200),
+        "{}",
+        d.stderr_so_far()
+    );
+    assert!(
+        d.stderr_so_far()
+            .contains("server can be reached again (GET /ping)"),
+        "{}",
+        d.stderr_so_far()
+    );
+    let pings = fake
+        .all_requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/ping")
+        .count();
+    assert!(pings >= 1);
+    assert!(fake.requests().is_empty(), "no write was needed");
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn the_health_probe_never_clears_a_rejected_token() {
+    let fake = FakeInflux::start().default_reply(Reply::influx_error(401, "unauthorized access"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "token = \"wrong\"",
+        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut d = daemon(&cfg, &[]);
+    let addr = telemetry_addr(&mut d);
+    assert!(wait_until(T, || get(addr, "/health").0 == 200));
+    d.write_stdin(&lines(0, 10));
+    assert!(wait_until(T, || get(addr, "/health").0 == 503));
+    // /ping answers 204 all along; only an accepted write may clear a 401.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(addr, "/health").0, 503, "{}", d.stderr_so_far());
+    assert!(fake.all_requests().iter().any(|r| r.path == "/ping"));
+    assert!(d.stderr_so_far().contains("rejected the token"));
+    // The lines wait (in memory or the spool) until the token is fixed; a clean stop would
+    // wait shutdown_timeout for the server, which this test does not need.
+    d.kill9();
+}

@@ -61,11 +61,15 @@ async fn start_tls_fake() -> TlsFake {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let recorded = recorded.clone();
                     async move {
+                        // Writes only: the health probe's `GET /ping` carries nothing.
+                        let is_write = req.method() == hyper::Method::POST;
                         let body = req.into_body().collect().await?.to_bytes();
-                        recorded
-                            .lock()
-                            .unwrap()
-                            .push(common::gunzip(&body).unwrap_or_default());
+                        if is_write {
+                            recorded
+                                .lock()
+                                .unwrap()
+                                .push(common::gunzip(&body).unwrap_or_default());
+                        }
                         Ok::<_, hyper::Error>(
                             hyper::Response::builder()
                                 .status(204)

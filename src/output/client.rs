@@ -49,7 +49,17 @@ impl TransportError {
 pub struct Client {
     http: reqwest::Client,
     settings: OutputSettings,
+    /// `{url}/ping`, the health probe.
+    ping_url: url::Url,
     token: RwLock<Secret>,
+}
+
+/// What `GET /ping` answered.
+#[derive(Debug, Clone)]
+pub struct Pong {
+    pub status: u16,
+    /// `X-Influxdb-Version`, when the server sends it.
+    pub version: Option<String>,
 }
 
 impl Client {
@@ -74,11 +84,22 @@ impl Client {
             b = b.tls_certs_merge(certs);
         }
         let http = b.build().context("cannot build the HTTP client")?;
+        let mut ping_url = settings.url.clone();
+        ping_url.set_path(&format!(
+            "{}/ping",
+            settings.url.path().trim_end_matches('/')
+        ));
+        ping_url.set_query(None);
         Ok(Client {
             http,
             settings: settings.clone(),
+            ping_url,
             token: RwLock::new(settings.token.clone()),
         })
+    }
+
+    pub fn ping_url(&self) -> &url::Url {
+        &self.ping_url
     }
 
     /// Replaces the token (SIGHUP re-reads `token_file`); the next request uses it.
@@ -98,6 +119,25 @@ impl Client {
             q.append_pair("precision", dest.precision.as_str());
         }
         u
+    }
+
+    /// `GET {url}/ping`: whether the server can be reached at all (any HTTP answer counts).
+    pub async fn ping(&self, timeout: Duration) -> Result<Pong, TransportError> {
+        let resp = self
+            .http
+            .get(self.ping_url.clone())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let version = resp
+            .headers()
+            .get("X-Influxdb-Version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let status = resp.status().as_u16();
+        let _ = resp.bytes().await;
+        Ok(Pong { status, version })
     }
 
     /// POSTs one batch. `timeout` bounds the whole request.

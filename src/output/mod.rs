@@ -93,7 +93,14 @@ pub struct Sender {
     spooled: Arc<tokio::sync::Notify>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Receiver<Option<Instant>>,
+    /// When the last write request ended (any outcome); the health probe runs only when
+    /// writes have been idle for a while.
+    last_write: Mutex<Option<Instant>>,
 }
+
+/// Failure kinds that only say the server could not be reached ([`client::TransportError::class`]);
+/// a `GET /ping` answer clears them.
+const TRANSPORT_KINDS: [&str; 3] = ["connect", "timeout", "transport"];
 
 /// How a wait at the gate ended.
 enum Go {
@@ -132,6 +139,7 @@ impl Sender {
             spool,
             spooled,
             deadline,
+            last_write: Mutex::new(None),
         })
     }
 
@@ -147,6 +155,7 @@ impl Sender {
         mut rx: mpsc::UnboundedReceiver<Batch>,
         memory: Arc<MemoryGate>,
     ) {
+        let probe = tokio::spawn(self.clone().probe_health());
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut rx_open = true;
@@ -221,6 +230,52 @@ impl Sender {
             });
         }
         while tasks.join_next().await.is_some() {}
+        probe.abort();
+    }
+
+    /// `GET {url}/ping` at start and whenever writes have been idle for `max_backoff` (at
+    /// least 1 s): so an unreachable server is reported (log, `/health`) before the first
+    /// batch, and on an idle host too. Only reachability is judged: a transport error marks
+    /// the output failing; any HTTP answer clears a failure that was about reaching the
+    /// server (never one about the token, bucket or server errors, which only a write can
+    /// clear).
+    async fn probe_health(self: Arc<Self>) {
+        let every = self.settings.max_backoff.max(Duration::from_secs(1));
+        let mut first = true;
+        loop {
+            let idle = self
+                .last_write
+                .lock()
+                .unwrap()
+                .is_none_or(|t| t.elapsed() >= every);
+            if idle {
+                match self.client.ping(self.settings.timeout).await {
+                    Ok(pong) => {
+                        if first {
+                            tracing::info!(
+                                url = %self.settings.url,
+                                status = pong.status,
+                                version = pong.version.as_deref().unwrap_or("-"),
+                                "output answers GET /ping"
+                            );
+                        }
+                        let h = self.stats.health.lock().unwrap().clone();
+                        if !h.ok && TRANSPORT_KINDS.contains(&h.last.as_str()) {
+                            self.healthy(pong.status, "server can be reached again (GET /ping)");
+                        }
+                    }
+                    Err(e) => self.failing(
+                        e.class(),
+                        &format!(
+                            "cannot reach the server (GET {}: {e})",
+                            self.client.ping_url()
+                        ),
+                    ),
+                }
+                first = false;
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Puts live batches that missed the shutdown deadline into the spool.
@@ -261,7 +316,9 @@ impl Sender {
                     Go::GiveUp => return Err(vec![batch]),
                 };
                 let epoch = self.gate.lock().unwrap().epoch();
-                let wait = match self.client.send(&batch, self.request_timeout()).await {
+                let sent = self.client.send(&batch, self.request_timeout()).await;
+                *self.last_write.lock().unwrap() = Some(Instant::now());
+                let wait = match sent {
                     Ok(reply) => {
                         self.stats.count_request(&reply.status.to_string());
                         if reply.status == 500 {
@@ -440,16 +497,21 @@ impl Sender {
         )
     }
 
-    /// Records that the server answered (so it is reachable); logs the recovery once.
+    /// Records that the server answered a write (so it is reachable); logs the recovery once.
     fn reachable(&self, reply: &Reply) {
         self.gate.lock().unwrap().succeeded();
+        self.healthy(reply.status, "server accepts writes again");
+    }
+
+    /// Marks the output healthy, logging `what` if it was failing.
+    fn healthy(&self, status: u16, what: &str) {
         let mut h = self.stats.health.lock().unwrap();
         if !h.ok {
             tracing::info!(
                 url = %self.settings.url,
-                status = reply.status,
+                status,
                 failing_for_s = h.since_instant.elapsed().as_secs(),
-                "server accepts writes again"
+                "{what}"
             );
             *h = Health {
                 ok: true,
@@ -459,7 +521,7 @@ impl Sender {
                 since_instant: Instant::now(),
             };
         }
-        h.last = reply.status.to_string();
+        h.last = status.to_string();
     }
 
     /// Records a failure; logs only when the failure kind changes, not per retry.
