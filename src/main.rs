@@ -30,6 +30,14 @@ fn main() -> ExitCode {
         }
     };
     let warnings = lineship::config::secret_file_warnings(config, &settings);
+    if cli.command.is_some() {
+        // A one-shot command piped into `head` should end quietly, like other Unix tools; the
+        // daemon keeps SIGPIPE ignored, so a closed log pipe never kills it.
+        // SAFETY: resetting a signal disposition to its default before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Some(Command::Check) => {
             for w in &warnings {

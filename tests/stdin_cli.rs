@@ -230,6 +230,31 @@ fn bad_config_exits_2_and_names_the_key() {
 }
 
 #[test]
+fn the_example_config_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let mut c = lineship_command();
+    c.arg("check").arg("--config").arg(&example);
+    let out = run_with_timeout(c, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // Every table the README documents is shown in the example (some commented out).
+    let text = std::fs::read_to_string(&example).unwrap();
+    for table in [
+        "[agent]",
+        "[output]",
+        "[spool]",
+        "[[input.udp]]",
+        "[[input.tail]]",
+        "[input.stdin]",
+        "[telemetry]",
+    ] {
+        assert!(
+            text.contains(table),
+            "{table} is missing from config.example.toml"
+        );
+    }
+}
+
+#[test]
 fn check_prints_effective_settings_with_the_token_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "http://127.0.0.1:1", "");
