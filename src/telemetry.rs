@@ -109,6 +109,27 @@ pub const INPUT_METRICS: &[InputMetric] = &[
         inputs: "udp:",
         get: |i| i.truncated.load(Relaxed),
     },
+    InputMetric {
+        name: "tail_files_open",
+        help: "Files the tail input has open (live ones, and rotated or deleted ones still being drained).",
+        gauge: true,
+        inputs: "tail[",
+        get: |i| i.files_open.load(Relaxed),
+    },
+    InputMetric {
+        name: "tail_rotations",
+        help: "Files that left their path by rename (rotations); each is read to its end.",
+        gauge: false,
+        inputs: "tail[",
+        get: |i| i.rotations.load(Relaxed),
+    },
+    InputMetric {
+        name: "tail_truncations",
+        help: "Files that shrank or were rewritten (copytruncate) and were read again from their start.",
+        gauge: false,
+        inputs: "tail[",
+        get: |i| i.truncations.load(Relaxed),
+    },
 ];
 
 /// Pipeline-wide counters.
@@ -236,10 +257,15 @@ impl Stats {
     /// Logs the periodic summary line.
     pub fn log_summary(&self) {
         let h = self.health.lock().unwrap().clone();
-        let files_open = self.inputs_sum(|i| i.files_open.load(Relaxed));
-        if files_open > 0 {
+        let has_tail = self
+            .inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i.name.starts_with("tail["));
+        if has_tail {
             tracing::info!(
-                files_open,
+                files_open = self.inputs_sum(|i| i.files_open.load(Relaxed)),
                 rotations = self.inputs_sum(|i| i.rotations.load(Relaxed)),
                 truncations = self.inputs_sum(|i| i.truncations.load(Relaxed)),
                 "tail summary"

@@ -130,6 +130,17 @@ fn logrotate_style_rotation_while_writing_loses_nothing() {
     let out = d.wait(T);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_exactly_once(&fake, 1..=N);
+    // The counters saw every rotation (the summary at exit reports them).
+    let summary = out
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("tail summary"))
+        .unwrap_or_else(|| panic!("no tail summary: {}", out.stderr));
+    assert!(
+        summary.contains(&format!("rotations={rotations}")),
+        "{summary}"
+    );
+    assert!(summary.contains("truncations=0"), "{summary}");
 }
 
 /// Overlapping globs in two inputs: each file is read by the first input that matches it,
@@ -322,6 +333,13 @@ fn copytruncate_is_read_again_from_the_start() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("truncated"), "{}", out.stderr);
     assert_exactly_once(&fake, 1..=1000);
+    let summary = out
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("tail summary"))
+        .unwrap_or_else(|| panic!("no tail summary: {}", out.stderr));
+    assert!(!summary.contains("truncations=0"), "{summary}");
+    assert!(summary.contains("rotations=0"), "{summary}");
 }
 
 #[test]
@@ -504,7 +522,11 @@ fn restart_resumes_from_the_checkpoint_without_duplicates() {
     writeln!(w, "1501").unwrap();
     assert!(fake.wait_for_lines(1501, T), "{}", d.stderr_so_far());
     d.signal(libc::SIGHUP);
-    assert!(d.wait_for_stderr("SIGHUP", T), "{}", d.stderr_so_far());
+    assert!(
+        d.wait_for_stderr("SIGHUP: rescanning the tail globs", T),
+        "{}",
+        d.stderr_so_far()
+    );
     d.terminate();
     let out = d.wait(T);
     assert_eq!(out.code, Some(0), "{}", out.stderr);

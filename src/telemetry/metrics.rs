@@ -336,7 +336,28 @@ mod tests {
         stats.count_request("204");
         stats.count_request("503");
         stats.spool_lines.store(42, Relaxed);
+        let tail = stats.register_input("tail[0]");
+        tail.files_open.store(4, Relaxed);
+        tail.rotations.store(2, Relaxed);
+        tail.truncations.store(1, Relaxed);
         let text = render(&registry(stats, None));
+
+        assert_eq!(
+            sample(&text, r#"lineship_tail_files_open{input="tail[0]"}"#),
+            Some("4")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_tail_rotations_total{input="tail[0]"}"#),
+            Some("2")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_tail_truncations_total{input="tail[0]"}"#),
+            Some("1")
+        );
+        assert!(
+            !text.contains(r#"lineship_tail_files_open{input="stdin"}"#),
+            "tail series only for tail inputs: {text}"
+        );
 
         assert_eq!(
             sample(&text, r#"lineship_lines_received_total{input="stdin"}"#),
