@@ -4,15 +4,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{lineship_command, toml_path, write_config, Daemon, FakeInflux, Reply};
+use common::{
+    get, lineship_command, metric, scrape, telemetry_addr, toml_path, wait_until, write_config,
+    Daemon, FakeInflux, Reply,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -196,78 +197,6 @@ fn watchdog_meant_for_another_pid_is_not_fed() {
     let msgs = notify.finish();
     assert_eq!(count(&msgs, "WATCHDOG=1"), 0, "{msgs:?}");
     assert_eq!(count(&msgs, "STOPPING=1"), 1, "{msgs:?}");
-}
-
-/// The address from the "telemetry endpoint listening" log line.
-fn telemetry_addr(d: &mut Daemon) -> SocketAddr {
-    assert!(
-        d.wait_for_stderr("telemetry endpoint listening", T),
-        "{}",
-        d.stderr_so_far()
-    );
-    let log = d.stderr_so_far();
-    let line = log
-        .lines()
-        .find(|l| l.contains("telemetry endpoint listening"))
-        .unwrap();
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-        .parse()
-        .unwrap()
-}
-
-/// A minimal HTTP/1.1 GET: (status, content-type, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the telemetry endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("a full response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
-}
-
-/// Samples of `/metrics`: series (name with labels) → value.
-fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    let (status, ct, body) = get(addr, "/metrics");
-    assert_eq!(status, 200);
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, v) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), v.parse().unwrap())
-        })
-        .collect()
-}
-
-fn metric(m: &std::collections::BTreeMap<String, f64>, series: &str) -> u64 {
-    m.get(series).copied().unwrap_or(0.0) as u64
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 fn statuses_answered(fake: &FakeInflux, status: u16) -> u64 {

@@ -750,3 +750,102 @@ fn a_thousand_idle_files_cost_little_cpu() {
     assert!(share < 0.10, "idle CPU {:.1}% of a core", share * 100.0);
     assert_exactly_once(&fake, 0..=1000);
 }
+
+/// "The file is the buffer": while the server is down and the spool is full (`when_full =
+/// "block"`), the tail input stops reading instead of holding the file in memory; when the
+/// server is back, every line arrives once.
+#[test]
+fn a_blocked_pipeline_stops_the_reading_and_the_file_waits() {
+    let fake = FakeInflux::start().default_reply(common::Reply::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let live = logs.join("app.log");
+    // ~40 MB that gzip cannot shrink much (a pseudo-random field), so the pipeline's buffers
+    // hold only a fraction of it.
+    const N: u64 = 400_000;
+    let mut w = std::io::BufWriter::new(append(&live));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for seq in 1..=N {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        writeln!(
+            w,
+            "m,host=h r=\"{x:016x}{:016x}{:016x}\" {seq}",
+            x.rotate_left(21),
+            x.rotate_left(42)
+        )
+        .unwrap();
+    }
+    drop(w);
+    let size = std::fs::metadata(&live).unwrap().len();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+state_dir = {state}
+[agent]
+flush_interval = "50ms"
+batch_max_bytes = "1MiB"
+shutdown_timeout = "3s"
+[output]
+url = "{url}"
+bucket = "b"
+memory_limit = "1MiB"
+initial_backoff = "10ms"
+max_backoff = "100ms"
+[spool]
+max_size = "1MiB"
+when_full = "block"
+[telemetry]
+listen = "127.0.0.1:0"
+[[input.tail]]
+{paths}
+from_beginning = true
+"#,
+            state = toml_path(&dir.path().join("state")),
+            url = fake.url(),
+            paths = glob_of(&logs, "*.log"),
+        ),
+    );
+    let mut d = Daemon::start(&cfg);
+    let addr = common::telemetry_addr(&mut d);
+    let read = || {
+        common::metric(
+            &common::scrape(addr),
+            r#"lineship_input_bytes_total{input="tail[0]"}"#,
+        )
+    };
+    // Reading starts, then stalls: the spool is full and blocks, the queue fills, tail waits.
+    assert!(common::wait_until(T, || read() > 0));
+    let mut last = read();
+    let stalled = common::wait_until(T, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read();
+        std::mem::replace(&mut last, now) == now
+    });
+    assert!(
+        stalled,
+        "tail never stopped reading: {} of {size} bytes",
+        read()
+    );
+    let held = read();
+    assert!(
+        held < size / 2,
+        "the pipeline took {held} of {size} bytes: the file should be the buffer"
+    );
+    // The server is back: the rest is read and everything arrives, once.
+    fake.set_default_reply(common::Reply::status(204));
+    assert!(
+        fake.wait_for_lines(N as usize, Duration::from_secs(120)),
+        "only {} of {N} lines arrived:\n{}",
+        fake.accepted_line_count(),
+        d.stderr_so_far()
+    );
+    d.terminate();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    eprintln!("held {held} of {size} bytes while blocked");
+    assert_exactly_once(&fake, 1..=N);
+}

@@ -7,6 +7,8 @@
 //!   package) in a temporary data directory, with export helpers to check what landed.
 //! - `lineship.rs`: running the `lineship` binary ([`run_stdin`], [`Daemon`]) with a hard
 //!   timeout, so a hung daemon fails its test instead of hanging CI.
+//! - `telemetry.rs`: the daemon's `/metrics` and `/health` endpoint ([`telemetry_addr`], [`get`],
+//!   [`scrape`]).
 //! - This file: small codecs the others share (gzip, line splitting, percent-encoding).
 //!
 //! Invariants: every server binds 127.0.0.1 on a port the kernel picked (never a fixed port);
@@ -19,10 +21,12 @@
 
 mod fake_influx;
 mod lineship;
+mod telemetry;
 mod victoria_metrics;
 
 pub use fake_influx::*;
 pub use lineship::*;
+pub use telemetry::*;
 pub use victoria_metrics::*;
 
 use std::io::{Read, Write};
