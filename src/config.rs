@@ -596,6 +596,9 @@ impl RawConfig {
                 format!("{e}; use e.g. \"info\" or \"lineship=debug\""),
             )
         })?;
+        if a.rejected_max_size < (1 << 20) {
+            bail!(key_err("agent.rejected_max_size", "must be at least 1MiB"));
+        }
         let agent = AgentSettings {
             flush_interval: a.flush_interval,
             batch_max_lines: to_usize("agent.batch_max_lines", a.batch_max_lines)?,
@@ -734,16 +737,29 @@ impl LineDefaults<'_> {
                 "`measurement` and `tags` only apply with format = \"text\""
             ));
         }
+        // Line protocol cannot carry control characters in a name, and a trailing backslash
+        // would escape the separator after it.
+        let unfit = |s: &str| {
+            if s.is_empty() {
+                Some("must not be empty")
+            } else if s.chars().any(char::is_control) {
+                Some("must not hold control characters (tabs, newlines)")
+            } else if s.ends_with('\\') {
+                Some("must not end with a backslash")
+            } else {
+                None
+            }
+        };
         let measurement = raw.measurement.unwrap_or_else(|| "log".to_owned());
-        if measurement.is_empty() {
-            bail!(key_err(&format!("{key}.measurement"), "must not be empty"));
+        if let Some(why) = unfit(&measurement) {
+            bail!(key_err(&format!("{key}.measurement"), why));
         }
         let tags: Vec<(String, String)> = raw.tags.unwrap_or_default().into_iter().collect();
         for (k, v) in &tags {
-            if k.is_empty() || v.is_empty() {
+            if let Some(why) = unfit(k).or_else(|| unfit(v)) {
                 bail!(key_err(
                     &format!("{key}.tags"),
-                    "tag keys and values must not be empty"
+                    format!("tag {k:?} = {v:?}: keys and values {why}")
                 ));
             }
             if matches!(k.as_str(), "time" | "_field" | "_measurement" | "path") {
@@ -1003,6 +1019,10 @@ token = "s3cret"
             ),
             ("[agent]\nbatch_max_lines = 0\n", "agent.batch_max_lines"),
             (
+                "[agent]\nrejected_max_size = 0\n",
+                "agent.rejected_max_size",
+            ),
+            (
                 "[input.stdin]\nprecision = \"minutes\"\n",
                 "input.stdin.precision",
             ),
@@ -1011,6 +1031,14 @@ token = "s3cret"
             (
                 "[[input.tail]]\npaths = [\"/x\"]\nrotate_wait = \"soon\"\n",
                 "rotate_wait",
+            ),
+            (
+                "[[input.tail]]\npaths = [\"/x\"]\nformat = \"text\"\ntags = { app = \"a\\tb\" }\n",
+                "input.tail[0].tags",
+            ),
+            (
+                "[input.stdin]\nformat = \"text\"\nmeasurement = 'logs\\'\n",
+                "input.stdin.measurement",
             ),
         ] {
             let err = load(&format!("{MINIMAL}\n{snippet}")).unwrap_err();

@@ -38,7 +38,13 @@ impl TextFormat {
     pub fn prefix(&self, path: Option<&Path>) -> Vec<u8> {
         let mut p = self.head.clone();
         if let Some(path) = path {
-            let s = path.to_string_lossy();
+            // A file name may hold anything but `/` and NUL; line protocol cannot carry
+            // control characters in a tag, so they become U+FFFD like invalid UTF-8.
+            let s: String = path
+                .to_string_lossy()
+                .chars()
+                .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                .collect();
             if !s.is_empty() {
                 p.extend_from_slice(b",path=");
                 escape_tag(s.as_bytes(), &mut p);
@@ -85,13 +91,6 @@ mod tests {
         }
     }
 
-    /// True once `line.rs` holds the real escapers (the placeholder copies bytes unchanged).
-    pub(crate) fn escapers_are_real() -> bool {
-        let mut o = Vec::new();
-        escape_string_field(b"\"", &mut o);
-        o != b"\""
-    }
-
     #[test]
     fn wraps_with_sorted_tags_path_and_stamp() {
         let f = TextFormat::new(&settings(&[("z", "1"), ("app", "web")]));
@@ -119,21 +118,35 @@ mod tests {
         );
     }
 
-    /// Exact escaping; checked once the real escapers from `line.rs` are in place (the
-    /// placeholder copies bytes unchanged, and then this test only prints a notice).
     #[test]
     fn escapes_awkward_characters() {
-        if !escapers_are_real() {
-            eprintln!("NOTICE: line.rs escapers are placeholders; exact escaping not checked");
-            return;
-        }
         let f = TextFormat::new(&settings(&[("k y", "v,=")]));
         let p = f.prefix(Some(Path::new("/tmp/a b,c=d.log")));
         let mut out = Vec::new();
         assert!(wrap(&p, b"say \"hi\" \\ a,b=c\td", 5, &mut out));
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.clone()).unwrap(),
             "log,k\\ y=v\\,\\=,path=/tmp/a\\ b\\,c\\=d.log message=\"say \\\"hi\\\" \\\\ a,b=c\td\" 5\n"
+        );
+        assert_eq!(
+            crate::line::check_line(&out[..out.len() - 1], Precision::Ns).map(|_| ()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn control_characters_in_a_file_name_still_make_valid_lines() {
+        let f = TextFormat::new(&settings(&[]));
+        let p = f.prefix(Some(Path::new("/tmp/odd\tname\nwith\rcontrols.log")));
+        let mut out = Vec::new();
+        assert!(wrap(&p, b"x", 5, &mut out));
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "log,path=/tmp/odd\u{FFFD}name\u{FFFD}with\u{FFFD}controls.log message=\"x\" 5\n"
+        );
+        assert_eq!(
+            crate::line::check_line(&out[..out.len() - 1], Precision::Ns).map(|_| ()),
+            Ok(())
         );
     }
 }
