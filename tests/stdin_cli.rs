@@ -230,6 +230,61 @@ fn bad_config_exits_2_and_names_the_key() {
 }
 
 #[test]
+fn logs_are_json_or_journald_text_and_rust_log_overrides_the_level() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let with = |format: &str, env: &[(&str, &str)]| {
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "log_level = \"info\"\n",
+            &format!("log_level = \"info\"\nlog_format = \"{format}\"\n"),
+        );
+        let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+        let cfg = dir
+            .path()
+            .join(format!("{format}-{}.toml", names.join("-")));
+        std::fs::write(&cfg, text).unwrap();
+        let mut c = lineship_command();
+        c.arg("--config").arg(&cfg).arg("--stdin");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = run_with_timeout(c, b"m v=1i 1\nnot line protocol\n", T);
+        assert_eq!(out.code, Some(65), "{}", out.stderr);
+        out.stderr
+    };
+
+    // JSON: one object per line, with the level and the message's fields.
+    let json = with("json", &[]);
+    let mut warned = false;
+    for line in json.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+        if v["level"] == "WARN" && v["fields"]["reason"].is_string() {
+            warned = true;
+        }
+    }
+    assert!(warned, "the invalid line is a WARN with its reason: {json}");
+
+    // Under journald: journald stamps the time itself, and there are no colour codes.
+    let journal = with("text", &[("JOURNAL_STREAM", "8:12345")]);
+    for line in journal.lines().filter(|l| !l.is_empty()) {
+        let first = line.split_whitespace().next().unwrap();
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&first),
+            "no timestamp under journald: {line}"
+        );
+        assert!(!line.contains('\x1b'), "no ANSI codes: {line:?}");
+    }
+
+    // RUST_LOG wins over log_level.
+    let quiet = with("text", &[("RUST_LOG", "error")]);
+    assert!(!quiet.contains(" INFO "), "{quiet}");
+    assert!(!quiet.contains(" WARN "), "{quiet}");
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let mut c = lineship_command();
