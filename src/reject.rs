@@ -52,15 +52,18 @@ impl DeadLetter {
     /// never returned: failing to keep a copy of a bad line must not stop good ones.
     pub fn write(&self, source: &str, reason: &str, lines: &[u8]) {
         let mut rec = Vec::with_capacity(lines.len() + 128);
-        let ts = humantime::format_rfc3339_seconds(SystemTime::now());
-        let reason = reason.replace('\n', " ");
-        rec.extend_from_slice(format!("# {ts} source={source} reason={reason}\n").as_bytes());
-        rec.extend_from_slice(lines);
-        if !lines.ends_with(b"\n") {
-            rec.push(b'\n');
+        record(source, reason, lines, &mut rec);
+        self.write_records(&rec);
+    }
+
+    /// Appends records built with [`record`] (inputs gather a read's bad lines and write them
+    /// with one call, so a flood of bad lines costs one write per read, not one per line).
+    pub fn write_records(&self, rec: &[u8]) {
+        if rec.is_empty() {
+            return;
         }
         let mut g = self.inner.lock().unwrap();
-        if let Err(e) = self.append(&mut g, &rec) {
+        if let Err(e) = self.append(&mut g, rec) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot write rejected lines to the dead-letter file; check the disk and permissions of state_dir");
         }
     }
@@ -83,6 +86,18 @@ impl DeadLetter {
         g.file.as_mut().expect("opened above").write_all(rec)?;
         g.size += rec.len() as u64;
         Ok(())
+    }
+}
+
+/// Appends one dead-letter record to `out`: a header comment naming the source and reason,
+/// then the lines, `\n`-terminated.
+pub fn record(source: &str, reason: &str, lines: &[u8], out: &mut Vec<u8>) {
+    let ts = humantime::format_rfc3339_seconds(SystemTime::now());
+    let reason = reason.replace('\n', " ");
+    let _ = writeln!(out, "# {ts} source={source} reason={reason}");
+    out.extend_from_slice(lines);
+    if !lines.ends_with(b"\n") {
+        out.push(b'\n');
     }
 }
 

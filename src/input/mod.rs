@@ -17,17 +17,21 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::batch::{Chunk, Dest};
 use crate::config::{InputFormat, LineSettings};
 use crate::line::{normalize_line, Framed, LineError, LineOptions, Outcome, TooLong};
-use crate::reject::{excerpt, DeadLetter, RateLimited};
+use crate::reject::{self, excerpt, DeadLetter, RateLimited};
 use crate::telemetry::InputStats;
 
 /// How often an input may warn about invalid lines.
 const INVALID_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Dead-letter records gathered beyond this are written at once.
+const REJECTED_FLUSH_BYTES: usize = 64 << 10;
 
 pub struct Intake {
     opts: LineOptions,
     dest: Dest,
     stats: Arc<InputStats>,
     dead_letter: Arc<DeadLetter>,
+    /// Dead-letter records of the current read, written with the chunk (or sooner, if large).
+    rejected: Vec<u8>,
     warn: RateLimited,
     /// `format = "text"`: the prefix every raw line is wrapped in (without a `path` tag; tail
     /// builds its own per file). Such inputs frame with [`crate::line::Framer::raw`].
@@ -52,6 +56,7 @@ impl Intake {
             dest: Dest::new(&line.bucket, line.precision),
             stats,
             dead_letter,
+            rejected: Vec::new(),
             warn: RateLimited::new(INVALID_WARN_EVERY),
             text: (line.format == InputFormat::Text)
                 .then(|| text::TextFormat::new(line).prefix(None)),
@@ -124,7 +129,10 @@ impl Intake {
     /// Counts, logs and dead-letters one bad line.
     pub fn reject(&mut self, line: &[u8], err: LineError) {
         self.stats.add_invalid(err.reason(), 1);
-        self.dead_letter.write(&self.stats.name, err.reason(), line);
+        reject::record(&self.stats.name, err.reason(), line, &mut self.rejected);
+        if self.rejected.len() >= REJECTED_FLUSH_BYTES {
+            self.flush_rejected();
+        }
         if let Some(suppressed) = self.warn.check(Instant::now()) {
             tracing::warn!(
                 input = %self.stats.name,
@@ -137,8 +145,21 @@ impl Intake {
         }
     }
 
+    /// Writes the gathered dead-letter records.
+    pub fn flush_rejected(&mut self) {
+        self.dead_letter.write_records(&self.rejected);
+        self.rejected.clear();
+        if self.rejected.capacity() > REJECTED_FLUSH_BYTES * 2 {
+            self.rejected = Vec::new();
+        }
+    }
+
     /// Takes the accepted lines in `buf` as a chunk (leaving `buf` empty), or `None` if empty.
+    /// The read's bad lines go to the dead-letter file now.
     pub fn take_chunk(&mut self, buf: &mut Vec<u8>, capacity: usize) -> Option<Chunk> {
+        if !self.rejected.is_empty() {
+            self.flush_rejected();
+        }
         let lines = std::mem::take(&mut self.pending_lines);
         if buf.is_empty() {
             return None;
@@ -155,5 +176,71 @@ impl Intake {
     /// Counts a chunk that made it onto the channel.
     pub fn count_sent(&self, chunk_lines: u32) {
         self.stats.lines.fetch_add(chunk_lines as u64, Relaxed);
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.flush_rejected();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::Precision;
+
+    fn intake(dir: &std::path::Path, format: InputFormat) -> (Intake, Arc<DeadLetter>) {
+        let dl = Arc::new(DeadLetter::open(dir, 1 << 20).unwrap());
+        let line = LineSettings {
+            bucket: "b".into(),
+            precision: Precision::Ns,
+            stamp_missing: false,
+            format,
+            measurement: "log".into(),
+            tags: Vec::new(),
+        };
+        let i = Intake::new(&line, 64, Arc::new(InputStats::new("udp:x")), dl.clone());
+        (i, dl)
+    }
+
+    #[test]
+    fn bad_lines_of_a_read_reach_the_dead_letter_file_with_its_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut i, dl) = intake(dir.path(), InputFormat::Lp);
+        let mut out = Vec::new();
+        for l in [&b"m v=1i 1"[..], b"bad one", b"bad two"] {
+            i.line(Ok(l), None, &mut out);
+        }
+        let read = || std::fs::read_to_string(dl.path()).unwrap_or_default();
+        assert_eq!(read(), "", "gathered, not written line by line");
+        let chunk = i.take_chunk(&mut out, 1024).unwrap();
+        assert_eq!(chunk.lines, 1);
+        let text = read();
+        assert_eq!(text.matches("source=udp:x reason=").count(), 2, "{text}");
+        assert!(
+            text.contains("\nbad one\n") && text.ends_with("\nbad two\n"),
+            "{text}"
+        );
+        // What is left when the input stops is written too.
+        i.line(Ok(b"bad three"), None, &mut out);
+        drop(i);
+        assert!(read().ends_with("\nbad three\n"));
+    }
+
+    #[test]
+    fn text_format_wraps_raw_lines_and_rejects_only_overlong_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut i, _dl) = intake(dir.path(), InputFormat::Text);
+        let mut out = Vec::new();
+        i.line(Ok(b"a \"quoted\nb"), Some(7), &mut out);
+        i.line(Ok(&[b'x'; 65]), Some(7), &mut out);
+        i.line(Err(TooLong(b"yyyy")), Some(7), &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "log message=\"a \\\"quoted\" 7\nlog message=\"b\" 7\n"
+        );
+        assert_eq!(i.take_chunk(&mut out, 1024).unwrap().lines, 2);
+        assert_eq!(i.stats().invalid.lock().unwrap().get("too_long"), Some(&2));
     }
 }
