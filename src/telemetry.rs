@@ -278,6 +278,7 @@ impl Stats {
             invalid_by_reason = %self.reasons(|i| &i.invalid),
             dropped = self.lines_dropped(),
             dropped_by_reason = %self.reasons(|i| &i.dropped),
+            udp_datagrams = self.inputs_sum(|i| i.datagrams.load(Relaxed)),
             udp_kernel_drops = self.inputs_sum(|i| i.kernel_drops.load(Relaxed)),
             udp_truncated = self.inputs_sum(|i| i.truncated.load(Relaxed)),
             dead_lettered = self.lines_dead_lettered.load(Relaxed),

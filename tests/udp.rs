@@ -821,6 +821,8 @@ fn socket_activation_uses_the_passed_socket() {
     // bind would fail (no SO_REUSEPORT) and the daemon would exit.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
+    // Passed in non-blocking mode (some socket managers do): lineship must not spin on it.
+    sock.set_nonblocking(true).unwrap();
     let cfg = daemon_config(
         dir.path(),
         &fake.url(),
@@ -864,6 +866,18 @@ fn socket_activation_uses_the_passed_socket() {
         .send_to(b"act v=1i 1\nact v=2i 2\nact v=3i 3\n", addr)
         .unwrap();
     assert!(fake.wait_for_lines(3, T), "{}", d.stderr_so_far());
+    // Idle for a second: a receive loop spinning on EAGAIN would burn the whole second.
+    let cpu_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the command name.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - before;
+    assert!(used < 30, "{used} ticks of CPU in an idle second");
     d.terminate();
     let out = d.wait(T);
     assert_eq!(out.code, Some(0), "{}", out.stderr);

@@ -1838,7 +1838,12 @@ fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
             Some(lost) => lost == 0,
             None => snap.lines >= a.lines,
         };
-        let ok = all_received && exit.exit_code == 0 && fed.error.is_none() && !exit.timed_out;
+        // At-least-once is the contract only across crashes; a clean run must not duplicate.
+        let ok = all_received
+            && dup.unwrap_or(0) == 0
+            && exit.exit_code == 0
+            && fed.error.is_none()
+            && !exit.timed_out;
         let report = RunReport {
             run,
             lines_sent: fed.lines,
@@ -2169,7 +2174,7 @@ fn run_tail(
         Some(lost) => lost == 0,
         None => snap.lines >= a.lines,
     };
-    let ok = all_received && exit.exit_code == 0 && !exit.timed_out;
+    let ok = all_received && dup.unwrap_or(0) == 0 && exit.exit_code == 0 && !exit.timed_out;
     Ok(TailRunReport {
         run,
         lines: a.lines,
@@ -3083,7 +3088,7 @@ fn run_udp(
             loss_causes.push("no counter explains it".into());
         }
     }
-    let ok = lost_n == 0 && exit.exit_code == 0 && !exit.timed_out;
+    let ok = lost_n == 0 && dup.unwrap_or(0) == 0 && exit.exit_code == 0 && !exit.timed_out;
     Ok(UdpRunReport {
         run,
         offered_lines_per_sec: offered,

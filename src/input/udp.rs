@@ -62,6 +62,10 @@ impl Inherited {
         let socks = socks
             .into_iter()
             .map(|s| {
+                // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
+                // in non-blocking mode would make it spin.
+                s.set_nonblocking(false)
+                    .context("cannot make a passed UDP socket blocking")?;
                 Ok((
                     s.local_addr()
                         .context("a passed UDP socket has no address")?,

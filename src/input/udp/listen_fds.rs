@@ -75,8 +75,14 @@ pub fn take_from_env() -> Vec<(SocketAddr, UdpSocket)> {
                 // `inspect` checked that it is an open socket.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 set_cloexec(fd);
+                let sock = UdpSocket::from(owned);
+                // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
+                // in non-blocking mode would make it spin.
+                if let Err(e) = sock.set_nonblocking(false) {
+                    tracing::warn!(fd, %addr, error = %e, "cannot make a passed UDP socket blocking");
+                }
                 tracing::debug!(fd, %addr, "systemd passed a datagram socket");
-                out.push((addr, UdpSocket::from(owned)));
+                out.push((addr, sock));
             }
             Err(why) => {
                 tracing::info!(fd, "leaving an fd passed by systemd alone: {why}");
