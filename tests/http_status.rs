@@ -400,3 +400,21 @@ async fn missing_timestamps_are_stamped_in_the_input_precision() {
     assert!(secs(before) <= ts && ts <= secs(after));
     assert_eq!(fake.requests()[0].param("precision"), Some("s"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_requests_go_out_at_once_and_never_more() {
+    let fake = FakeInflux::start();
+    fake.set_response_delay(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let input = lines(20_000);
+    let report = run(
+        settings(&fake.url(), dir.path(), "max_in_flight = 3"),
+        join(&input),
+    )
+    .await;
+    assert_eq!(report.lines_delivered, 20_000);
+    assert_eq!(fake.requests().len(), 20, "1000-line batches");
+    // 20 batches, each answered after 200 ms: they overlap, three at a time.
+    assert_eq!(fake.max_writes_in_flight(), 3);
+    assert_eq!(sorted(fake.accepted_lines()), sorted(input));
+}

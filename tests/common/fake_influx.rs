@@ -186,6 +186,9 @@ struct FakeState {
     connections: u64,
     accepted_lines: usize,
     writes: usize,
+    /// Writes being answered right now, and the most there ever were at once.
+    writes_in_flight: usize,
+    max_writes_in_flight: usize,
 }
 
 impl Shared {
@@ -273,6 +276,8 @@ impl FakeInflux {
                 connections: 0,
                 accepted_lines: 0,
                 writes: 0,
+                writes_in_flight: 0,
+                max_writes_in_flight: 0,
             }),
             changed: Condvar::new(),
         });
@@ -360,6 +365,11 @@ impl FakeInflux {
     }
 
     /// TCP connections accepted so far.
+    /// The most writes that were being answered at the same moment.
+    pub fn max_writes_in_flight(&self) -> usize {
+        self.shared.lock().max_writes_in_flight
+    }
+
     pub fn connections(&self) -> u64 {
         self.shared.lock().connections
     }
@@ -534,11 +544,17 @@ async fn handle(
 
     let reply = match (request.method.as_str(), request.path.as_str()) {
         ("POST", WRITE_PATH) => {
+            {
+                let mut state = shared.lock();
+                state.writes_in_flight += 1;
+                state.max_writes_in_flight = state.max_writes_in_flight.max(state.writes_in_flight);
+            }
             let reply = write_reply(&shared, &request);
             let delay = shared.lock().delay;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            shared.lock().writes_in_flight -= 1;
             reply
         }
         ("GET" | "HEAD", "/ping") => shared.lock().ping.clone(),
