@@ -473,7 +473,16 @@ impl Settings {
 /// named as `table.key`, found from the table headers above the line.
 fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
     let msg = e.message().trim();
+    // Messages about a key name quote key names only; the others may quote the value.
+    let about_keys = ["unknown field", "missing field", "duplicate key"]
+        .iter()
+        .any(|p| msg.starts_with(p));
     let Some(span) = e.span() else {
+        let msg = if about_keys {
+            msg.to_owned()
+        } else {
+            redact_quoted(msg)
+        };
         return anyhow::anyhow!("{msg}");
     };
     let start = span.start.min(text.len());
@@ -482,10 +491,6 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
     let line_no = text[..start].matches('\n').count() + 1;
     let column = text[line_start..start].chars().count() + 1;
     let source_line = &text[line_start..line_end];
-    // Messages about a key name quote key names only; the others may quote the value.
-    let about_keys = ["unknown field", "missing field", "duplicate key"]
-        .iter()
-        .any(|p| msg.starts_with(p));
     let msg = if !about_keys && source_line.to_ascii_lowercase().contains("tok") {
         redact_quoted(msg)
     } else {
@@ -499,30 +504,35 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
 }
 
 /// A best guess at the dotted key `line` sets, from the table headers `before` it:
-/// `agent.flush_interval`, `input.udp[1].listen`. `None` when the line sets no key.
+/// `agent.flush_interval`, `input.udp[1].listen`; only the table when the line holds no plain
+/// `key =` (a mangled line such as `token: "…"` may be all secret). `None` outside any table.
 fn key_at(before: &str, line: &str) -> Option<String> {
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
     let header = |l: &str| {
         let l = l.split('#').next().unwrap_or("").trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
-            Some((name.trim().to_owned(), true))
-        } else {
-            let name = l.strip_prefix('[').and_then(|l| l.strip_suffix(']'))?;
-            Some((name.trim().to_owned(), false))
-        }
+        let (name, array) = match l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            Some(name) => (name, true),
+            None => (
+                l.strip_prefix('[').and_then(|l| l.strip_suffix(']'))?,
+                false,
+            ),
+        };
+        let name = name.trim();
+        bare(name).then(|| (name.to_owned(), array))
     };
+    // Entries of an array of tables append wherever they appear, so count them per name.
+    let mut entries: std::collections::HashMap<String, usize> = Default::default();
     let mut table = String::new();
     for l in before.lines() {
         match header(l) {
             Some((name, true)) => {
-                let base = name.clone() + "[";
-                let i = match table.strip_prefix(&base) {
-                    Some(rest) => rest
-                        .trim_end_matches(']')
-                        .parse::<usize>()
-                        .map_or(0, |i| i + 1),
-                    None => 0,
-                };
-                table = format!("{name}[{i}]");
+                let n = entries.entry(name.clone()).or_insert(0);
+                table = format!("{name}[{n}]");
+                *n += 1;
             }
             Some((name, false)) => table = name,
             None => {}
@@ -531,15 +541,21 @@ fn key_at(before: &str, line: &str) -> Option<String> {
     if let Some((name, _)) = header(line) {
         return Some(name);
     }
-    let key = line.split_once('=')?.0.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with('#') {
-        return None;
+    // `key = value` with a value: a token pasted alone (`AbC…==`) splits at its padding.
+    let key = line
+        .split_once('=')
+        .filter(|(_, v)| {
+            let v = v.trim();
+            !v.is_empty() && !v.starts_with('=')
+        })
+        .map(|(k, _)| k.trim())
+        .filter(|k| bare(k));
+    match (key, table.is_empty()) {
+        (Some(key), true) => Some(key.to_owned()),
+        (Some(key), false) => Some(format!("{table}.{key}")),
+        (None, true) => None,
+        (None, false) => Some(table),
     }
-    Some(if table.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{table}.{key}")
-    })
 }
 
 /// Replaces the contents of every `backticked` span with `[redacted]`.
@@ -821,8 +837,7 @@ fn validate_output(
             "is required (the default bucket; inputs may override it)"
         ));
     }
-    // `token = ""` (as in the example config) counts as unset, so token_file and
-    // LINESHIP_TOKEN still apply.
+    // `token = ""` counts as unset, so token_file and LINESHIP_TOKEN still apply.
     let (token, token_source) = match (o.token.filter(|t| !t.is_empty()), &o.token_file) {
         (Some(_), Some(_)) => bail!(key_err(
             "output.token_file",
@@ -1097,6 +1112,12 @@ token = "s3cret"
         );
         let err = format!("{:#}", load(&text).unwrap_err());
         assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+        // Entries of one array count across other tables in between.
+        let text = format!(
+            "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.tail]]\npaths = [\"/x\"]\n[[input.udp]]\nlisten = 5\n"
+        );
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
         let err = format!("{:#}", load("state_dir = 5\n").unwrap_err());
         assert!(
             err.starts_with("config key `state_dir` (line 1, column 13)"),
@@ -1112,6 +1133,10 @@ token = "s3cret"
             "token = 123456789",
             "token = \"s3cret",
             "token = [\"s3cret\"]",
+            // Mangled lines where the secret sits before the first `=` (base64 padding).
+            "token: \"s3cret==\"",
+            "token \"s3cret==\"",
+            "s3cret==",
         ] {
             let text = MINIMAL.replace("token = \"s3cret\"", bad);
             let err = format!("{:#}", load(&text).unwrap_err());

@@ -62,7 +62,8 @@ impl DeadLetter {
         if rec.is_empty() {
             return;
         }
-        let mut g = self.inner.lock().unwrap();
+        // A panic while writing leaves the file state usable; keep going.
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.append(&mut g, rec) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot write rejected lines to the dead-letter file; check the disk and permissions of state_dir");
         }

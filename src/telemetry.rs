@@ -176,6 +176,8 @@ pub struct Health {
     pub message: String,
     pub since: SystemTime,
     pub since_instant: Instant,
+    /// The failure was seen by the `GET /ping` probe, not by a write.
+    pub by_probe: bool,
 }
 
 impl Default for Health {
@@ -186,6 +188,7 @@ impl Default for Health {
             message: String::new(),
             since: SystemTime::now(),
             since_instant: Instant::now(),
+            by_probe: false,
         }
     }
 }

@@ -515,12 +515,13 @@ fn memory_gauge_shows_batches_waiting_for_a_slow_server() {
 
 #[test]
 fn the_health_probe_reports_an_unreachable_server_before_any_data_and_its_return() {
-    // A port with nothing listening, for now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port with nothing listening, for now: bound but not listening, so connections are
+    // refused and no other test can take the port before the fake does.
+    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    holder
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = holder.local_addr().unwrap().as_socket().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -545,6 +546,7 @@ fn the_health_probe_reports_an_unreachable_server_before_any_data_and_its_return
     assert_eq!(failing(&d.stderr_so_far()), 1, "{}", d.stderr_so_far());
 
     // The server comes up: the next probe clears the failure, without any write.
+    drop(holder);
     let fake = FakeInflux::start_on_port(port);
     assert!(
         wait_until(T, || get(addr, "/health").0 == 200),
@@ -591,5 +593,39 @@ fn the_health_probe_never_clears_a_rejected_token() {
     assert!(d.stderr_so_far().contains("rejected the token"));
     // The lines wait (in memory or the spool) until the token is fixed; a clean stop would
     // wait shutdown_timeout for the server, which this test does not need.
+    d.kill9();
+}
+
+#[test]
+fn the_health_probe_never_clears_writes_that_time_out() {
+    // /ping answers at once; every write takes longer than output.timeout.
+    let fake = FakeInflux::start();
+    fake.set_response_delay(Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &fake.url(),
+        "timeout = \"700ms\"",
+        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    // Backoff up to 1 s plus a 0.7 s write: the last write often ended more than the probe
+    // period (1 s) ago while the next one is under way.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("initial_backoff = \"10ms\"", "initial_backoff = \"1s\"")
+        .replace("max_backoff = \"50ms\"", "max_backoff = \"1s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = daemon(&cfg, &[]);
+    let addr = telemetry_addr(&mut d);
+    d.write_stdin(&lines(0, 10));
+    assert!(wait_until(T, || get(addr, "/health").0 == 503));
+    // Several probe periods: /health must stay 503 (no flapping back to 200).
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let (code, _, body) = get(addr, "/health");
+        assert_eq!(code, 503, "{body}\n{}", d.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!d.stderr_so_far().contains("server can be reached again"));
     d.kill9();
 }

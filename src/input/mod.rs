@@ -181,7 +181,10 @@ impl Intake {
 
 impl Drop for Intake {
     fn drop(&mut self) {
-        self.flush_rejected();
+        // Not while unwinding: a second panic there would abort the process.
+        if !std::thread::panicking() {
+            self.flush_rejected();
+        }
     }
 }
 

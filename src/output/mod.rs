@@ -12,7 +12,7 @@ pub mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -96,6 +96,24 @@ pub struct Sender {
     /// When the last write request ended (any outcome); the health probe runs only when
     /// writes have been idle for a while.
     last_write: Mutex<Option<Instant>>,
+    /// Write requests under way (the probe waits for a quiet moment).
+    writes_in_flight: AtomicUsize,
+}
+
+/// Counts a write request as under way until dropped (also if its future is cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Failure kinds that only say the server could not be reached ([`client::TransportError::class`]);
@@ -140,6 +158,7 @@ impl Sender {
             spooled,
             deadline,
             last_write: Mutex::new(None),
+            writes_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -236,18 +255,20 @@ impl Sender {
     /// `GET {url}/ping` at start and whenever writes have been idle for `max_backoff` (at
     /// least 1 s): so an unreachable server is reported (log, `/health`) before the first
     /// batch, and on an idle host too. Only reachability is judged: a transport error marks
-    /// the output failing; any HTTP answer clears a failure that was about reaching the
-    /// server (never one about the token, bucket or server errors, which only a write can
-    /// clear).
+    /// the output failing (unless a write already found a different problem); an HTTP answer
+    /// clears only a connection failure, or a failure the probe itself found. A write timeout,
+    /// a token, bucket or server error is cleared by a write alone: `/ping` may answer at
+    /// once while writes still time out.
     async fn probe_health(self: Arc<Self>) {
         let every = self.settings.max_backoff.max(Duration::from_secs(1));
         let mut first = true;
         loop {
-            let idle = self
-                .last_write
-                .lock()
-                .unwrap()
-                .is_none_or(|t| t.elapsed() >= every);
+            let idle = self.writes_in_flight.load(Relaxed) == 0
+                && self
+                    .last_write
+                    .lock()
+                    .unwrap()
+                    .is_none_or(|t| t.elapsed() >= every);
             if idle {
                 match self.client.ping(self.settings.timeout).await {
                     Ok(pong) => {
@@ -259,17 +280,20 @@ impl Sender {
                                 "output answers GET /ping"
                             );
                         }
-                        let h = self.stats.health.lock().unwrap().clone();
-                        if !h.ok && TRANSPORT_KINDS.contains(&h.last.as_str()) {
-                            self.healthy(pong.status, "server can be reached again (GET /ping)");
-                        }
+                        self.healthy_if(
+                            pong.status,
+                            "server can be reached again (GET /ping)",
+                            |h| !h.ok && (h.last == "connect" || h.by_probe),
+                        );
                     }
-                    Err(e) => self.failing(
+                    Err(e) => self.failing_if(
                         e.class(),
                         &format!(
                             "cannot reach the server (GET {}: {e})",
                             self.client.ping_url()
                         ),
+                        true,
+                        |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
                     ),
                 }
                 first = false;
@@ -316,7 +340,10 @@ impl Sender {
                     Go::GiveUp => return Err(vec![batch]),
                 };
                 let epoch = self.gate.lock().unwrap().epoch();
-                let sent = self.client.send(&batch, self.request_timeout()).await;
+                let sent = {
+                    let _w = InFlight::enter(&self.writes_in_flight);
+                    self.client.send(&batch, self.request_timeout()).await
+                };
                 *self.last_write.lock().unwrap() = Some(Instant::now());
                 let wait = match sent {
                     Ok(reply) => {
@@ -505,7 +532,15 @@ impl Sender {
 
     /// Marks the output healthy, logging `what` if it was failing.
     fn healthy(&self, status: u16, what: &str) {
+        self.healthy_if(status, what, |_| true);
+    }
+
+    /// [`Sender::healthy`] if `when` holds for the current health (checked under its lock).
+    fn healthy_if(&self, status: u16, what: &str, when: impl FnOnce(&Health) -> bool) {
         let mut h = self.stats.health.lock().unwrap();
+        if !when(&h) {
+            return;
+        }
         if !h.ok {
             tracing::info!(
                 url = %self.settings.url,
@@ -519,15 +554,34 @@ impl Sender {
                 message: String::new(),
                 since: SystemTime::now(),
                 since_instant: Instant::now(),
+                by_probe: false,
             };
         }
         h.last = status.to_string();
     }
 
-    /// Records a failure; logs only when the failure kind changes, not per retry.
+    /// Records a failure of a write; logs only when the failure kind changes, not per retry.
     fn failing(&self, kind: &str, message: &str) {
+        self.failing_if(kind, message, false, |_| true);
+    }
+
+    /// Records a failure seen by a write or (`by_probe`) by the `GET /ping` probe, if `when`
+    /// holds for the current health (checked under its lock).
+    fn failing_if(
+        &self,
+        kind: &str,
+        message: &str,
+        by_probe: bool,
+        when: impl FnOnce(&Health) -> bool,
+    ) {
         let mut h = self.stats.health.lock().unwrap();
-        if h.ok || h.last != kind {
+        if !when(&h) {
+            return;
+        }
+        if !h.ok && h.last == kind {
+            // A write confirms what the probe saw: from now on only a write clears it.
+            h.by_probe &= by_probe;
+        } else {
             tracing::error!(
                 url = %self.settings.url,
                 failure = kind,
@@ -539,6 +593,7 @@ impl Sender {
                 message: message.to_owned(),
                 since: SystemTime::now(),
                 since_instant: Instant::now(),
+                by_probe,
             };
         }
     }

@@ -253,6 +253,7 @@ mod tests {
             message: message.into(),
             since,
             since_instant: Instant::now(),
+            by_probe: false,
         }
     }
 

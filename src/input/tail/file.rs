@@ -61,7 +61,8 @@ pub(super) struct TailFile {
     committed: u64,
     /// Set when the file left its glob (renamed away or deleted).
     pub orphan_since: Option<Instant>,
-    /// Last time the file was seen to grow (or was found, or restarted after a truncation).
+    /// Last time the file was seen to grow (or was found; after a truncation, the first read
+    /// counts as growth).
     /// Re-reading a trailing partial line is not new data: a rotated file whose writer left a
     /// last line without a newline must still reach `rotate_wait` of quiet.
     pub last_data: Instant,

@@ -79,7 +79,8 @@ pub fn take_from_env() -> Vec<(SocketAddr, UdpSocket)> {
                 // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
                 // in non-blocking mode would make it spin.
                 if let Err(e) = sock.set_nonblocking(false) {
-                    tracing::warn!(fd, %addr, error = %e, "cannot make a passed UDP socket blocking");
+                    tracing::error!(fd, %addr, error = %e, "cannot make a UDP socket passed by systemd blocking; not using it");
+                    continue;
                 }
                 tracing::debug!(fd, %addr, "systemd passed a datagram socket");
                 out.push((addr, sock));
