@@ -68,6 +68,14 @@ fn seq_counts(fake: &FakeInflux) -> BTreeMap<u64, usize> {
     m
 }
 
+/// The last "tail summary" log line (the one logged at exit).
+fn last_tail_summary(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rfind(|l| l.contains("tail summary"))
+        .unwrap_or_else(|| panic!("no tail summary: {stderr}"))
+}
+
 fn wait_started(d: &mut Daemon) {
     assert!(
         d.wait_for_stderr("tail input started", T),
@@ -131,11 +139,7 @@ fn logrotate_style_rotation_while_writing_loses_nothing() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_exactly_once(&fake, 1..=N);
     // The counters saw every rotation (the summary at exit reports them).
-    let summary = out
-        .stderr
-        .lines()
-        .rfind(|l| l.contains("tail summary"))
-        .unwrap_or_else(|| panic!("no tail summary: {}", out.stderr));
+    let summary = last_tail_summary(&out.stderr);
     assert!(
         summary.contains(&format!("rotations={rotations}")),
         "{summary}"
@@ -333,11 +337,7 @@ fn copytruncate_is_read_again_from_the_start() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("truncated"), "{}", out.stderr);
     assert_exactly_once(&fake, 1..=1000);
-    let summary = out
-        .stderr
-        .lines()
-        .rfind(|l| l.contains("tail summary"))
-        .unwrap_or_else(|| panic!("no tail summary: {}", out.stderr));
+    let summary = last_tail_summary(&out.stderr);
     assert!(!summary.contains("truncations=0"), "{summary}");
     assert!(summary.contains("rotations=0"), "{summary}");
 }

@@ -728,23 +728,9 @@ token = "t"
 /// The address in the daemon's "udp input listening" log line, once it has started (and
 /// installs its signal handlers right after).
 fn listening_addr(d: &mut Daemon) -> SocketAddr {
-    assert!(
-        d.wait_for_stderr("lineship started", T),
-        "lineship did not start; stderr:\n{}",
-        d.stderr_so_far()
-    );
-    let log = d.stderr_so_far();
-    let line = log
-        .lines()
-        .find(|l| l.contains("udp input listening"))
-        .unwrap();
-    let at = line.find("listen=").expect("listen field") + "listen=".len();
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
+    d.log_field("lineship started", "udp input listening", "listen")
         .parse()
-        .unwrap_or_else(|e| panic!("{line}: {e}"))
+        .unwrap()
 }
 
 #[test]

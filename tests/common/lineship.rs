@@ -229,6 +229,26 @@ impl Daemon {
     }
 
     /// Waits until stderr contains `needle`; false on timeout or if the process exited first.
+    /// Waits for `wait_for` in stderr, then returns the value of `field=` in the first log line
+    /// holding `line_with` (values end at whitespace; quotes are not handled).
+    pub fn log_field(&mut self, wait_for: &str, line_with: &str, field: &str) -> String {
+        assert!(
+            self.wait_for_stderr(wait_for, Duration::from_secs(60)),
+            "no {wait_for:?} in stderr:\n{}",
+            self.stderr_so_far()
+        );
+        let log = self.stderr_so_far();
+        let line = log
+            .lines()
+            .find(|l| l.contains(line_with))
+            .unwrap_or_else(|| panic!("no line with {line_with:?} in stderr:\n{log}"));
+        let key = format!("{field}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    }
+
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {

@@ -11,21 +11,8 @@ const T: Duration = Duration::from_secs(60);
 
 /// The address from the "telemetry endpoint listening" log line.
 pub fn telemetry_addr(d: &mut Daemon) -> SocketAddr {
-    assert!(
-        d.wait_for_stderr("telemetry endpoint listening", T),
-        "{}",
-        d.stderr_so_far()
-    );
-    let log = d.stderr_so_far();
-    let line = log
-        .lines()
-        .find(|l| l.contains("telemetry endpoint listening"))
-        .unwrap();
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-        .parse()
-        .unwrap()
+    let needle = "telemetry endpoint listening";
+    d.log_field(needle, needle, "addr").parse().unwrap()
 }
 
 /// A minimal HTTP/1.1 GET: (status, content-type, body).

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use notify::event::{EventKind, ModifyKind};
+use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 
 pub use checkpoint::Store;
@@ -176,6 +176,9 @@ fn on_event(tailer: &mut Tailer, ev: notify::Result<notify::Event>) {
                 tailer.mark_all_dirty();
             }
             match ev.kind {
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if ev.paths.len() == 2 => {
+                    tailer.renamed(&ev.paths[0], &ev.paths[1]);
+                }
                 EventKind::Create(_)
                 | EventKind::Remove(_)
                 | EventKind::Modify(ModifyKind::Name(_)) => tailer.request_rescan(),

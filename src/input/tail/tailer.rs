@@ -88,6 +88,8 @@ pub struct Tailer {
     warn: RateLimited,
     /// Files skipped because another input follows them (warned about once each).
     shared: HashSet<FileKey>,
+    /// Renames seen by the watcher, `(from, to)`, to look at in the next step.
+    renames: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Tailer {
@@ -129,6 +131,7 @@ impl Tailer {
             last_ckpt: None,
             warn: RateLimited::new(Duration::from_secs(10)),
             shared: HashSet::new(),
+            renames: Vec::new(),
             cfg,
         })
     }
@@ -155,6 +158,12 @@ impl Tailer {
     }
 
     pub fn request_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    /// The watcher saw `from` renamed to `to` (both paths known from one inotify rename).
+    pub fn renamed(&mut self, from: &Path, to: &Path) {
+        self.renames.push((from.to_path_buf(), to.to_path_buf()));
         self.rescan = true;
     }
 
@@ -206,6 +215,7 @@ impl Tailer {
         if std::mem::take(&mut self.rescan) {
             self.scan(now, false);
         }
+        self.follow_missed_renames(now);
         let keys: Vec<FileKey> = if std::mem::take(&mut self.all_dirty) {
             self.files.keys().copied().collect()
         } else {
@@ -363,7 +373,7 @@ impl Tailer {
                         self.ckpt_dirty = true;
                     }
                     f.orphan_since = None;
-                } else if let Some(key) = self.discover(&path, now, skip_existing, None) {
+                } else if let Some(key) = self.discover(&path, now, skip_existing, None, None) {
                     // Opened by now: its key is what the descriptor says.
                     paths.insert(path, key);
                     seen.insert(key);
@@ -391,14 +401,48 @@ impl Tailer {
         self.scans += 1;
     }
 
+    /// A file created under the globs and renamed out of them before a scan saw it (a busy
+    /// tailer, a short-lived log) would never be read: the rename names both paths, so it is
+    /// followed at its new path from its start, as a rotated file. (Without inotify, or when
+    /// it moved again before this runs, only the scans can find files.)
+    fn follow_missed_renames(&mut self, now: Instant) {
+        for (from, to) in std::mem::take(&mut self.renames) {
+            // Ours if this is the first input whose globs matched `from`; still under some
+            // input's globs, the scans follow it.
+            let ours = self.store.first_input_matching(&from) == Some(self.cfg.input);
+            if !ours || self.store.first_input_matching(&to).is_some() {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&to) else {
+                continue;
+            };
+            if !meta.is_file() || self.files.contains_key(&FileKey::of(&meta)) {
+                continue;
+            }
+            if let Some(key) = self.discover(&to, now, false, None, Some(from.clone())) {
+                self.intake.stats().rotations.fetch_add(1, Relaxed);
+                self.dirty.insert(key);
+                tracing::info!(
+                    input = %self.intake.stats().name,
+                    from = %from.display(),
+                    to = %to.display(),
+                    "a file was rotated before lineship first read it; reading it from its start"
+                );
+            }
+        }
+    }
+
     /// Opens and follows a file not followed yet. `resume` is a checkpoint entry found by a
     /// directory search (an orphan); otherwise the store is asked for one by key.
+    /// `rotated_from`: the file was found renamed away from this path (an orphan, read from
+    /// its start).
     fn discover(
         &mut self,
         path: &Path,
         now: Instant,
         skip_existing: bool,
         resume: Option<Entry>,
+        rotated_from: Option<PathBuf>,
     ) -> Option<FileKey> {
         let file = match File::open(path) {
             Ok(f) => f,
@@ -441,8 +485,11 @@ impl Tailer {
             return None;
         }
         let fp = Fingerprint::of(&prefix);
-        let origin = resume.as_ref().map(|e| PathBuf::from(&e.path));
-        let orphan = resume.is_some();
+        let orphan = resume.is_some() || rotated_from.is_some();
+        let origin = resume
+            .as_ref()
+            .map(|e| PathBuf::from(&e.path))
+            .or(rotated_from);
         let entry = resume.or_else(|| self.store.claim(key));
         let offset = match entry {
             Some(e) if e.fingerprint().matches(&prefix) => {
@@ -508,7 +555,7 @@ impl Tailer {
             match found {
                 Some(p) => {
                     tracing::info!(input = %self.intake.stats().name, was = %e.path, now = %p.display(), offset = e.offset, "found a file rotated while lineship was down; reading it to its end");
-                    self.discover(&p, now, false, Some(e));
+                    self.discover(&p, now, false, Some(e), None);
                 }
                 None => tracing::info!(
                     input = %self.intake.stats().name,

@@ -319,6 +319,9 @@ impl Harness {
                 };
                 let to = self.logs.join(name);
                 std::fs::rename(&self.streams[stream].path, &to).unwrap();
+                // As the watcher reports it (a known file: nothing to do but rescan).
+                let from = self.streams[stream].path.clone();
+                self.tailer.as_mut().unwrap().renamed(&from, &to);
                 self.streams[stream].current = to.clone();
                 self.streams[stream].rotated_at = Some(self.now);
                 self.rotated.push(to);
@@ -565,5 +568,33 @@ fn a_rotated_file_ending_without_a_newline_ships_its_last_line_and_closes() {
         "the unterminated last line shipped"
     );
     assert_eq!(h.tailer.as_ref().unwrap().files_open(), open - 1);
+    h.check().unwrap();
+}
+
+#[test]
+fn a_file_rotated_away_before_any_scan_saw_it_is_read_from_the_rename_event() {
+    let mut h = Harness::new(0, false);
+    h.sync();
+    // Created under the glob and renamed out of it between two steps: no scan ever lists it.
+    let live = h.logs.join("short.log");
+    let gone = h.logs.join("short.log.1");
+    let mut w = append_file(&live);
+    for _ in 0..5 {
+        h.seq += 1;
+        writeln!(w, "{}", line(h.seq)).unwrap();
+        h.appended.push(h.seq);
+    }
+    std::fs::rename(&live, &gone).unwrap();
+    // A late line into the renamed file, as a writer that has not reopened yet would add.
+    h.seq += 1;
+    writeln!(w, "{}", line(h.seq)).unwrap();
+    h.appended.push(h.seq);
+    drop(w);
+    // What the watcher reports: one rename naming both paths.
+    h.tailer.as_mut().unwrap().renamed(&live, &gone);
+    h.sync();
+    let mut got = h.delivered.clone();
+    got.sort_unstable();
+    assert_eq!(got, h.appended, "every line of the short-lived file");
     h.check().unwrap();
 }
