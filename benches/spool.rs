@@ -50,86 +50,71 @@ fn bench(c: &mut Criterion) {
         fsync_interval: Duration::from_millis(500),
     };
     let batches: Vec<Batch> = (0..RECORDS).map(batch).collect();
-    let mut g = c.benchmark_group("spool");
-    g.throughput(Throughput::Bytes((RECORD * RECORDS) as u64));
-    g.sample_size(10);
-    g.bench_function("append 64 MiB + sync", |b| {
-        b.iter_with_setup(
-            || tempfile::tempdir().unwrap(),
-            |dir| {
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
-                for batch in &batches {
-                    sp.append(batch, || false).unwrap();
-                }
-                sp.sync().unwrap();
-                dir
-            },
-        )
-    });
-    g.bench_function("replay 64 MiB (next + ack)", |b| {
-        b.iter_with_setup(
-            || {
-                let dir = tempfile::tempdir().unwrap();
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
-                for batch in &batches {
-                    sp.append(batch, || false).unwrap();
-                }
-                sp.sync().unwrap();
-                drop(sp);
-                dir
-            },
-            |dir| {
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
-                let mut n = 0;
-                while let Some((id, _)) = sp.next() {
-                    sp.ack(id);
-                    n += 1;
-                }
-                assert_eq!(n, RECORDS);
-                sp.sync().unwrap();
-                dir
-            },
-        )
-    });
-    g.finish();
-
+    append_and_replay(
+        c,
+        "spool",
+        Throughput::Bytes((RECORD * RECORDS) as u64),
+        "64 MiB",
+        &batches,
+        &settings,
+    );
     let small: Vec<Batch> = (0..SMALL_RECORDS).map(|i| sized_batch(i, SMALL)).collect();
-    let mut g = c.benchmark_group("spool small records");
-    g.throughput(Throughput::Elements(SMALL_RECORDS as u64));
+    append_and_replay(
+        c,
+        "spool small records",
+        Throughput::Elements(SMALL_RECORDS as u64),
+        "20k x 1 KiB",
+        &small,
+        &settings,
+    );
+}
+
+/// Appends `batches` to an empty spool and syncs.
+fn filled(dir: &std::path::Path, batches: &[Batch], settings: &SpoolSettings) -> Spool {
+    let sp = Spool::open(dir, settings, Arc::new(Stats::default())).unwrap();
+    for batch in batches {
+        sp.append(batch, || false).unwrap();
+    }
+    sp.sync().unwrap();
+    sp
+}
+
+/// Benchmarks `append {what} + sync` and `replay {what} (next + ack)` in group `group`.
+fn append_and_replay(
+    c: &mut Criterion,
+    group: &str,
+    throughput: Throughput,
+    what: &str,
+    batches: &[Batch],
+    settings: &SpoolSettings,
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(throughput);
     g.sample_size(10);
-    g.bench_function("append 20k x 1 KiB + sync", |b| {
+    g.bench_function(format!("append {what} + sync"), |b| {
         b.iter_with_setup(
             || tempfile::tempdir().unwrap(),
             |dir| {
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
-                for batch in &small {
-                    sp.append(batch, || false).unwrap();
-                }
-                sp.sync().unwrap();
+                filled(dir.path(), batches, settings);
                 dir
             },
         )
     });
-    g.bench_function("replay 20k x 1 KiB (next + ack)", |b| {
+    g.bench_function(format!("replay {what} (next + ack)"), |b| {
         b.iter_with_setup(
             || {
                 let dir = tempfile::tempdir().unwrap();
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
-                for batch in &small {
-                    sp.append(batch, || false).unwrap();
-                }
-                sp.sync().unwrap();
-                drop(sp);
+                filled(dir.path(), batches, settings);
                 dir
             },
             |dir| {
-                let sp = Spool::open(dir.path(), &settings, Arc::new(Stats::default())).unwrap();
+                let sp = Spool::open(dir.path(), settings, Arc::new(Stats::default())).unwrap();
                 let mut n = 0;
                 while let Some((id, _)) = sp.next() {
                     sp.ack(id);
                     n += 1;
                 }
-                assert_eq!(n, SMALL_RECORDS);
+                assert_eq!(n, batches.len());
                 sp.sync().unwrap();
                 dir
             },
