@@ -52,6 +52,23 @@ fn daemon(cfg: &Path, env: &[(&str, &str)]) -> Daemon {
     Daemon::spawn_with_open_stdin(cmd)
 }
 
+/// A daemon with `/metrics` and `/health` on a free port, and that endpoint's address.
+fn daemon_with_telemetry(
+    dir: &Path,
+    url: &str,
+    output_extra: &str,
+) -> (Daemon, std::net::SocketAddr) {
+    let cfg = config(
+        dir,
+        url,
+        output_extra,
+        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut d = daemon(&cfg, &[]);
+    let addr = telemetry_addr(&mut d);
+    (d, addr)
+}
+
 /// `n` distinct valid lines starting at `from`.
 fn lines(from: usize, n: usize) -> Vec<u8> {
     (from..from + n)
@@ -207,14 +224,7 @@ fn statuses_answered(fake: &FakeInflux, status: u16) -> u64 {
 fn metrics_count_the_traffic_and_health_follows_the_server() {
     let fake = FakeInflux::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &fake.url(),
-        "token = \"t\"",
-        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let mut d = daemon(&cfg, &[]);
-    let addr = telemetry_addr(&mut d);
+    let (mut d, addr) = daemon_with_telemetry(dir.path(), &fake.url(), "token = \"t\"");
 
     let (code, _, body) = get(addr, "/health");
     assert_eq!(code, 200, "{body}");
@@ -489,14 +499,7 @@ fn memory_gauge_shows_batches_waiting_for_a_slow_server() {
     let fake = FakeInflux::start();
     fake.set_response_delay(Duration::from_secs(3));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &fake.url(),
-        "token = \"t\"",
-        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let mut d = daemon(&cfg, &[]);
-    let addr = telemetry_addr(&mut d);
+    let (mut d, addr) = daemon_with_telemetry(dir.path(), &fake.url(), "token = \"t\"");
     d.write_stdin(&lines(0, 100));
     assert!(
         wait_until(T, || metric(&scrape(addr), "lineship_memory_bytes") > 0),
@@ -524,14 +527,7 @@ fn the_health_probe_reports_an_unreachable_server_before_any_data_and_its_return
     let port = holder.local_addr().unwrap().as_socket().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &url,
-        "",
-        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let mut d = daemon(&cfg, &[]);
-    let addr = telemetry_addr(&mut d);
+    let (d, addr) = daemon_with_telemetry(dir.path(), &url, "");
     // No line was sent, yet GET /ping finds the server missing: logged once, /health 503.
     assert!(
         wait_until(T, || get(addr, "/health").0 == 503),
@@ -575,14 +571,7 @@ fn the_health_probe_reports_an_unreachable_server_before_any_data_and_its_return
 fn the_health_probe_never_clears_a_rejected_token() {
     let fake = FakeInflux::start().default_reply(Reply::influx_error(401, "unauthorized access"));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &fake.url(),
-        "token = \"wrong\"",
-        "[telemetry]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let mut d = daemon(&cfg, &[]);
-    let addr = telemetry_addr(&mut d);
+    let (mut d, addr) = daemon_with_telemetry(dir.path(), &fake.url(), "token = \"wrong\"");
     assert!(wait_until(T, || get(addr, "/health").0 == 200));
     d.write_stdin(&lines(0, 10));
     assert!(wait_until(T, || get(addr, "/health").0 == 503));

@@ -493,15 +493,12 @@ fn file_rotated_away_before_a_crash_is_found_again() {
     h.check().unwrap();
 }
 
-/// A writer that logs rarely can finish with a rotated file long after the rename: the file
-/// stays open, and is read, until it has had no new data for `orphan_grace` (the input's
-/// `rotate_wait`); then it is closed.
-#[test]
-fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
+/// Two lines appended to stream 0, which is then rotated out of the globs and synced;
+/// returns the harness and the application's handle, still on the renamed file.
+fn rotated_with_writer_handle() -> (Harness, File) {
     let mut h = Harness::new(0, false);
     h.sync();
-    // The application's own handle: it keeps writing to the old file after the rename.
-    let mut app = append_file(&h.streams[0].path);
+    let app = append_file(&h.streams[0].path);
     h.apply(&Action::Append {
         stream: 0,
         lines: 2,
@@ -511,6 +508,16 @@ fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
         matched: false,
     });
     h.sync();
+    (h, app)
+}
+
+/// A writer that logs rarely can finish with a rotated file long after the rename: the file
+/// stays open, and is read, until it has had no new data for `orphan_grace` (the input's
+/// `rotate_wait`); then it is closed.
+#[test]
+fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
+    // The application's own handle: it keeps writing to the old file after the rename.
+    let (mut h, mut app) = rotated_with_writer_handle();
     // Quiet for most of the wait, then one late line into the renamed file.
     h.now += GRACE - Duration::from_secs(1);
     h.seq += 1;
@@ -533,18 +540,8 @@ fn rotated_file_is_read_until_idle_for_rotate_wait_then_closed() {
 
 #[test]
 fn a_rotated_file_ending_without_a_newline_ships_its_last_line_and_closes() {
-    let mut h = Harness::new(0, false);
-    h.sync();
-    let mut app = append_file(&h.streams[0].path);
-    h.apply(&Action::Append {
-        stream: 0,
-        lines: 2,
-    });
-    h.apply(&Action::Rotate {
-        stream: 0,
-        matched: false,
-    });
-    h.sync();
+    // The application's own handle: it keeps writing to the old file after the rename.
+    let (mut h, mut app) = rotated_with_writer_handle();
     // The writer's last words, without a newline, and then it goes away for good.
     h.seq += 1;
     write!(app, "{}", line(h.seq)).unwrap();
