@@ -1,8 +1,14 @@
 //! Spool tests: framing, scanning, policies, recovery, and a model-based property test with
 //! crashes and damage.
 
+use super::cursor::CURSOR;
+use super::record::record_crc;
 use super::*;
+use crate::batch::{Dest, Encoding};
+use crate::line::Precision;
+use bytes::Bytes;
 use proptest::prelude::*;
+use std::io::Read;
 
 fn settings(max_size: u64, when_full: WhenFull, fsync: FsyncPolicy) -> SpoolSettings {
     SpoolSettings {
