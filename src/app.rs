@@ -417,13 +417,29 @@ fn forward_reloads(mut reloads: watch::Receiver<u64>, rescan: Arc<AtomicU64>) {
 /// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.
 fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join("lock");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    // Never through a symlink: the file is truncated below. Whatever is not a regular file
+    // is renamed aside (a planted link must not keep the daemon from starting either).
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        if !m.is_file() {
+            let aside = crate::statefile::unused_name(&dir.join("lock.not-ours"));
+            std::fs::rename(&path, &aside).with_context(|| {
+                format!(
+                    "{} is not a regular file and cannot be renamed aside; remove it",
+                    path.display()
+                )
+            })?;
+            tracing::warn!(path = %path.display(), moved_to = %aside.display(), "the lock file was not a regular file; it was renamed aside untouched");
+        }
+    }
+    let mut f = crate::statefile::open(
+        &path,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .with_context(|| format!("cannot open lock file {}", path.display()))?;
     // SAFETY: flock on a valid, owned file descriptor.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -439,4 +455,28 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     f.rewind()?;
     write!(f, "{}", std::process::id())?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_lock_file_is_never_truncated_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("lock")).unwrap();
+        let _lock = lock_state_dir(&state).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(state.join("lock"))
+            .unwrap()
+            .is_file());
+        assert!(std::fs::symlink_metadata(state.join("lock.not-ours"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
 }

@@ -27,6 +27,7 @@ pub mod reload;
 pub mod sd_notify;
 pub mod service;
 pub mod spool;
+pub mod statefile;
 pub mod telemetry;
 pub mod watchdog;
 

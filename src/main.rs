@@ -154,6 +154,13 @@ fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
                 .filter_map(|s| s.scan.as_ref())
                 .map(|s| s.records.len())
                 .sum();
+            if inspection.set_aside > 0 {
+                println!(
+                    "note: {} holds {} file(s) set aside earlier (their losses were counted and logged then); remove them once examined",
+                    dir.join("corrupt").display(),
+                    inspection.set_aside
+                );
+            }
             if problems.is_empty() {
                 println!(
                     "spool {} is intact: {} segments, {records} records, every CRC matches",

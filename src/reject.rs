@@ -6,7 +6,7 @@
 //! file rotates to `rejected.lp.1` at half the cap, so at most the cap is kept, and what rotates
 //! out is gone (the count stays in the metrics).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,9 +32,9 @@ impl DeadLetter {
     pub fn open(state_dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
         use anyhow::Context;
         let dir = state_dir.join("rejected");
-        std::fs::create_dir_all(&dir)
+        crate::statefile::ensure_dir(&dir)
             .with_context(|| format!("cannot create dead-letter directory {}", dir.display()))?;
-        let size = std::fs::metadata(dir.join(FILE))
+        let size = std::fs::symlink_metadata(dir.join(FILE))
             .map(|m| m.len())
             .unwrap_or(0);
         Ok(DeadLetter {
@@ -77,12 +77,18 @@ impl DeadLetter {
             g.size = 0;
         }
         if g.file.is_none() {
-            g.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join(FILE))?,
-            );
+            // Never through a symlink planted in state_dir (see `statefile`): whatever is not
+            // a regular file is renamed aside, and a file of ours takes its place.
+            let path = self.dir.join(FILE);
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if !m.is_file() {
+                    let aside = self.dir.join(format!("{FILE}.not-ours"));
+                    std::fs::rename(&path, &aside)?;
+                    tracing::warn!(path = %path.display(), moved_to = %aside.display(), kind = crate::statefile::kind_name(m.file_type()), "the dead-letter file was not a regular file; it was renamed aside, untouched");
+                    g.size = 0;
+                }
+            }
+            g.file = Some(crate::statefile::open_append(&path)?);
         }
         g.file.as_mut().expect("opened above").write_all(rec)?;
         g.size += rec.len() as u64;
@@ -166,6 +172,30 @@ mod tests {
             .unwrap()
             .len();
         assert!(live + old <= 400, "{live} + {old}");
+    }
+
+    #[test]
+    fn a_symlinked_dead_letter_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::create_dir_all(dir.path().join("rejected")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("rejected").join(FILE)).unwrap();
+        let dl = DeadLetter::open(dir.path(), 1 << 20).unwrap();
+        dl.write("stdin", "bad", b"m f=x");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let text = std::fs::read_to_string(dl.path()).unwrap();
+        assert!(text.contains("m f=x\n"), "{text}");
+        // A symlinked rejected/ directory is renamed aside, never written through.
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), other.path().join("rejected")).unwrap();
+        let dl = DeadLetter::open(other.path(), 1 << 20).unwrap();
+        dl.write("stdin", "bad", b"m f=y");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        assert!(std::fs::read_to_string(dl.path())
+            .unwrap()
+            .contains("m f=y"));
     }
 
     #[test]

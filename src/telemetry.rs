@@ -160,6 +160,8 @@ pub struct Stats {
     pub spool_dropped_lines: AtomicU64,
     /// Damaged spool records skipped at recovery or replay.
     pub spool_corrupt_records: AtomicU64,
+    /// Lines in them, where the spool could tell.
+    pub spool_corrupt_lines: AtomicU64,
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub health: Mutex<Health>,
     /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).

@@ -152,3 +152,64 @@ fn verify_names_damage_and_the_daemon_still_starts() {
         got.len()
     );
 }
+
+#[test]
+fn a_zeroed_middle_segment_is_counted_exactly_and_fails_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeInflux::start().default_reply(Reply::status(503));
+    let cfg = config(dir.path(), &fake.url());
+    // 1 MiB segments of identity batches: about 6 MB of lines makes several segments.
+    let text =
+        std::fs::read_to_string(&cfg).unwrap() + "gzip_level = 0\n[spool]\nmax_size = \"8MiB\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let out = run_stdin(&cfg, &lines(0, 100_000), T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+
+    let spool = dir.path().join("state/spool");
+    let mut segs: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let len = std::fs::metadata(&segs[1]).unwrap().len() as usize;
+    std::fs::write(&segs[1], vec![0u8; len]).unwrap();
+
+    let verify = lineship(&["spool", "verify"], &cfg);
+    assert_eq!(verify.code, Some(1), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains(&segs[1].display().to_string()),
+        "{}",
+        verify.stdout
+    );
+    let lost: usize = verify
+        .stdout
+        .lines()
+        .find_map(|l| {
+            let at = l.find(" lines LOST")?;
+            l[..at].rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no count of lost lines: {}", verify.stdout));
+    assert!(lost > 0);
+
+    fake.set_default_reply(Reply::status(204));
+    let out = run_stdin(&cfg, b"", T);
+    assert!(
+        out.stderr.contains("LOST") && out.stderr.contains(&format!("lines={lost}")),
+        "the loss is logged with its lines: {}",
+        out.stderr
+    );
+    assert_eq!(
+        seqs(&fake).len() + lost,
+        100_000,
+        "every line is delivered or counted as lost"
+    );
+    let verify = lineship(&["spool", "verify"], &cfg);
+    assert_eq!(verify.code, Some(0), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("corrupt"),
+        "the file set aside is noted: {}",
+        verify.stdout
+    );
+}

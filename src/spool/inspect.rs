@@ -4,13 +4,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::cursor::read_cursor;
+use super::cursor::{read_cursor, Cursor};
+use super::loss::{account, Found, Loss};
 use super::scan::scan_segment_file;
-use super::{list_segments, Backlog, SegmentScan};
+use super::{list_segments, segment_path, Backlog, SegmentScan};
 
 /// What `verify` found in one segment.
 #[derive(Debug, Clone)]
 pub struct SegmentReport {
+    pub id: u64,
     pub path: PathBuf,
     pub scan: Option<SegmentScan>,
     pub read_error: Option<String>,
@@ -19,36 +21,70 @@ pub struct SegmentReport {
 /// What an offline inspection of the spool found.
 #[derive(Debug, Clone, Default)]
 pub struct Inspection {
-    /// Persisted replay position (segment id, offset), if readable.
-    pub cursor: Option<(u64, u64)>,
+    pub dir: PathBuf,
+    /// Persisted replay position, if readable.
+    pub cursor: Option<Cursor>,
     pub segments: Vec<SegmentReport>,
+    /// Records lost to damage after the cursor (what the daemon counts at its next start).
+    pub losses: Vec<Loss>,
+    /// Files set aside in `corrupt/` earlier (their losses were counted then).
+    pub set_aside: usize,
 }
 
 /// Reads every segment and checks every CRC, changing nothing.
 pub fn inspect(state_dir: &Path) -> io::Result<Inspection> {
     let dir = state_dir.join("spool");
-    if !dir.exists() {
-        return Ok(Inspection::default());
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Inspection {
+                dir,
+                ..Inspection::default()
+            })
+        }
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a directory (a symlink?); lineship never follows one there",
+                    dir.display()
+                ),
+            ))
+        }
+        Ok(_) => {}
     }
     let cursor = read_cursor(&dir);
-    let mut out = Vec::new();
-    for (_, path) in list_segments(&dir)? {
-        match scan_segment_file(&path) {
-            Ok((scan, _)) => out.push(SegmentReport {
-                path,
-                scan: Some(scan),
-                read_error: None,
-            }),
-            Err(e) => out.push(SegmentReport {
-                path,
-                scan: None,
-                read_error: Some(e.to_string()),
-            }),
-        }
+    let mut segments = Vec::new();
+    for (id, path) in list_segments(&dir)? {
+        let (scan, read_error) = match scan_segment_file(&path) {
+            Ok((scan, _)) => (Some(scan), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        segments.push(SegmentReport {
+            id,
+            path,
+            scan,
+            read_error,
+        });
     }
+    let found: Vec<Found<'_>> = segments
+        .iter()
+        .map(|s| Found {
+            id: s.id,
+            scan: match (&s.scan, &s.read_error) {
+                (Some(scan), _) => Ok(scan),
+                (None, e) => Err(e.as_deref().unwrap_or("unreadable")),
+            },
+        })
+        .collect();
+    let losses = account(&found, cursor.as_ref());
+    let set_aside = std::fs::read_dir(dir.join("corrupt")).map_or(0, |d| d.count());
     Ok(Inspection {
+        dir,
         cursor,
-        segments: out,
+        segments,
+        losses,
+        set_aside,
     })
 }
 
@@ -58,15 +94,10 @@ impl Inspection {
         let mut b = Backlog::default();
         for seg in &self.segments {
             let Some(scan) = &seg.scan else { continue };
-            let id = segment_id(&seg.path);
             b.segments += 1;
             b.bytes += scan.records.last().map_or(0, |r| r.offset + r.len as u64);
             for r in &scan.records {
-                let delivered = match (self.cursor, id) {
-                    (Some((cseg, coff)), Some(id)) => id < cseg || (id == cseg && r.offset < coff),
-                    _ => false,
-                };
-                if !delivered {
+                if !self.cursor.is_some_and(|c| c.passed(seg.id, r.offset)) {
                     b.records += 1;
                     b.lines += r.lines as u64;
                     b.oldest_created_at_ms = Some(
@@ -79,7 +110,8 @@ impl Inspection {
         b
     }
 
-    /// One line per problem: which file, which offset, what is wrong. Empty when all is well.
+    /// One line per problem: which file, which offset, what is wrong, what was lost. Empty
+    /// when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for seg in &self.segments {
@@ -93,16 +125,30 @@ impl Inspection {
                 }
                 if let Some(t) = scan.torn_tail {
                     if !scan.damaged.iter().any(|(o, _, _)| *o == t) {
-                        out.push(format!("{p}: torn record at offset {t} (an interrupted write; the daemon truncates it at start)"));
+                        out.push(format!("{p}: record cut short at offset {t} (in the newest segment: an append a crash interrupted; the daemon truncates it at start)"));
                     }
                 }
             }
         }
+        for l in &self.losses {
+            let lines = l
+                .lines
+                .map_or("an unknown number of".to_owned(), |n| n.to_string());
+            match &l.at {
+                Some(at) => out.push(format!(
+                    "{}: {} record(s) with {lines} lines LOST from offset {} ({})",
+                    segment_path(&self.dir, at.segment).display(),
+                    l.records,
+                    at.offset,
+                    at.what
+                )),
+                None => out.push(format!(
+                    "{}: {} record(s) with {lines} lines are missing (no damaged bytes found: was a segment file removed?)",
+                    self.dir.display(),
+                    l.records
+                )),
+            }
+        }
         out
     }
-}
-
-fn segment_id(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?.strip_suffix(".seg")?;
-    u64::from_str_radix(name, 16).ok()
 }

@@ -6,67 +6,92 @@
 //! - `NNNNNNNNNNNNNNNN.seg`: segment files (16 hex digits, increasing). Records are appended to
 //!   the newest segment; a new segment starts when the current one would pass the segment size
 //!   (`max_size / 8`, between 64 KiB and 32 MiB).
-//! - `cursor`: where replay resumes: `segment id (u64 LE) | offset (u64 LE) | crc32c (u32 LE)`
-//!   over the first 16 bytes. Written as `cursor.tmp`, fsync, rename, directory fsync. Every
-//!   record before the cursor has been delivered. A missing or damaged cursor means "from the
-//!   oldest record" (at-least-once: some records may be sent twice, none lost).
-//! - `corrupt/`: segments that could not be read are moved here, never deleted.
+//! - `cursor`: where replay resumes, 52 bytes, all u64 LE: `segment id | offset | next record
+//!   number | next line number | synced record number | synced line number`, then a crc32c (u32
+//!   LE) over them. Every record before (segment, offset) has been delivered; the first record
+//!   there is numbered `next`; every record numbered below `synced` was durable when the cursor
+//!   was written. Written as `cursor.tmp` + rename: after each acknowledgement without fsync (at
+//!   most every 2 ms, so a crash re-sends little more than what was in flight), with fsync and a
+//!   directory fsync at every [`Spool::sync`] and before delivered segments are deleted. A
+//!   20-byte version 1 cursor (no numbers) is still read. A missing or damaged cursor means "from
+//!   the oldest record" (at-least-once: some records may be sent twice, none lost).
+//! - `corrupt/`: what recovery cannot replay (a segment with no valid record, anything that is
+//!   not a regular file) is moved here untouched, never deleted.
 //!
-//! # Record format, version 1 (all integers little endian)
+//! Nothing in the directory is followed: files are opened with `O_NOFOLLOW` and must be regular
+//! files; new segments are created with `O_EXCL` (see [`crate::statefile`]).
+//!
+//! # Record format, version 2 (all integers little endian)
 //!
 //! ```text
 //! offset size  field
 //!  0     4     magic "LSPL"
-//!  4     1     format version = 1
+//!  4     1     format version = 2 (version 1 is still read)
 //!  5     1     encoding: 0 identity, 1 gzip
 //!  6     1     precision: 0 ns, 1 us, 2 ms, 3 s
 //!  7     1     reserved = 0
 //!  8     4     payload length P
 //! 12     4     crc32c over bytes 4..12 and the payload
-//! 16     P     payload: created_at_ms u64 | lines u32 | raw_len u32 | bucket_len u16 | bucket | body
+//! 16     P     payload: created_at_ms u64 | lines u32 | raw_len u32 | bucket_len u16 |
+//!              record number u64 | lines before u64 | bucket | body
 //! ```
+//!
+//! Version 1 has no record number and no lines-before. Records are numbered consecutively, so
+//! a gap between records read back is exactly the records and lines lost there (`loss.rs`).
 //!
 //! # Invariants
 //!
 //! - A record is returned by [`Spool::next`] only if its CRC matched when it was read.
-//! - Recovery never refuses to start: a torn tail (a partial record at the end of the newest
-//!   segment) is truncated; a corrupt record is skipped and counted (the scan resynchronises on
-//!   the next valid record); a segment that cannot be read is moved to `corrupt/`.
+//! - Recovery never refuses to start (`recover.rs`): a torn tail (an append a crash
+//!   interrupted, at the end of the newest segment) is truncated; damage anywhere else is
+//!   skipped, never truncated; a segment with nothing valid in it is moved to `corrupt/`.
+//!   Every lost record is counted (`lineship_spool_corrupt_records`, and its lines) and logged
+//!   at error with its file and offset.
 //! - Recovery and inspection read a segment through a fixed window (`scan.rs`), never whole:
 //!   their memory does not grow with the segment size.
 //! - Records are handed out oldest first; acknowledgements may come out of order, and the
 //!   cursor only moves over a contiguous acknowledged prefix. Fully acknowledged segments are
-//!   deleted (deleting before the cursor is persisted is safe: a cursor pointing at a missing
-//!   segment resumes at the next one).
+//!   deleted, the newest one included (a drained spool holds no disk space), after the cursor
+//!   has passed them. New segment ids are above every id seen, the cursor's included, so a new
+//!   record is never taken for a delivered one.
 //! - `fsync`: `always` syncs each append before it returns; `interval` syncs from the caller's
 //!   periodic [`Spool::sync`]; `never` leaves it to the OS.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{Ack, Batch};
 use crate::config::{FsyncPolicy, SpoolSettings, WhenFull};
 use crate::telemetry::Stats;
 
+use crate::statefile;
+
 mod cursor;
 mod inspect;
+mod loss;
 mod record;
+mod recover;
 mod scan;
 
-use cursor::{read_cursor, write_cursor};
+use cursor::write_cursor;
+pub use cursor::Cursor;
 pub use inspect::{inspect, Inspection, SegmentReport};
+pub use loss::{Loss, Place};
 pub use record::{
-    encode_record, parse_record, scan_segment, Damage, RecordMeta, ScannedRecord, SegmentScan,
+    encode_record, parse_record, scan_segment, Damage, RecordMeta, ScannedRecord, SegmentScan, Seq,
 };
-use record::{HEADER, MAGIC, MAX_PAYLOAD, META_FIXED, VERSION};
-use scan::scan_segment_file;
+use record::{HEADER, MAGIC};
+use recover::{list_segments, segment_path};
 pub use scan::scan_segment_reader;
+
+/// Replay progress is written at most this often between syncs (see [`Spool::ack`]).
+const PROGRESS_EVERY: Duration = Duration::from_millis(2);
 
 // ---------------------------------------------------------------------------------------------
 // The spool.
@@ -91,6 +116,8 @@ struct Rec {
     len: u32,
     lines: u32,
     created_at_ms: u64,
+    /// `None` for version 1 records.
+    seq: Option<Seq>,
     state: RecState,
 }
 
@@ -210,9 +237,15 @@ struct State {
     dirty: bool,
     /// Acks waiting for the next fsync before they may be released.
     pending_acks: Vec<Ack>,
-    /// Cursor last persisted.
-    persisted_cursor: Option<(u64, u64)>,
+    /// Cursor last persisted, whether with fsync, and when (by this process).
+    persisted_cursor: Option<Cursor>,
+    persisted_durable: bool,
+    cursor_written_at: Option<Instant>,
+    /// Records numbered below this are durable per the fsync policy.
+    synced_seq: Seq,
     next_segment_id: u64,
+    /// The number of the next record appended.
+    next_seq: Seq,
     /// A cached reader for the segment replay reads from.
     reader: Option<(u64, File)>,
 }
@@ -227,64 +260,12 @@ impl Spool {
     ) -> anyhow::Result<Spool> {
         use anyhow::Context;
         let dir = state_dir.join("spool");
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create spool directory {}", dir.display()))?;
-        let cursor = read_cursor(&dir);
-        let mut segments = VecDeque::new();
-        for (id, path) in list_segments(&dir)
-            .with_context(|| format!("cannot list spool directory {}", dir.display()))?
-        {
-            let (scan, len) = match scan_segment_file(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    move_aside(&dir, &path, &e.to_string());
-                    continue;
-                }
-            };
-            for (offset, damage, skipped) in &scan.damaged {
-                stats.spool_corrupt_records.fetch_add(1, Relaxed);
-                tracing::error!(
-                    segment = %path.display(),
-                    offset,
-                    skipped_bytes = skipped,
-                    damage = ?damage,
-                    "spool record is damaged and was skipped; the lines in it are lost"
-                );
-            }
-            let mut size = len;
-            if let Some(tail) = scan.torn_tail {
-                tracing::warn!(segment = %path.display(), offset = tail, "truncating a torn record at the end of a spool segment (an interrupted write)");
-                if let Err(e) = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(tail))
-                {
-                    tracing::error!(segment = %path.display(), error = %e, "cannot truncate the torn tail; new records go to a new segment");
-                }
-                size = tail;
-            }
-            let mut records: VecDeque<Rec> = scan
-                .records
-                .iter()
-                .map(|r| Rec {
-                    offset: r.offset,
-                    len: r.len,
-                    lines: r.lines,
-                    created_at_ms: r.created_at_ms,
-                    state: RecState::Pending,
-                })
-                .collect();
-            // Records before the cursor were delivered.
-            if let Some((cseg, coff)) = cursor {
-                if id < cseg {
-                    records.clear();
-                } else if id == cseg {
-                    records.retain(|r| r.offset >= coff);
-                }
-            }
-            segments.push_back(Segment::new(id, size, records));
-        }
-        let next_segment_id = segments.back().map_or(1, |s| s.id + 1);
+        let rec = recover::recover(&dir, &stats).with_context(|| {
+            format!(
+                "cannot open the spool directory {}; check that it is a directory lineship may write to",
+                dir.display()
+            )
+        })?;
         let segment_size = (settings.max_size / 8).clamp(64 << 10, 32 << 20);
         let spool = Spool {
             dir,
@@ -292,12 +273,16 @@ impl Spool {
             segment_size,
             stats,
             state: Mutex::new(State {
-                segments,
+                segments: rec.segments,
                 writer: None,
                 dirty: false,
                 pending_acks: Vec::new(),
-                persisted_cursor: cursor,
-                next_segment_id,
+                persisted_cursor: rec.cursor,
+                persisted_durable: true,
+                cursor_written_at: None,
+                synced_seq: rec.next_seq,
+                next_segment_id: rec.next_segment_id,
+                next_seq: rec.next_seq,
                 reader: None,
             }),
             freed: Condvar::new(),
@@ -306,6 +291,12 @@ impl Spool {
             let mut st = spool.state.lock().unwrap();
             spool.collect_garbage(&mut st);
             spool.update_gauges(&st);
+            if rec.lost {
+                // Past the gap, so the loss is not counted again at the next start.
+                if let Err(e) = spool.persist_cursor(&mut st, true) {
+                    tracing::warn!(error = %e, spool = %spool.dir.display(), "cannot write the spool cursor after recovery");
+                }
+            }
         }
         Ok(spool)
     }
@@ -339,8 +330,9 @@ impl Spool {
         batch: &Batch,
         give_up: impl Fn() -> bool,
     ) -> io::Result<(Appended, Vec<Ack>)> {
-        let rec = encode_record(batch, now_ms());
         let mut st = self.state.lock().unwrap();
+        let seq = st.next_seq;
+        let rec = encode_record(batch, now_ms(), seq);
         loop {
             let used = st.segments.iter().map(|s| s.size).sum::<u64>();
             if used + rec.len() as u64 <= self.settings.max_size || st.segments.is_empty() {
@@ -383,15 +375,18 @@ impl Spool {
             len: rec.len() as u32,
             lines: batch.lines,
             created_at_ms: now_ms(),
+            seq: Some(seq),
             state: RecState::Pending,
         });
         seg.size = offset + rec.len() as u64;
+        st.next_seq = seq.after(batch.lines);
         self.update_gauges(&st);
         let acks = match self.settings.fsync {
             FsyncPolicy::Always => {
                 if let Some((_, f)) = &st.writer {
                     f.sync_data()?;
                 }
+                st.synced_seq = st.next_seq;
                 batch.acks.clone()
             }
             FsyncPolicy::Interval => {
@@ -399,7 +394,10 @@ impl Spool {
                 st.pending_acks.extend_from_slice(&batch.acks);
                 Vec::new()
             }
-            FsyncPolicy::Never => batch.acks.clone(),
+            FsyncPolicy::Never => {
+                st.synced_seq = st.next_seq;
+                batch.acks.clone()
+            }
         };
         Ok((Appended::Stored, acks))
     }
@@ -421,15 +419,7 @@ impl Spool {
                     f.sync_data()?;
                 }
             }
-            let id = st.next_segment_id;
-            st.next_segment_id += 1;
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, id))?;
-            sync_dir(&self.dir)?;
-            st.segments.push_back(Segment::new(id, 0, VecDeque::new()));
-            st.writer = Some((id, f));
+            self.new_segment(st)?;
         }
         let (id, f) = st.writer.as_mut().expect("writer opened above");
         let id = *id;
@@ -484,7 +474,7 @@ impl Spool {
 
     fn read_at(&self, st: &mut State, seg: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if st.reader.as_ref().map(|(id, _)| *id) != Some(seg) {
-            st.reader = Some((seg, File::open(segment_path(&self.dir, seg))?));
+            st.reader = Some((seg, statefile::open_read(&segment_path(&self.dir, seg))?));
         }
         st.reader
             .as_ref()
@@ -500,6 +490,7 @@ impl Spool {
             s.update(id.offset, |_| RecState::Acked);
         }
         self.collect_garbage(&mut st);
+        self.persist_progress(&mut st);
         self.update_gauges(&st);
         self.freed.notify_all();
     }
@@ -525,17 +516,61 @@ impl Spool {
             }
             st.dirty = false;
         }
+        st.synced_seq = st.next_seq;
         let acks = std::mem::take(&mut st.pending_acks);
-        let cursor = st
+        self.persist_cursor(&mut st, true)?;
+        Ok(acks)
+    }
+
+    /// The cursor as things stand: at the first record not yet acknowledged (or past the
+    /// newest), with the numbering synced so far.
+    fn cursor_now(st: &State) -> Cursor {
+        let front = st
             .segments
             .iter()
-            .find_map(|s| s.records.front().map(|r| (s.id, r.offset)))
-            .or_else(|| st.segments.back().map(|s| (s.id, s.size)));
-        if let Some((seg, off)) = cursor.filter(|c| Some(*c) != st.persisted_cursor) {
-            write_cursor(&self.dir, seg, off)?;
-            st.persisted_cursor = cursor;
+            .find_map(|s| s.records.front().map(|r| (s.id, r.offset, r.seq)));
+        let (segment, offset, next) = match (front, st.segments.back()) {
+            (Some(f), _) => f,
+            (None, Some(last)) => (last.id, last.size, Some(st.next_seq)),
+            (None, None) => (st.next_segment_id, 0, Some(st.next_seq)),
+        };
+        Cursor {
+            segment,
+            offset,
+            next,
+            end: Some(st.synced_seq),
         }
-        Ok(acks)
+    }
+
+    /// Writes the cursor if it changed (`durable`: also if the last write was not durable).
+    fn persist_cursor(&self, st: &mut State, durable: bool) -> io::Result<()> {
+        let c = Self::cursor_now(st);
+        if Some(c) == st.persisted_cursor && (st.persisted_durable || !durable) {
+            return Ok(());
+        }
+        write_cursor(&self.dir, &c, durable)?;
+        st.persisted_cursor = Some(c);
+        st.persisted_durable = durable;
+        st.cursor_written_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// After an acknowledgement: replay progress is written at once (without fsync; the
+    /// periodic sync makes it durable), so a crash re-sends little more than the requests that
+    /// were in flight. At most once per [`PROGRESS_EVERY`].
+    fn persist_progress(&self, st: &mut State) {
+        let moved = st.persisted_cursor.is_none_or(|p| {
+            let c = Self::cursor_now(st);
+            (p.segment, p.offset) != (c.segment, c.offset)
+        });
+        let due = st
+            .cursor_written_at
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if moved && due {
+            if let Err(e) = self.persist_cursor(st, false) {
+                tracing::debug!(error = %e, "cannot write the spool cursor now; the next sync retries");
+            }
+        }
     }
 
     /// Drops acknowledged records at the front and deletes segments with nothing left to send
@@ -550,22 +585,63 @@ impl Spool {
                 s.records.pop_front();
             }
         }
-        let writer = st.writer.as_ref().map(|(id, _)| *id);
-        let last = st.segments.back().map(|s| s.id);
+        let mut delivered = Vec::new();
         while let Some(front) = st.segments.front() {
-            let done = front.live == 0;
-            if !done || Some(front.id) == writer || Some(front.id) == last {
+            // The newest segment goes too once everything in it was delivered, so a drained
+            // spool gives its disk space back (the next append starts a new segment).
+            let writing = st.writer.as_ref().is_some_and(|(w, _)| *w == front.id);
+            if front.live != 0 || (writing && front.size == 0) {
                 break;
             }
             let id = front.id;
             st.segments.pop_front();
+            if writing {
+                st.writer = None;
+            }
             if st.reader.as_ref().is_some_and(|(r, _)| *r == id) {
                 st.reader = None;
             }
+            delivered.push(id);
+        }
+        if delivered.is_empty() {
+            return;
+        }
+        // The cursor must pass the records before their file goes, or a restart would find
+        // them missing and count delivered records as lost.
+        if let Err(e) = self.persist_cursor(st, true) {
+            tracing::warn!(error = %e, spool = %self.dir.display(), "cannot write the spool cursor before deleting delivered segments; a restart may report them as lost");
+        }
+        for id in delivered {
             if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
                 tracing::warn!(segment = id, error = %e, "cannot delete a delivered spool segment");
             }
         }
+    }
+
+    /// Starts a new segment for appending. Its name must be new: a file planted under it is
+    /// never opened (recovery moves it aside at the next start).
+    fn new_segment(&self, st: &mut State) -> io::Result<()> {
+        for _ in 0..16 {
+            let id = st.next_segment_id;
+            st.next_segment_id += 1;
+            let path = segment_path(&self.dir, id);
+            match statefile::create_new(&path) {
+                Ok(f) => {
+                    statefile::sync_dir(&self.dir)?;
+                    st.segments.push_back(Segment::new(id, 0, VecDeque::new()));
+                    st.writer = Some((id, f));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::error!(segment = %path.display(), "a file lineship did not create sits where a new spool segment goes; it is left alone and the next name is used (recovery moves it aside at the next start)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "cannot create a spool segment in {}: every name tried is taken by a file lineship did not create",
+            self.dir.display()
+        )))
     }
 
     /// Deletes the oldest segment to make room, counting its undelivered lines as dropped.
@@ -577,18 +653,8 @@ impl Spool {
                 let _ = f.sync_data();
             }
             if st.segments.back().is_some_and(|s| s.size > 0) {
-                let id = st.next_segment_id;
-                st.next_segment_id += 1;
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(segment_path(&self.dir, id))
-                {
-                    Ok(f) => {
-                        st.segments.push_back(Segment::new(id, 0, VecDeque::new()));
-                        st.writer = Some((id, f));
-                    }
-                    Err(_) => return false,
+                if self.new_segment(st).is_err() {
+                    return false;
                 }
             } else {
                 return false;
@@ -599,6 +665,8 @@ impl Spool {
         if st.reader.as_ref().is_some_and(|(r, _)| *r == seg.id) {
             st.reader = None;
         }
+        // Past the dropped records first, so a restart does not count them again as damage.
+        let _ = self.persist_cursor(st, false);
         let _ = fs::remove_file(segment_path(&self.dir, seg.id));
         self.count_dropped(
             lines,
@@ -652,47 +720,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:016x}.seg"))
-}
-
-/// Segment files in id order.
-fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(hex) = name.strip_suffix(".seg") else {
-            continue;
-        };
-        if hex.len() != 16 {
-            continue;
-        }
-        if let Ok(id) = u64::from_str_radix(hex, 16) {
-            out.push((id, e.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn move_aside(dir: &Path, path: &Path, why: &str) {
-    let aside = dir.join("corrupt");
-    let target = aside.join(path.file_name().unwrap_or_default());
-    let res = fs::create_dir_all(&aside).and_then(|()| fs::rename(path, &target));
-    tracing::error!(
-        segment = %path.display(),
-        moved_to = %target.display(),
-        error = why,
-        moved = res.is_ok(),
-        "cannot read a spool segment; it was moved aside and its lines are not replayed"
-    );
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

@@ -8,11 +8,40 @@ use crate::batch::{Batch, Dest, Encoding};
 use crate::line::Precision;
 
 pub(super) const MAGIC: &[u8; 4] = b"LSPL";
-pub(super) const VERSION: u8 = 1;
+/// The version written; version 1 (no sequence numbers) is still read.
+pub(super) const VERSION: u8 = 2;
 pub(super) const HEADER: usize = 16;
-pub(super) const META_FIXED: usize = 8 + 4 + 4 + 2;
+/// The longest fixed metadata of any version (what a reader must look at before the bucket).
+pub(super) const META_MAX: usize = meta_fixed(VERSION);
 /// Sanity bound on a payload, so a damaged length cannot make us allocate gigabytes.
 pub(super) const MAX_PAYLOAD: usize = 256 << 20;
+
+/// Bytes of fixed metadata at the start of a payload of `version`.
+pub(super) const fn meta_fixed(version: u8) -> usize {
+    match version {
+        1 => 8 + 4 + 4 + 2,
+        _ => 8 + 4 + 4 + 2 + 8 + 8,
+    }
+}
+
+/// Where a record stands in the spool's history: its number, and the lines appended before it.
+/// Consecutive records have consecutive numbers, so a gap between two records read back is
+/// exactly the records (and lines) lost between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seq {
+    pub record: u64,
+    pub line: u64,
+}
+
+impl Seq {
+    /// The sequence of the record after one of `lines` lines at `self`.
+    pub fn after(self, lines: u32) -> Seq {
+        Seq {
+            record: self.record + 1,
+            line: self.line + u64::from(lines),
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Record encoding (pure).
@@ -36,11 +65,11 @@ fn precision_of(code: u8) -> Option<Precision> {
     })
 }
 
-/// Frames a batch as one record.
-pub fn encode_record(batch: &Batch, created_at_ms: u64) -> Vec<u8> {
+/// Frames a batch as one record (the current version), numbered `seq`.
+pub fn encode_record(batch: &Batch, created_at_ms: u64, seq: Seq) -> Vec<u8> {
     let bucket = batch.dest.bucket.as_bytes();
     let bucket = &bucket[..bucket.len().min(u16::MAX as usize)];
-    let payload_len = META_FIXED + bucket.len() + batch.body.len();
+    let payload_len = META_MAX + bucket.len() + batch.body.len();
     let mut rec = Vec::with_capacity(HEADER + payload_len);
     rec.extend_from_slice(MAGIC);
     rec.push(VERSION);
@@ -56,6 +85,8 @@ pub fn encode_record(batch: &Batch, created_at_ms: u64) -> Vec<u8> {
     rec.extend_from_slice(&batch.lines.to_le_bytes());
     rec.extend_from_slice(&(batch.raw_len as u32).to_le_bytes());
     rec.extend_from_slice(&(bucket.len() as u16).to_le_bytes());
+    rec.extend_from_slice(&seq.record.to_le_bytes());
+    rec.extend_from_slice(&seq.line.to_le_bytes());
     rec.extend_from_slice(bucket);
     rec.extend_from_slice(&batch.body);
     let crc = record_crc(&rec[4..12], &rec[HEADER..]);
@@ -87,66 +118,106 @@ pub struct RecordMeta {
     pub lines: u32,
     pub created_at_ms: u64,
     pub body_len: usize,
+    /// `None` for version 1 records.
+    pub seq: Option<Seq>,
 }
 
-/// Parses the record at the start of `buf`.
-pub fn parse_record(buf: &[u8]) -> Result<(RecordMeta, Batch), Damage> {
-    if buf.len() < HEADER {
-        return Err(if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
+/// What a record header says: its version and payload length. `have` is how many bytes of the
+/// record are available (a header cut short is `Truncated` if what is there could begin one).
+pub(super) fn check_header(h: &[u8], have: u64) -> Result<(u8, usize), Damage> {
+    if h.len() < HEADER {
+        return Err(if MAGIC.starts_with(&h[..h.len().min(4)]) {
             Damage::Truncated
         } else {
             Damage::BadHeader
         });
     }
-    if &buf[0..4] != MAGIC || buf[4] != VERSION || buf[5] > 1 || buf[6] > 3 || buf[7] != 0 {
+    let version = h[4];
+    if &h[0..4] != MAGIC || !(1..=VERSION).contains(&version) || h[5] > 1 || h[6] > 3 || h[7] != 0 {
         return Err(Damage::BadHeader);
     }
-    let payload_len = u32::from_le_bytes(buf[8..12].try_into().unwrap()) as usize;
-    if !(META_FIXED..=MAX_PAYLOAD).contains(&payload_len) {
+    let payload_len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+    if !(meta_fixed(version)..=MAX_PAYLOAD).contains(&payload_len) {
         return Err(Damage::BadHeader);
     }
-    if buf.len() < HEADER + payload_len {
+    // Decided from the length alone: a damaged length reads nothing.
+    if have < (HEADER + payload_len) as u64 {
         return Err(Damage::Truncated);
     }
+    Ok((version, payload_len))
+}
+
+/// The fixed metadata at the start of a payload of `version` (`m` holds at least
+/// `meta_fixed(version)` bytes).
+pub(super) struct Meta {
+    pub created_at_ms: u64,
+    pub lines: u32,
+    pub raw_len: u32,
+    pub bucket_len: usize,
+    pub seq: Option<Seq>,
+}
+
+impl Meta {
+    pub(super) fn read(version: u8, m: &[u8]) -> Meta {
+        let u64_at = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().unwrap());
+        let u32_at = |i: usize| u32::from_le_bytes(m[i..i + 4].try_into().unwrap());
+        Meta {
+            created_at_ms: u64_at(0),
+            lines: u32_at(8),
+            raw_len: u32_at(12),
+            bucket_len: u16::from_le_bytes(m[16..18].try_into().unwrap()) as usize,
+            seq: (version >= 2).then(|| Seq {
+                record: u64_at(18),
+                line: u64_at(26),
+            }),
+        }
+    }
+
+    /// Whether the metadata fits a payload of `payload_len` (a bucket, at least one line and a
+    /// non-empty body).
+    pub(super) fn fits(&self, version: u8, payload_len: usize) -> bool {
+        self.lines != 0 && meta_fixed(version) + self.bucket_len < payload_len
+    }
+}
+
+/// Parses the record at the start of `buf`.
+pub fn parse_record(buf: &[u8]) -> Result<(RecordMeta, Batch), Damage> {
+    let (version, payload_len) = check_header(&buf[..buf.len().min(HEADER)], buf.len() as u64)?;
     let payload = &buf[HEADER..HEADER + payload_len];
     let crc = u32::from_le_bytes(buf[12..16].try_into().unwrap());
     if record_crc(&buf[4..12], payload) != crc {
         return Err(Damage::BadChecksum);
     }
-    let created_at_ms = u64::from_le_bytes(payload[0..8].try_into().unwrap());
-    let lines = u32::from_le_bytes(payload[8..12].try_into().unwrap());
-    let raw_len = u32::from_le_bytes(payload[12..16].try_into().unwrap()) as usize;
-    let bucket_len = u16::from_le_bytes(payload[16..18].try_into().unwrap()) as usize;
-    if META_FIXED + bucket_len > payload_len || lines == 0 {
+    let meta = Meta::read(version, payload);
+    if !meta.fits(version, payload_len) {
         return Err(Damage::BadMetadata);
     }
-    let bucket = std::str::from_utf8(&payload[META_FIXED..META_FIXED + bucket_len])
+    let fixed = meta_fixed(version);
+    let bucket = std::str::from_utf8(&payload[fixed..fixed + meta.bucket_len])
         .map_err(|_| Damage::BadMetadata)?;
-    let body = &payload[META_FIXED + bucket_len..];
-    if body.is_empty() {
-        return Err(Damage::BadMetadata);
-    }
+    let body = &payload[fixed + meta.bucket_len..];
     let precision = precision_of(buf[6]).ok_or(Damage::BadHeader)?;
     let encoding = if buf[5] == 1 {
         Encoding::Gzip
     } else {
         Encoding::Identity
     };
-    let meta = RecordMeta {
+    let record = RecordMeta {
         len: HEADER + payload_len,
-        lines,
-        created_at_ms,
+        lines: meta.lines,
+        created_at_ms: meta.created_at_ms,
         body_len: body.len(),
+        seq: meta.seq,
     };
     let batch = Batch {
         dest: Dest::new(bucket, precision),
         body: Bytes::copy_from_slice(body),
         encoding,
-        lines,
-        raw_len,
+        lines: meta.lines,
+        raw_len: meta.raw_len as usize,
         acks: Vec::new(),
     };
-    Ok((meta, batch))
+    Ok((record, batch))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,6 +231,8 @@ pub struct ScannedRecord {
     pub lines: u32,
     pub created_at_ms: u64,
     pub body_len: u32,
+    /// `None` for version 1 records.
+    pub seq: Option<Seq>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -186,6 +259,7 @@ pub fn scan_segment(buf: &[u8]) -> SegmentScan {
                     lines: meta.lines,
                     created_at_ms: meta.created_at_ms,
                     body_len: meta.body_len as u32,
+                    seq: meta.seq,
                 });
                 pos += meta.len;
             }

@@ -10,11 +10,11 @@
 //! - Bytes are read again only while resynchronising after damage, which is why the reader
 //!   must seek.
 
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::{Damage, ScannedRecord, SegmentScan, HEADER, MAGIC, MAX_PAYLOAD, META_FIXED, VERSION};
+use super::record::{check_header, meta_fixed, Meta, META_MAX};
+use super::{Damage, ScannedRecord, SegmentScan, HEADER, MAGIC};
 
 /// Bytes of a segment held in memory at once by a scan.
 pub(super) const WINDOW: usize = 1 << 20;
@@ -29,13 +29,9 @@ pub fn scan_segment_reader<R: Read + Seek>(reader: R, len: u64) -> io::Result<Se
 
 /// Scans the segment file at `path`; also returns its length.
 pub(super) fn scan_segment_file(path: &Path) -> io::Result<(SegmentScan, u64)> {
-    let f = File::open(path)?;
-    let meta = f.metadata()?;
-    if meta.is_dir() {
-        // A directory opens, and may claim any length; reading it fails with this error.
-        return Err(io::Error::from_raw_os_error(libc::EISDIR));
-    }
-    let len = meta.len();
+    // Never through a symlink, and only a regular file (a directory or FIFO is refused).
+    let f = crate::statefile::open_read(path)?;
+    let len = f.metadata()?.len();
     Ok((scan_segment_reader(f, len)?, len))
 }
 
@@ -132,40 +128,20 @@ impl<R: Read + Seek> Scanner<R> {
     /// Checks the record at `pos` the way `parse_record` does, in the same order of verdicts.
     fn check(&mut self, pos: u64) -> io::Result<Result<ScannedRecord, Damage>> {
         let left = self.len - pos;
-        let mut h = [0u8; HEADER + META_FIXED];
-        if left < HEADER as u64 {
-            let have = &mut h[..left as usize];
-            self.copy(pos, have)?;
-            let have = &have[..have.len().min(MAGIC.len())];
-            return Ok(Err(if MAGIC.starts_with(have) {
-                Damage::Truncated
-            } else {
-                Damage::BadHeader
-            }));
-        }
-        self.copy(pos, &mut h[..HEADER])?;
-        if &h[0..4] != MAGIC || h[4] != VERSION || h[5] > 1 || h[6] > 3 || h[7] != 0 {
-            return Ok(Err(Damage::BadHeader));
-        }
-        let payload_len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
-        if !(META_FIXED..=MAX_PAYLOAD).contains(&payload_len) {
-            return Ok(Err(Damage::BadHeader));
-        }
-        // Decided from the length alone: a damaged length reads nothing.
-        if left < (HEADER + payload_len) as u64 {
-            return Ok(Err(Damage::Truncated));
-        }
+        let mut h = [0u8; HEADER + META_MAX];
+        let head = &mut h[..HEADER.min(left as usize)];
+        self.copy(pos, head)?;
+        let (version, payload_len) = match check_header(head, left) {
+            Ok(v) => v,
+            Err(damage) => return Ok(Err(damage)),
+        };
         // Metadata first (it sits right after the header, in the window now), checksum second;
         // a bad checksum still wins, as in `parse_record`.
-        self.copy(pos + HEADER as u64, &mut h[HEADER..])?;
-        let m = &h[HEADER..];
-        let created_at_ms = u64::from_le_bytes(m[0..8].try_into().unwrap());
-        let lines = u32::from_le_bytes(m[8..12].try_into().unwrap());
-        let bucket_len = u16::from_le_bytes(m[16..18].try_into().unwrap()) as usize;
-        let meta_ok = META_FIXED + bucket_len <= payload_len
-            && lines != 0
-            && self.bucket_is_utf8(pos + (HEADER + META_FIXED) as u64, bucket_len)?
-            && payload_len > META_FIXED + bucket_len;
+        let fixed = meta_fixed(version);
+        self.copy(pos + HEADER as u64, &mut h[HEADER..HEADER + fixed])?;
+        let meta = Meta::read(version, &h[HEADER..]);
+        let meta_ok = meta.fits(version, payload_len)
+            && self.bucket_is_utf8(pos + (HEADER + fixed) as u64, meta.bucket_len)?;
         let crc = self.crc(
             pos + HEADER as u64,
             payload_len as u64,
@@ -180,9 +156,10 @@ impl<R: Read + Seek> Scanner<R> {
         Ok(Ok(ScannedRecord {
             offset: pos,
             len: (HEADER + payload_len) as u32,
-            lines,
-            created_at_ms,
-            body_len: (payload_len - META_FIXED - bucket_len) as u32,
+            lines: meta.lines,
+            created_at_ms: meta.created_at_ms,
+            body_len: (payload_len - fixed - meta.bucket_len) as u32,
+            seq: meta.seq,
         }))
     }
 

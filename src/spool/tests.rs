@@ -2,7 +2,7 @@
 //! crashes and damage.
 
 use super::cursor::CURSOR;
-use super::record::record_crc;
+use super::record::{record_crc, MAX_PAYLOAD, META_MAX as META_FIXED, VERSION};
 use super::*;
 use crate::batch::{Dest, Encoding};
 use crate::line::Precision;
@@ -55,7 +55,7 @@ fn open(dir: &Path, s: &SpoolSettings) -> Spool {
 #[test]
 fn record_round_trip() {
     let b = batch(4, 100);
-    let rec = encode_record(&b, 1234);
+    let rec = encode_record(&b, 1234, Seq::default());
     let (meta, back) = parse_record(&rec).unwrap();
     assert_eq!(meta.len, rec.len());
     assert_eq!(meta.created_at_ms, 1234);
@@ -65,9 +65,9 @@ fn record_round_trip() {
 
 #[test]
 fn scan_finds_torn_tails_and_skips_damage() {
-    let a = encode_record(&batch(1, 50), 1);
-    let b = encode_record(&batch(2, 60), 2);
-    let c = encode_record(&batch(3, 70), 3);
+    let a = encode_record(&batch(1, 50), 1, Seq::default());
+    let b = encode_record(&batch(2, 60), 2, Seq::default());
+    let c = encode_record(&batch(3, 70), 3, Seq::default());
     // Torn tail.
     let mut buf = [a.clone(), b.clone()].concat();
     buf.extend_from_slice(&c[..c.len() - 5]);
@@ -238,9 +238,9 @@ fn recovery_never_refuses_to_start() {
     let (_, seg) = list_segments(&spool_dir).unwrap().pop().unwrap();
     // Torn tail + a flipped byte in record 1 + an unreadable "segment" + a garbage cursor.
     let mut bytes = fs::read(&seg).unwrap();
-    let rec = encode_record(&batch(0, 100), 0).len();
+    let rec = encode_record(&batch(0, 100), 0, Seq::default()).len();
     bytes[rec + 30] ^= 0x55;
-    bytes.extend_from_slice(&encode_record(&batch(9, 100), 0)[..20]);
+    bytes.extend_from_slice(&encode_record(&batch(9, 100), 0, Seq::default())[..20]);
     fs::write(&seg, &bytes).unwrap();
     fs::create_dir(spool_dir.join("00000000000000ff.seg")).unwrap();
     fs::write(spool_dir.join(CURSOR), b"nonsense").unwrap();
@@ -495,10 +495,10 @@ fn piece() -> impl Strategy<Value = Piece> {
 
 fn render(p: &Piece) -> Vec<u8> {
     match *p {
-        Piece::Record(tag, n) => encode_record(&batch(tag, n), tag as u64),
+        Piece::Record(tag, n) => encode_record(&batch(tag, n), tag as u64, Seq::default()),
         Piece::Garbage(ref g) => g.clone(),
         Piece::Torn(tag, n, cut) => {
-            let mut rec = encode_record(&batch(tag, n), 7);
+            let mut rec = encode_record(&batch(tag, n), 7, Seq::default());
             rec.truncate(cut % rec.len());
             rec
         }
@@ -510,7 +510,7 @@ fn render(p: &Piece) -> Vec<u8> {
             h
         }
         Piece::BadMeta(tag, kind) => {
-            let mut rec = encode_record(&batch(tag, 40), 9);
+            let mut rec = encode_record(&batch(tag, 40), 9, Seq::default());
             let bucket_len = u16::from_le_bytes(rec[HEADER + 16..HEADER + 18].try_into().unwrap());
             match kind {
                 0 => rec[HEADER + 8..HEADER + 12].fill(0),     // no lines
@@ -532,9 +532,9 @@ fn render(p: &Piece) -> Vec<u8> {
 
 #[test]
 fn streaming_scan_sees_what_the_whole_buffer_scan_sees() {
-    let a = encode_record(&batch(1, 50), 1);
-    let b = encode_record(&batch(2, 60), 2);
-    let c = encode_record(&batch(3, 70), 3);
+    let a = encode_record(&batch(1, 50), 1, Seq::default());
+    let b = encode_record(&batch(2, 60), 2, Seq::default());
+    let c = encode_record(&batch(3, 70), 3, Seq::default());
     let mut flipped = [a.clone(), b.clone(), c.clone()].concat();
     flipped[a.len() + 40] ^= 0xff;
     let mut torn = [a.clone(), b.clone()].concat();
@@ -564,7 +564,7 @@ const WINDOW_FOR_TESTS: usize = 4096;
 fn a_huge_claimed_length_reads_nothing_and_allocates_nothing() {
     // A header claiming MAX_PAYLOAD at the start of a small segment, then a good record.
     let mut bytes = render(&Piece::FakeHeader(MAX_PAYLOAD as u32));
-    let good = encode_record(&batch(5, 100), 5);
+    let good = encode_record(&batch(5, 100), 5, Seq::default());
     bytes.extend_from_slice(&good);
     let want = scan_segment(&bytes);
     assert_eq!(want.damaged, vec![(0, Damage::Truncated, HEADER as u64)]);
@@ -582,7 +582,7 @@ fn a_huge_claimed_length_reads_nothing_and_allocates_nothing() {
 
 #[test]
 fn a_segment_shorter_than_its_length_is_a_read_error() {
-    let bytes = encode_record(&batch(1, 50), 1);
+    let bytes = encode_record(&batch(1, 50), 1, Seq::default());
     let short = bytes.len() as u64 + 10;
     assert!(scan_segment_reader(io::Cursor::new(bytes), short).is_err());
 }

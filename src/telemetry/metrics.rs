@@ -277,6 +277,12 @@ impl Collector for StatsCollector {
             "Damaged spool records skipped at recovery or replay (their lines are lost).",
             s.spool_corrupt_records.load(Relaxed),
         )?;
+        counter(
+            e,
+            "lineship_spool_corrupt_lines",
+            "Lines in damaged spool records, where the spool could count them (they are lost).",
+            s.spool_corrupt_lines.load(Relaxed),
+        )?;
 
         let healthy = s.health.lock().unwrap().ok;
         gauge(

@@ -1,0 +1,347 @@
+//! Recovery against damaged and hostile spools: symlinks and foreign files where segments go,
+//! garbage, segments cut short, zeroed or emptied in the middle, and a drained spool giving its
+//! space back. Every loss must be counted exactly, and nothing outside the spool touched.
+
+use std::os::unix::fs::symlink;
+
+use super::*;
+use crate::batch::{Dest, Encoding};
+use crate::line::Precision;
+
+fn settings(max_size: u64) -> SpoolSettings {
+    SpoolSettings {
+        max_size,
+        when_full: WhenFull::DropOldest,
+        fsync: FsyncPolicy::Always,
+        fsync_interval: Duration::from_millis(500),
+    }
+}
+
+/// A batch of `lines` lines tagged `tag`, about `len` bytes.
+fn batch(tag: u32, lines: u32, len: usize) -> Batch {
+    let mut body = format!("m,t={tag} v=1i\n").into_bytes();
+    body.resize(len.max(body.len()), b'x');
+    Batch {
+        dest: Dest::new("b", Precision::Ns),
+        body: body.into(),
+        encoding: Encoding::Identity,
+        lines,
+        raw_len: len,
+        acks: Vec::new(),
+    }
+}
+
+fn tag_of(b: &Batch) -> u32 {
+    let s = std::str::from_utf8(&b.body[..]).unwrap();
+    s["m,t=".len()..s.find(' ').unwrap()].parse().unwrap()
+}
+
+fn open(dir: &Path, s: &SpoolSettings) -> (Spool, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    (Spool::open(dir, s, stats.clone()).unwrap(), stats)
+}
+
+fn drain(sp: &Spool) -> Vec<u32> {
+    std::iter::from_fn(|| {
+        sp.next().map(|(id, b)| {
+            sp.ack(id);
+            tag_of(&b)
+        })
+    })
+    .collect()
+}
+
+/// 12 records of 40 KiB (3 per 128 KiB segment, so 4 segments), record `i` holding `i + 1`
+/// lines; the spool is closed after a sync.
+fn four_segments(dir: &Path) -> Vec<PathBuf> {
+    let (sp, _) = open(dir, &settings(1 << 20));
+    for i in 0..12 {
+        sp.append(&batch(i, i + 1, 40 << 10), || false).unwrap();
+    }
+    sp.sync().unwrap();
+    drop(sp);
+    let segs: Vec<PathBuf> = list_segments(&dir.join("spool"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(segs.len(), 4, "{segs:?}");
+    segs
+}
+
+#[test]
+fn a_symlink_named_like_a_segment_is_moved_aside_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"precious bytes that look like nothing").unwrap();
+    let spool_dir = dir.path().join("spool");
+    fs::create_dir_all(&spool_dir).unwrap();
+    let link = spool_dir.join("0000000000000100.seg");
+    symlink(&victim, &link).unwrap();
+    // Also where the next segment, the cursor's tmp file and the cursor go.
+    symlink(&victim, spool_dir.join("0000000000000101.seg")).unwrap();
+    symlink(&victim, spool_dir.join("cursor.tmp")).unwrap();
+    symlink(&victim, spool_dir.join("cursor")).unwrap();
+
+    let (sp, stats) = open(dir.path(), &settings(1 << 20));
+    sp.append(&batch(1, 3, 100), || false).unwrap();
+    sp.sync().unwrap();
+    assert_eq!(drain(&sp), vec![1]);
+    sp.sync().unwrap();
+    drop(sp);
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(drain(&sp), Vec::<u32>::new(), "delivered once");
+
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"precious bytes that look like nothing"
+    );
+    let aside = spool_dir.join("corrupt/0000000000000100.seg");
+    assert!(fs::symlink_metadata(&aside)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::symlink_metadata(&link).is_err(), "moved, not copied");
+    assert_eq!(
+        stats.spool_corrupt_records.load(Relaxed),
+        0,
+        "no record of ours was lost"
+    );
+}
+
+#[test]
+fn a_segment_of_garbage_is_moved_aside_untouched_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    fs::create_dir_all(&spool_dir).unwrap();
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    fs::write(spool_dir.join("0000000000000001.seg"), &garbage).unwrap();
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    sp.append(&batch(1, 1, 100), || false).unwrap();
+    assert_eq!(drain(&sp), vec![1]);
+    assert_eq!(
+        fs::read(spool_dir.join("corrupt/0000000000000001.seg")).unwrap(),
+        garbage
+    );
+    // A second garbage file of the same name does not replace the first one set aside.
+    fs::write(spool_dir.join("0000000000000001.seg"), b"more garbage").unwrap();
+    drop(sp);
+    let _ = open(dir.path(), &settings(1 << 20));
+    assert_eq!(
+        fs::read(spool_dir.join("corrupt/0000000000000001.seg.1")).unwrap(),
+        b"more garbage"
+    );
+}
+
+#[test]
+fn a_record_cut_short_in_a_middle_segment_is_counted_with_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = four_segments(dir.path());
+    // Segment 2 holds records 3, 4, 5 (4 + 5 + 6 lines): cut into record 4.
+    let len = fs::metadata(&segs[1]).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[1])
+        .unwrap()
+        .set_len(len - (40 << 10) - 100)
+        .unwrap();
+    let before = inspect(dir.path()).unwrap();
+    assert_eq!(before.losses.len(), 1, "{:?}", before.losses);
+    assert_eq!(
+        (before.losses[0].records, before.losses[0].lines),
+        (2, Some(11))
+    );
+    assert!(!before.problems().is_empty());
+
+    let (sp, stats) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 2);
+    assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 11);
+    assert_eq!(drain(&sp), vec![0, 1, 2, 3, 6, 7, 8, 9, 10, 11]);
+    // The finished segment was not truncated.
+    assert_eq!(
+        fs::metadata(&segs[1]).map(|m| m.len()).ok(),
+        None,
+        "delivered and deleted"
+    );
+    drop(sp);
+    // Counted once: the cursor moved past the gap.
+    let (_, stats) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 0);
+}
+
+#[test]
+fn a_zeroed_or_emptied_middle_segment_is_counted_exactly_and_fails_verify() {
+    for how in ["zeroed", "emptied", "removed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = four_segments(dir.path());
+        // Segment 3 holds records 6, 7, 8: 7 + 8 + 9 = 24 lines.
+        let len = fs::metadata(&segs[2]).unwrap().len();
+        match how {
+            "zeroed" => fs::write(&segs[2], vec![0u8; len as usize]).unwrap(),
+            "emptied" => fs::write(&segs[2], b"").unwrap(),
+            _ => fs::remove_file(&segs[2]).unwrap(),
+        }
+        let found = inspect(dir.path()).unwrap();
+        assert_eq!(found.losses.len(), 1, "{how}: {:?}", found.losses);
+        assert_eq!(
+            (found.losses[0].records, found.losses[0].lines),
+            (3, Some(24)),
+            "{how}"
+        );
+        assert!(
+            found
+                .problems()
+                .iter()
+                .any(|p| p.contains("LOST") || p.contains("missing")),
+            "{how}: {:?}",
+            found.problems()
+        );
+
+        let (sp, stats) = open(dir.path(), &settings(1 << 20));
+        assert_eq!(stats.spool_corrupt_records.load(Relaxed), 3, "{how}");
+        assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 24, "{how}");
+        assert_eq!(drain(&sp), vec![0, 1, 2, 3, 4, 5, 9, 10, 11], "{how}");
+        if how == "zeroed" {
+            let aside = dir
+                .path()
+                .join("spool/corrupt")
+                .join(segs[2].file_name().unwrap());
+            assert_eq!(
+                fs::read(aside).unwrap(),
+                vec![0u8; len as usize],
+                "untouched"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_zeroed_newest_segment_is_counted_from_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = four_segments(dir.path());
+    // Segment 4 holds records 9, 10, 11: 10 + 11 + 12 = 33 lines, synced before the close.
+    let len = fs::metadata(&segs[3]).unwrap().len();
+    fs::write(&segs[3], vec![0u8; len as usize]).unwrap();
+    let found = inspect(dir.path()).unwrap();
+    assert_eq!(found.losses.len(), 1, "{:?}", found.losses);
+    assert_eq!(
+        (found.losses[0].records, found.losses[0].lines),
+        (3, Some(33))
+    );
+    let (sp, stats) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 33);
+    assert_eq!(drain(&sp), (0..9).collect::<Vec<_>>());
+    // New records go after the zeroed segment's id, never under it.
+    sp.append(&batch(20, 1, 100), || false).unwrap();
+    sp.sync().unwrap();
+    drop(sp);
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(drain(&sp), vec![20]);
+}
+
+#[test]
+fn a_torn_append_to_the_newest_segment_is_truncated_and_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = four_segments(dir.path());
+    // A crash in the middle of an append after the last sync.
+    let partial = encode_record(
+        &batch(99, 5, 1000),
+        0,
+        Seq {
+            record: 12,
+            line: 78,
+        },
+    );
+    let mut f = fs::OpenOptions::new().append(true).open(&segs[3]).unwrap();
+    f.write_all(&partial[..500]).unwrap();
+    let len = fs::metadata(&segs[3]).unwrap().len();
+    let (sp, stats) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 0);
+    assert_eq!(
+        fs::metadata(&segs[3]).unwrap().len(),
+        len - 500,
+        "truncated"
+    );
+    assert_eq!(drain(&sp).len(), 12);
+}
+
+#[test]
+fn a_drained_spool_gives_its_space_back_and_numbering_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(1 << 20);
+    let (sp, stats) = open(dir.path(), &s);
+    for i in 0..5 {
+        sp.append(&batch(i, 1, 40 << 10), || false).unwrap();
+    }
+    assert_eq!(drain(&sp).len(), 5);
+    sp.sync().unwrap();
+    assert_eq!(sp.backlog().bytes, 0, "{:?}", sp.backlog());
+    assert_eq!(stats.spool_bytes.load(Relaxed), 0);
+    assert!(
+        list_segments(sp.dir()).unwrap().is_empty(),
+        "segment files removed"
+    );
+    drop(sp);
+    // After a restart with no segment left, new records must not be taken for delivered ones
+    // (the cursor names a segment id that no longer exists).
+    for round in 0..3 {
+        let (sp, stats) = open(dir.path(), &s);
+        assert_eq!(
+            stats.spool_corrupt_records.load(Relaxed),
+            0,
+            "round {round}"
+        );
+        sp.append(&batch(100 + round, 1, 100), || false).unwrap();
+        sp.sync().unwrap();
+        drop(sp);
+        let (sp, stats) = open(dir.path(), &s);
+        assert_eq!(drain(&sp), vec![100 + round], "round {round}");
+        assert_eq!(
+            stats.spool_corrupt_records.load(Relaxed),
+            0,
+            "round {round}"
+        );
+        sp.sync().unwrap();
+    }
+}
+
+#[test]
+fn replay_progress_is_written_as_records_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(1 << 30);
+    let (sp, _) = open(dir.path(), &s);
+    for i in 0..50 {
+        sp.append(&batch(i, 1, 1000), || false).unwrap();
+    }
+    sp.sync().unwrap();
+    // Deliver 30 without any sync, a little apart, then "crash" (no sync, no drop handler).
+    for _ in 0..30 {
+        let (id, _) = sp.next().unwrap();
+        sp.ack(id);
+        std::thread::sleep(PROGRESS_EVERY);
+    }
+    std::mem::forget(sp);
+    let (sp, _) = open(dir.path(), &s);
+    let again = drain(&sp);
+    assert_eq!(
+        again.first(),
+        Some(&30),
+        "nothing delivered is sent again: {again:?}"
+    );
+    assert_eq!(again.len(), 20);
+}
+
+#[test]
+fn a_symlinked_spool_directory_is_renamed_aside_never_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(elsewhere.path(), dir.path().join("spool")).unwrap();
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    sp.append(&batch(1, 1, 100), || false).unwrap();
+    sp.sync().unwrap();
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert!(fs::symlink_metadata(dir.path().join("spool"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(drain(&sp), vec![1]);
+}
