@@ -166,6 +166,7 @@ pub async fn run(
         spooled,
         acks: acks.clone(),
         stats: stats.clone(),
+        spool_trouble: Default::default(),
     }
     .spawn()
     .context("cannot start the batcher thread")?;

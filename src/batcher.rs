@@ -27,6 +27,18 @@ use crate::watchdog::{Stage, BEAT_EVERY};
 /// inputs that have not hung up yet (e.g. stdin blocked in `read`).
 const STOP_GRACE: Duration = Duration::from_millis(300);
 
+/// How long spool writes must work before an episode of failures is over.
+const SPOOL_QUIET: Duration = Duration::from_secs(10);
+
+/// Spool write failures, as the batcher sees them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolTrouble {
+    /// The last write failed.
+    failing: bool,
+    /// An episode logged at error: the last failure and how many there were.
+    episode: Option<(Instant, u64)>,
+}
+
 pub struct Batcher {
     pub chunks: ChunkRx,
     pub stop: Receiver<()>,
@@ -39,6 +51,8 @@ pub struct Batcher {
     pub spooled: Arc<tokio::sync::Notify>,
     pub acks: Arc<AckRouter>,
     pub stats: Arc<Stats>,
+    /// Whether spool writes fail (see `spool_write_result`).
+    pub spool_trouble: std::cell::Cell<SpoolTrouble>,
 }
 
 impl Batcher {
@@ -55,6 +69,7 @@ impl Batcher {
         let mut stopping = false;
         loop {
             self.stats.progress.beat(Stage::Batcher);
+            self.release_hold_if_delivering();
             self.stats
                 .queue_bytes
                 .store(self.chunks.queued_bytes() as u64, Relaxed);
@@ -87,6 +102,56 @@ impl Batcher {
         self.emit(&mut encoder, &mut sealed, true);
     }
 
+    /// While spool writes fail, inputs that can wait are held; once the output delivers again,
+    /// what they send can go straight to it (or to memory), so they may go on. Also ends a
+    /// logged episode of failures once writes have worked for a while.
+    fn release_hold_if_delivering(&self) {
+        let mut t = self.spool_trouble.get();
+        if t.failing && self.stats.health.lock().unwrap().ok {
+            self.chunks.hold_waiting(false);
+        }
+        if let Some((last, failures)) = t.episode {
+            if !t.failing && last.elapsed() >= SPOOL_QUIET {
+                tracing::info!(spool = %self.spool.dir().display(), failures, "spool writes work again");
+                t.episode = None;
+                self.spool_trouble.set(t);
+            }
+        }
+    }
+
+    /// Records whether the last spool write worked. A full disk fails one batch after another,
+    /// and a small batch may still fit between big ones: one error starts an episode, which
+    /// ends (logged at info) only after [`SPOOL_QUIET`] without failures.
+    fn spool_write_result(&self, failed: Option<&std::io::Error>) {
+        let mut t = self.spool_trouble.get();
+        match failed {
+            Some(e) => {
+                t.failing = true;
+                let failures = match t.episode {
+                    None => {
+                        tracing::error!(
+                            error = %e,
+                            spool = %self.spool.dir().display(),
+                            "cannot write to the spool; holding sealed batches in memory (up to output.memory_limit) and pausing stdin and tail inputs until the spool or the server works again. Check disk space and permissions"
+                        );
+                        1
+                    }
+                    Some((_, n)) => {
+                        tracing::debug!(error = %e, "spool write failed again");
+                        n + 1
+                    }
+                };
+                t.episode = Some((Instant::now(), failures));
+            }
+            None if t.failing => {
+                t.failing = false;
+                self.chunks.hold_waiting(false);
+            }
+            None => {}
+        }
+        self.spool_trouble.set(t);
+    }
+
     fn emit(&self, encoder: &mut Encoder, sealed: &mut Vec<RawBatch>, stopping: bool) {
         for raw in sealed.drain(..) {
             let batch = encoder.encode(raw);
@@ -105,7 +170,9 @@ impl Batcher {
                 self.stats.progress.beat(Stage::Batcher);
                 stopping || stop_closed(&self.stop)
             };
-            match self.spool.append(&batch, give_up) {
+            let res = self.spool.append(&batch, give_up);
+            self.spool_write_result(res.as_ref().err());
+            match res {
                 Ok((Appended::Stored, durable)) => {
                     self.acks.ack(&durable);
                     self.spooled.notify_one();
@@ -114,12 +181,12 @@ impl Batcher {
                 Ok((Appended::DroppedNewest, dropped)) => self.acks.ack(&dropped),
                 // Shutdown: withheld, so tailed lines are read again after the restart.
                 Ok((Appended::GaveUp, _)) => {}
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        spool = %self.spool.dir().display(),
-                        "cannot write to the spool; holding the batch in memory instead (check disk space and permissions)"
-                    );
+                Err(_) => {
+                    // Nothing more is taken from inputs that can wait while the server is
+                    // down too: what they read now could be neither delivered nor kept.
+                    if !self.stats.health.lock().unwrap().ok {
+                        self.chunks.hold_waiting(true);
+                    }
                     // At shutdown nothing may wait on a sender stuck on a dead server.
                     self.memory.acquire(size, give_up);
                     self.hand_over(batch, size);

@@ -13,6 +13,11 @@
 //! fill only a quarter of the bytes ([`WAITING_SHARE`]): the pipe or the file is their buffer,
 //! and more queue would only cost memory. The rest is kept for the UDP input, which cannot
 //! wait: it uses [`ChunkTx::try_send`], which may fill the whole budget and never blocks.
+//!
+//! The batcher may also *hold* the waiting senders ([`ChunkRx::hold_waiting`]) while what they
+//! would send could be neither delivered nor spooled (the server is down and spool writes
+//! fail): they then wait as if the queue were full, so stdin is not read to its end into memory
+//! and lost, and a tailed file stays the buffer.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
@@ -36,6 +41,8 @@ struct Budget {
     used: AtomicUsize,
     waiting: AtomicUsize,
     receiver_gone: AtomicBool,
+    /// Waiting senders are held (see the module doc).
+    held: AtomicBool,
     lock: Mutex<()>,
     freed: Condvar,
 }
@@ -61,7 +68,7 @@ impl Budget {
     /// Reserves `n` bytes within `limit`, waiting for room. False if the receiver went away
     /// meanwhile.
     fn reserve(&self, n: usize, limit: usize) -> bool {
-        if self.try_reserve(n, limit) {
+        if !self.held.load(SeqCst) && self.try_reserve(n, limit) {
             return true;
         }
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,7 +76,7 @@ impl Budget {
         let ok = loop {
             // Checked after announcing the wait: a release that read `waiting == 0` happened
             // before this check, so its bytes are visible here.
-            if self.try_reserve(n, limit) {
+            if !self.held.load(SeqCst) && self.try_reserve(n, limit) {
                 break true;
             }
             if self.receiver_gone.load(SeqCst) {
@@ -115,6 +122,7 @@ pub fn channel(max_chunks: usize, max_bytes: usize) -> (ChunkTx, ChunkRx) {
         used: AtomicUsize::new(0),
         waiting: AtomicUsize::new(0),
         receiver_gone: AtomicBool::new(false),
+        held: AtomicBool::new(false),
         lock: Mutex::new(()),
         freed: Condvar::new(),
     });
@@ -159,6 +167,15 @@ impl ChunkTx {
     pub fn queued_bytes(&self) -> usize {
         self.budget.used.load(SeqCst)
     }
+
+    /// Waits while waiting senders are held, or until `stop()`. Inputs that can wait call it
+    /// before reading more, so that little is read and in hand when a hold starts.
+    pub fn wait_while_held(&self, stop: impl Fn() -> bool) {
+        while self.budget.held.load(SeqCst) && !stop() && !self.budget.receiver_gone.load(SeqCst) {
+            let guard = self.budget.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.budget.freed.wait_timeout(guard, WAIT_SLICE);
+        }
+    }
 }
 
 impl ChunkRx {
@@ -177,6 +194,15 @@ impl ChunkRx {
     /// Bytes of lines queued now.
     pub fn queued_bytes(&self) -> usize {
         self.budget.used.load(SeqCst)
+    }
+
+    /// Holds (or releases) the waiting senders: while held, [`ChunkTx::send`] waits as if the
+    /// queue were full; [`ChunkTx::try_send`] is not affected.
+    pub fn hold_waiting(&self, on: bool) {
+        if self.budget.held.swap(on, SeqCst) && !on {
+            let _guard = self.budget.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.budget.freed.notify_all();
+        }
     }
 
     pub fn recv(&self) -> Option<Chunk> {
@@ -242,6 +268,27 @@ mod tests {
         rx.recv().unwrap();
         rx.recv().unwrap();
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn held_waiting_senders_wait_and_try_send_does_not() {
+        let (tx, rx) = channel(100, 1 << 20);
+        rx.hold_waiting(true);
+        let waiter = {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send(chunk(10)).is_ok())
+        };
+        tx.try_send(chunk(5)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(tx.queued_bytes(), 5, "the waiting sender is held");
+        assert!(!waiter.is_finished());
+        rx.hold_waiting(false);
+        assert!(waiter.join().unwrap());
+        assert_eq!(tx.queued_bytes(), 15);
+        // wait_while_held returns at once when nothing is held, and on stop while held.
+        tx.wait_while_held(|| false);
+        rx.hold_waiting(true);
+        tx.wait_while_held(|| true);
     }
 
     #[test]

@@ -213,3 +213,53 @@ fn a_zeroed_middle_segment_is_counted_exactly_and_fails_verify() {
         verify.stdout
     );
 }
+
+/// Replay progress is kept as records are delivered: each `kill -9` during the replay of a
+/// spool re-sends about one `max_in_flight` window, not everything since the last sync.
+#[test]
+fn kill_9_during_replay_resends_about_one_window() {
+    const N: usize = 200_000;
+    const BATCH: usize = 500;
+    const IN_FLIGHT: usize = 4;
+    const KILLS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeInflux::start().default_reply(Reply::status(503));
+    let cfg = config(dir.path(), &fake.url());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[output]\n",
+        &format!("batch_max_lines = {BATCH}\n[output]\nmax_in_flight = {IN_FLIGHT}\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = run_stdin(&cfg, &lines(0, N), T);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+
+    // Replay at a pace a kill can land in the middle of: 4 writes per 10 ms.
+    fake.set_default_reply(Reply::status(204));
+    fake.set_response_delay(Duration::from_millis(10));
+    for kill in 0..KILLS {
+        let mut c = common::lineship_command();
+        c.arg("--config").arg(&cfg).arg("--stdin");
+        let d = common::Daemon::spawn_with_open_stdin(c);
+        let target = (kill + 1) * N / (KILLS + 2);
+        assert!(
+            fake.wait_for_lines(target, T),
+            "replay reached {target}: {}",
+            d.stderr_so_far()
+        );
+        d.kill9();
+        drop(d);
+    }
+    fake.set_response_delay(Duration::ZERO);
+    let out = run_stdin(&cfg, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+
+    let accepted = fake.accepted_lines().len();
+    let unique = seqs(&fake);
+    let missing: Vec<usize> = (0..N).filter(|i| !unique.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "lost lines, first {missing:?}");
+    let duplicates = accepted - unique.len();
+    // In flight at the kill, plus what was acknowledged in the last 2 ms before it.
+    let bound = KILLS * (IN_FLIGHT + 4) * BATCH;
+    eprintln!("{KILLS} kills during replay: {duplicates} duplicate lines (bound {bound})");
+    assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
+}

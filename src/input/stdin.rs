@@ -27,6 +27,8 @@ pub fn run(
     let mut buf = vec![0u8; READ_BUF];
     let mut out = Vec::with_capacity(READ_BUF + READ_BUF / 4);
     loop {
+        // While nothing read now could be delivered or spooled, leave it in the pipe.
+        tx.wait_while_held(|| stop.load(Relaxed));
         if stop.load(Relaxed) {
             break;
         }
