@@ -64,16 +64,23 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     open(path, OpenOptions::new().append(true).create(true))
 }
 
-/// Atomically replaces `dir/name` with `bytes`: written to `dir/name.tmp` (a leftover tmp,
-/// whatever it is, is removed first, never followed), renamed over `name`. With `durable`, the
-/// file and the directory are fsynced, so the new contents survive a power loss; without, they
+/// Atomically replaces `dir/name` with `bytes`: written to `dir/name.tmp`, renamed over
+/// `name`. A leftover tmp file is removed first; anything else under either name (a directory,
+/// a FIFO) is renamed aside to `NAME.not-ours`; nothing is followed. With `durable`, the file
+/// and the directory are fsynced, so the new contents survive a power loss; without, they
 /// survive a crash of the process only.
 pub fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
+    let path = dir.join(name);
+    match fs::symlink_metadata(&tmp) {
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => fs::remove_file(&tmp)?,
+        Ok(_) => set_aside(&tmp)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
+    }
+    // A symlink under the final name is replaced by the rename; a directory would refuse it.
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+        set_aside(&path)?;
     }
     {
         let mut f = create_new(&tmp)?;
@@ -82,10 +89,19 @@ pub fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> io::Resul
             f.sync_all()?;
         }
     }
-    fs::rename(&tmp, dir.join(name))?;
+    fs::rename(&tmp, &path)?;
     if durable {
         sync_dir(dir)?;
     }
+    Ok(())
+}
+
+/// Renames what stands at `path` to an unused `NAME.not-ours` beside it, logging it.
+fn set_aside(path: &Path) -> io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let aside = unused_name(&path.with_file_name(format!("{name}.not-ours")));
+    fs::rename(path, &aside)?;
+    tracing::error!(path = %path.display(), moved_to = %aside.display(), "a file lineship writes was not a regular file; it was renamed aside untouched");
     Ok(())
 }
 
@@ -97,20 +113,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates `dir` (and its parents) if missing. Where something else than a directory stands
 /// under that name (a symlink, a file), it is renamed aside to `NAME.not-ours` (never
 /// followed, never deleted) and a real directory is made: a planted link must neither redirect
-/// lineship's files nor keep it from starting.
+/// lineship's files nor keep it from starting. Only `dir` itself is checked, not its parents.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if let Ok(m) = fs::symlink_metadata(dir) {
-        if !m.is_dir() {
-            let name = dir.file_name().unwrap_or_default().to_string_lossy();
-            let aside = unused_name(&dir.with_file_name(format!("{name}.not-ours")));
-            fs::rename(dir, &aside)?;
-            tracing::error!(
-                path = %dir.display(),
-                moved_to = %aside.display(),
-                kind = kind_name(m.file_type()),
-                "a state directory of lineship's was not a directory; it was renamed aside untouched and a new directory made (to keep lineship's files on another disk, point state_dir there)"
-            );
-        }
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        set_aside(dir)?;
     }
     fs::create_dir_all(dir)
 }
@@ -179,6 +185,13 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("state")).unwrap(), b"new");
         // And the final name as a symlink is replaced, not followed.
         replace(dir.path(), "file", b"mine", false).unwrap();
+        // A directory under the tmp or the final name is renamed aside.
+        fs::create_dir(dir.path().join("other.tmp")).unwrap();
+        fs::create_dir(dir.path().join("other")).unwrap();
+        replace(dir.path(), "other", b"x", true).unwrap();
+        assert_eq!(fs::read(dir.path().join("other")).unwrap(), b"x");
+        assert!(dir.path().join("other.tmp.not-ours").is_dir());
+        assert!(dir.path().join("other.not-ours").is_dir());
         assert!(!fs::symlink_metadata(&link)
             .unwrap()
             .file_type()

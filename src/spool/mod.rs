@@ -241,6 +241,8 @@ struct State {
     persisted_cursor: Option<Cursor>,
     persisted_durable: bool,
     cursor_written_at: Option<Instant>,
+    /// The last durable cursor write failed (logged once per change).
+    cursor_failing: bool,
     /// Records numbered below this are durable per the fsync policy.
     synced_seq: Seq,
     next_segment_id: u64,
@@ -280,6 +282,7 @@ impl Spool {
                 persisted_cursor: rec.cursor,
                 persisted_durable: true,
                 cursor_written_at: None,
+                cursor_failing: false,
                 synced_seq: rec.next_seq,
                 next_segment_id: rec.next_segment_id,
                 next_seq: rec.next_seq,
@@ -518,7 +521,19 @@ impl Spool {
         }
         st.synced_seq = st.next_seq;
         let acks = std::mem::take(&mut st.pending_acks);
-        self.persist_cursor(&mut st, true)?;
+        // The data is durable whatever happens to the cursor: a cursor that cannot be written
+        // costs re-sent batches after a restart, never data, so the acks go out regardless.
+        match self.persist_cursor(&mut st, true) {
+            Ok(()) if st.cursor_failing => {
+                st.cursor_failing = false;
+                tracing::info!(spool = %self.dir.display(), "the spool cursor can be written again");
+            }
+            Err(e) if !st.cursor_failing => {
+                st.cursor_failing = true;
+                tracing::warn!(spool = %self.dir.display(), error = %e, "cannot write the spool cursor; after a restart, batches delivered since may be sent again. Check the disk");
+            }
+            _ => {}
+        }
         Ok(acks)
     }
 

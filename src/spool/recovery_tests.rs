@@ -345,3 +345,29 @@ fn a_symlinked_spool_directory_is_renamed_aside_never_written_through() {
         .is_dir());
     assert_eq!(drain(&sp), vec![1]);
 }
+
+#[test]
+fn a_directory_where_the_cursor_goes_is_set_aside_and_acks_still_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    fs::create_dir_all(spool_dir.join("cursor")).unwrap();
+    fs::create_dir_all(spool_dir.join("cursor.tmp")).unwrap();
+    let s = SpoolSettings {
+        fsync: FsyncPolicy::Interval,
+        ..settings(1 << 20)
+    };
+    let (sp, _) = open(dir.path(), &s);
+    let mut b = batch(1, 1, 100);
+    b.acks = vec![Ack {
+        input: 1,
+        file: 7,
+        offset: 9,
+    }];
+    let (_, now) = sp.append(&b, || false).unwrap();
+    assert!(now.is_empty(), "interval: acks wait for the sync");
+    assert_eq!(sp.sync().unwrap().len(), 1, "the sync releases them");
+    assert!(spool_dir.join("cursor").is_file());
+    drop(sp);
+    let (sp, _) = open(dir.path(), &s);
+    assert_eq!(drain(&sp), vec![1]);
+}
