@@ -2,7 +2,7 @@
 //!
 //! Every line lineship forwards passes through this module first. InfluxDB 2.x rejects a whole
 //! write when one line in it is bad, so the validator here must reject at least everything 2.x
-//! rejects; where 2.x and the v2 grammar (`shared/conformance/line-protocol.ebnf`) disagree we
+//! rejects; where 2.x and the v2 grammar (`tests/data/conformance/line-protocol.ebnf`) disagree we
 //! take the stricter side. The acceptance bar is the public line-protocol v2 corpus, matched
 //! verdict for verdict (`tests/conformance.rs`).
 //!

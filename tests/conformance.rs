@@ -1,5 +1,6 @@
 //! Runs the public line-protocol v2 corpus through the framer and the normaliser and requires
-//! every verdict to match (the acceptance bar in `shared/conformance/README.md`).
+//! every verdict to match (the acceptance bar in `tests/data/conformance/README.md`, a copy of
+//! the corpus kept in the repo so a lone clone's `cargo test` runs it).
 //!
 //! An input is an error when any of its lines is rejected. The keys in
 //! `reject-overrides.json` use reserved tag keys that the v2 decoder accepts but InfluxDB 2.x
@@ -18,7 +19,7 @@ const EXPECTED_CASES: usize = 6615;
 fn corpus_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/conformance/"
+        "/tests/data/conformance/"
     ))
 }
 
