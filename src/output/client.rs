@@ -1,11 +1,20 @@
 //! Building and sending one write request. No retry logic here: that is `retry.rs` and the
 //! sender in `mod.rs`.
+//!
+//! Invariant: at most [`MAX_BODY_READ`] bytes of any reply body are read, whatever its
+//! `Content-Length` says or however long it goes on; a body left unread is dropped with its
+//! response, which closes that connection instead of returning it to the pool. Everything taken
+//! from a reply for logs (message, `Location`) is bounded and free of control characters. The
+//! request `timeout` bounds the body read too (reqwest's total timeout), so a body that drips
+//! forever cannot hold a write past `output.timeout`.
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+};
 
 use crate::batch::{Batch, Dest, Encoding};
 use crate::config::{OutputSettings, Secret};
@@ -15,6 +24,14 @@ use super::retry::parse_retry_after;
 /// How much of an error body is kept for logs and the dead-letter header.
 const MAX_MESSAGE: usize = 1024;
 
+/// How many bytes of a reply body are read at most: enough for InfluxDB's JSON error with a
+/// [`MAX_MESSAGE`]-character message. The rest is never read (a server answering with
+/// `Content-Length: 2000000000` costs nothing).
+pub const MAX_BODY_READ: usize = 8 * 1024;
+
+/// How much of a `Location` header is kept for logs.
+const MAX_LOCATION: usize = 256;
+
 /// What the server answered.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -22,6 +39,8 @@ pub struct Reply {
     pub retry_after: Option<Duration>,
     /// The server's message (InfluxDB's JSON `message`, or the body text), shortened.
     pub message: String,
+    /// Where a 3xx points, resolved against the request URL, shortened and sanitized.
+    pub location: Option<String>,
 }
 
 /// Why no answer came.
@@ -31,6 +50,11 @@ pub enum TransportError {
     Timeout,
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The connection closed before any answer came: on a kept-alive connection, the server
+    /// may have closed it while the request was on its way (HTTP/1.1's keep-alive race, e.g.
+    /// a server that closes after each answer without `Connection: close`).
+    #[error("{0}")]
+    Closed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -41,8 +65,13 @@ impl TransportError {
         match self {
             TransportError::Timeout => "timeout",
             TransportError::Connect(_) => "connect",
-            TransportError::Other(_) => "transport",
+            TransportError::Closed(_) | TransportError::Other(_) => "transport",
         }
+    }
+
+    /// Whether resending at once, on a new connection, is the likely cure (see `Closed`).
+    pub fn is_closed_connection(&self) -> bool {
+        matches!(self, TransportError::Closed(_))
     }
 }
 
@@ -68,6 +97,9 @@ impl Client {
             .user_agent(concat!("lineship/", env!("CARGO_PKG_VERSION")))
             // Keep-alive, but drop idle connections before servers and proxies (often 3 min) do.
             .pool_idle_timeout(Duration::from_secs(90))
+            // More idle connections than requests in flight are never used; the bound also
+            // bounds how many dead ones a resend can meet (see `TransportError::Closed`).
+            .pool_max_idle_per_host(settings.max_in_flight)
             .tcp_nodelay(true)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             // A redirected POST would lose its body; a redirect is reported instead.
@@ -123,20 +155,20 @@ impl Client {
 
     /// `GET {url}/ping`: whether the server can be reached at all (any HTTP answer counts).
     pub async fn ping(&self, timeout: Duration) -> Result<Pong, TransportError> {
-        let resp = self
-            .http
-            .get(self.ping_url.clone())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let get = || self.http.get(self.ping_url.clone()).timeout(timeout).send();
+        let resp = match get().await.map_err(map_err) {
+            // An idle kept-alive connection the server closed just now: not news either.
+            Err(e) if e.is_closed_connection() => get().await.map_err(map_err)?,
+            r => r?,
+        };
         let version = resp
             .headers()
             .get("X-Influxdb-Version")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let status = resp.status().as_u16();
-        let _ = resp.bytes().await;
+        // Only the status matters; reading a little lets a short body keep the connection.
+        let _ = read_capped(resp).await;
         Ok(Pong { status, version })
     }
 
@@ -172,20 +204,23 @@ impl Client {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .map(|v| location_of(resp.url(), v.as_bytes()));
+        // The status decides; a body that fails or times out half-way is not a failed write
+        // (a 2xx stays delivered), it only shortens the message.
+        let (body, _complete) = read_capped(resp).await;
         let message = if (200..300).contains(&status) {
-            // Drain so the connection can be reused.
-            let _ = resp.bytes().await;
             String::new()
         } else {
-            resp.bytes()
-                .await
-                .map(|b| message_of(&b))
-                .unwrap_or_default()
+            message_of(&body)
         };
         Ok(Reply {
             status,
             retry_after,
             message,
+            location,
         })
     }
 }
@@ -204,9 +239,88 @@ fn map_err(e: reqwest::Error) -> TransportError {
         TransportError::Timeout
     } else if e.is_connect() {
         TransportError::Connect(msg)
+    } else if closed_before_answer(&e) {
+        TransportError::Closed(msg)
     } else {
         TransportError::Other(msg)
     }
+}
+
+/// Whether the connection ended (EOF, or a reset: the server's kernel answers a request sent
+/// into a closed socket with RST) before any part of the answer; `send` only fails before the
+/// response head.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), ConnectionReset | BrokenPipe) {
+                return true;
+            }
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Reads at most [`MAX_BODY_READ`] bytes of the body, then drops the response: a body read to
+/// its end leaves the connection to the pool, one cut short closes it. `complete` is false when
+/// the body was cut short or failed (the bytes read so far are kept).
+async fn read_capped(mut resp: reqwest::Response) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_READ - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() >= room {
+                    // Possibly complete, but finding out could mean reading gigabytes.
+                    return (body, false);
+                }
+            }
+            Ok(None) => return (body, true),
+            Err(_) => return (body, false),
+        }
+    }
+}
+
+/// A `Location` header fit for a log line: resolved against the request URL when it parses;
+/// otherwise bytes that are not UTF-8 replaced and control characters escaped; at most
+/// [`MAX_LOCATION`] characters either way.
+fn location_of(base: &url::Url, raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(4 * MAX_LOCATION)]);
+    let resolved = match std::str::from_utf8(raw) {
+        Ok(s) if !s.chars().any(char::is_control) => base.join(s).ok().map(String::from),
+        _ => None,
+    };
+    bounded_text(resolved.as_deref().unwrap_or(&text), MAX_LOCATION, true)
+}
+
+/// At most `max` characters of `text`, an ellipsis when cut; control characters escaped
+/// (`escape`) or turned into spaces, so a server cannot forge or garble log lines.
+fn bounded_text(text: &str, max: usize, escape: bool) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            if escape {
+                out.extend(c.escape_default());
+            } else {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// InfluxDB answers errors as JSON `{"code": "...", "message": "..."}`; others send text.
@@ -217,13 +331,9 @@ fn message_of(body: &[u8]) -> String {
     }
     let text = match serde_json::from_slice::<Err>(body) {
         Ok(Err { message: Some(m) }) => m,
-        _ => String::from_utf8_lossy(body).trim().to_owned(),
+        _ => String::from_utf8_lossy(body).into_owned(),
     };
-    let mut t: String = text.chars().take(MAX_MESSAGE).collect();
-    if t.len() < text.len() {
-        t.push('…');
-    }
-    t
+    bounded_text(text.trim(), MAX_MESSAGE, false)
 }
 
 #[cfg(test)]
@@ -238,5 +348,27 @@ mod tests {
         );
         assert_eq!(message_of(b"  plain text\n"), "plain text");
         assert!(message_of(&[b'x'; 5000]).chars().count() <= MAX_MESSAGE + 1);
+        assert_eq!(
+            message_of(b"line one\nline two\r\n\x1b[31mred"),
+            "line one line two   [31mred"
+        );
+    }
+
+    #[test]
+    fn location_is_resolved_bounded_and_sanitized() {
+        let base = url::Url::parse("http://db:8086/api/v2/write?org=o&bucket=b").unwrap();
+        assert_eq!(
+            location_of(&base, b"https://db:8443/api/v2/write?org=o"),
+            "https://db:8443/api/v2/write?org=o"
+        );
+        assert_eq!(
+            location_of(&base, b"/influx/api/v2/write"),
+            "http://db:8086/influx/api/v2/write"
+        );
+        let hostile = location_of(&base, b"http://x/\xff\xfe\x1b[2J\n");
+        assert_eq!(hostile, "http://x/\u{fffd}\u{fffd}\\u{1b}[2J\\n");
+        let huge = location_of(&base, &[b'a'; 100_000]);
+        assert!(huge.chars().count() <= MAX_LOCATION + 1, "{}", huge.len());
+        assert!(huge.ends_with('…'));
     }
 }

@@ -12,7 +12,7 @@ pub mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,6 +98,11 @@ pub struct Sender {
     last_write: Mutex<Option<Instant>>,
     /// Write requests under way (the probe waits for a quiet moment).
     writes_in_flight: AtomicUsize,
+    /// Set when a last try before the shutdown deadline failed, cleared by a delivery: from
+    /// then on, batches that would wait past the deadline give up at once instead of each
+    /// taking its own last try (a spooled record handed back would be retried in a tight
+    /// loop until the deadline).
+    last_try_failed: AtomicBool,
 }
 
 /// Counts a write request as under way until dropped (also if its future is cancelled).
@@ -159,6 +164,7 @@ impl Sender {
             deadline,
             last_write: Mutex::new(None),
             writes_in_flight: AtomicUsize::new(0),
+            last_try_failed: AtomicBool::new(false),
         })
     }
 
@@ -190,8 +196,10 @@ impl Sender {
             };
             self.stats.progress.beat(Stage::Sender);
             let past_deadline = self.deadline.borrow().is_some_and(|d| Instant::now() >= d);
+            // Nothing can be sent before the deadline: spooled records stay where they are.
+            let hopeless = past_deadline || self.gives_up_at_gate();
             let mut work = None;
-            if !past_deadline && self.spool.has_pending() {
+            if !hopeless && self.spool.has_pending() {
                 let sp = self.spool.clone();
                 if let Ok(Some((id, b))) = tokio::task::spawn_blocking(move || sp.next()).await {
                     work = Some(Work::Spooled(id, b));
@@ -200,7 +208,7 @@ impl Sender {
             let work = match work {
                 Some(w) => w,
                 None if !rx_open => {
-                    if past_deadline || !self.spool.has_pending() {
+                    if hopeless || !self.spool.has_pending() {
                         break;
                     }
                     continue;
@@ -333,6 +341,10 @@ impl Sender {
     fn deliver(self: Arc<Self>, batch: Batch) -> Delivery {
         Box::pin(async move {
             let mut consecutive_500 = 0u32;
+            // Resends at once after the server closed the connection under the request: each
+            // one discards a dead pooled connection, and the pool keeps at most
+            // `max_in_flight` idle ones, so this many reach a new connection.
+            let mut closed_resends_left = self.settings.max_in_flight + 1;
             loop {
                 let last_try = match self.wait_gate().await {
                     Go::Now => false,
@@ -347,6 +359,7 @@ impl Sender {
                 *self.last_write.lock().unwrap() = Some(Instant::now());
                 let wait = match sent {
                     Ok(reply) => {
+                        closed_resends_left = self.settings.max_in_flight + 1;
                         self.stats.count_request(&reply.status.to_string());
                         if reply.status == 500 {
                             consecutive_500 += 1;
@@ -418,6 +431,16 @@ impl Sender {
                             }
                         }
                     }
+                    Err(e) if e.is_closed_connection() && closed_resends_left > 0 => {
+                        // A kept-alive connection the server had just closed (it answered
+                        // without `Connection: close`): not news about the server, so no log
+                        // line, health change or backoff; writes are idempotent.
+                        closed_resends_left -= 1;
+                        self.stats.count_request(e.class());
+                        self.stats.retries.fetch_add(1, Relaxed);
+                        tracing::debug!(error = %e, "the server closed the connection under the request; resending it on a new one");
+                        continue;
+                    }
                     Err(e) => {
                         consecutive_500 = 0;
                         self.stats.count_request(e.class());
@@ -426,6 +449,7 @@ impl Sender {
                     }
                 };
                 if last_try {
+                    self.last_try_failed.store(true, Relaxed);
                     return Err(vec![batch]);
                 }
                 self.stats.retries.fetch_add(1, Relaxed);
@@ -513,20 +537,18 @@ impl Sender {
     }
 
     fn misconfig_cause(&self, reply: &Reply) -> String {
-        let what = match reply.status {
-            401 => "the server rejected the token (401 Unauthorized): check output.token, output.token_file or LINESHIP_TOKEN",
-            403 => "the token may not write to this bucket (403 Forbidden): grant it write permission",
-            _ => "org, bucket or write path not found (404): check output.org, output.bucket and the path in output.url",
-        };
-        format!(
-            "{what}; data is kept and retried every {:?}; server said: {}",
-            self.settings.max_backoff, reply.message
+        retry::misconfig_cause(
+            reply.status,
+            &reply.message,
+            reply.location.as_deref(),
+            self.settings.max_backoff,
         )
     }
 
     /// Records that the server answered a write (so it is reachable); logs the recovery once.
     fn reachable(&self, reply: &Reply) {
         self.gate.lock().unwrap().succeeded();
+        self.last_try_failed.store(false, Relaxed);
         self.healthy(reply.status, "server accepts writes again");
     }
 
@@ -609,6 +631,14 @@ impl Sender {
         }
     }
 
+    /// Whether a delivery starting now would give up at the gate (see [`Sender::wait_gate`]).
+    fn gives_up_at_gate(&self) -> bool {
+        let Some(dl) = *self.deadline.borrow() else {
+            return false;
+        };
+        self.last_try_failed.load(Relaxed) && self.gate.lock().unwrap().open_at() > dl
+    }
+
     async fn wait_gate(&self) -> Go {
         let mut deadline = self.deadline.clone();
         loop {
@@ -620,7 +650,11 @@ impl Sender {
                     return Go::GiveUp;
                 }
                 if open_at > dl {
-                    return Go::LastTry;
+                    return if self.last_try_failed.load(Relaxed) {
+                        Go::GiveUp
+                    } else {
+                        Go::LastTry
+                    };
                 }
             }
             if open_at <= now {

@@ -14,7 +14,8 @@ pub enum Verdict {
     Split,
     /// 422: partial write; the server kept the good points. Do not retry.
     Partial,
-    /// 401/403/404: configuration or permission problem. Keep the data, retry slowly.
+    /// 401/403/404 and redirects (3xx): configuration or permission problem. Keep the data,
+    /// retry slowly.
     Misconfigured,
     /// 408, 429, 5xx (but 501) and transport errors: back off and retry.
     Retry,
@@ -29,14 +30,43 @@ pub fn classify(status: u16) -> Verdict {
         413 => Verdict::Split,
         422 => Verdict::Partial,
         401 | 403 | 404 => Verdict::Misconfigured,
+        // Redirects are not followed (a redirected POST can lose its body, and a moved server
+        // is the operator's to confirm): like a 404, `output.url` needs fixing, and the data is
+        // kept until it is.
+        300..=399 => Verdict::Misconfigured,
         408 | 429 => Verdict::Retry,
         501 => Verdict::Reject,
         500..=599 => Verdict::Retry,
-        // 1xx/3xx should not reach us (redirects are not followed: a redirected POST would
-        // drop the body); treat them like server trouble rather than losing the batch.
-        100..=199 | 300..=399 => Verdict::Retry,
+        // 1xx should not reach us (hyper consumes them); treat one like server trouble rather
+        // than losing the batch.
+        100..=199 => Verdict::Retry,
         _ => Verdict::Reject,
     }
+}
+
+/// What the operator reads for a [`Verdict::Misconfigured`] answer: the cause, what to fix,
+/// and that the data is kept. `location` is the (sanitized) target of a redirect.
+pub fn misconfig_cause(
+    status: u16,
+    message: &str,
+    location: Option<&str>,
+    retry_every: Duration,
+) -> String {
+    let what = match status {
+        401 => "the server rejected the token (401 Unauthorized): check output.token, output.token_file or LINESHIP_TOKEN".to_owned(),
+        403 => "the token may not write to this bucket (403 Forbidden): grant it write permission".to_owned(),
+        300..=399 => format!(
+            "the server redirects writes ({status}) to {}: lineship does not follow redirects; set output.url to the address the server now answers at (without /api/v2/write)",
+            location.unwrap_or("nowhere (no Location header)")
+        ),
+        _ => "org, bucket or write path not found (404): check output.org, output.bucket and the path in output.url".to_owned(),
+    };
+    let mut cause = format!("{what}; data is kept and retried every {retry_every:?}");
+    if !message.is_empty() {
+        cause.push_str("; server said: ");
+        cause.push_str(message);
+    }
+    cause
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, min(max, initial * 2^attempt)]`.
@@ -160,7 +190,11 @@ mod tests {
             (501, Reject),
             (405, Reject),
             (409, Reject),
-            (302, Retry),
+            (301, Misconfigured),
+            (302, Misconfigured),
+            (307, Misconfigured),
+            (308, Misconfigured),
+            (100, Retry),
         ] {
             assert_eq!(classify(s), v, "status {s}");
         }

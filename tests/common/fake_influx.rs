@@ -2,22 +2,26 @@
 //! 127.0.0.1 and a tokio runtime on its own thread, records every request (headers, raw and
 //! gunzipped body, the status it answered) and answers writes from a script, a responder or a
 //! default. Invariant: an empty or undecodable write is always answered 400 and recorded, so a
-//! test can assert that lineship never sends one.
+//! test can assert that lineship never sends one. A reply may also behave like a hostile server:
+//! a huge or endless body ([`BodyStream`]), header values that are not UTF-8, or closing the
+//! connection after answering without saying so (no `Connection: close`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use super::fake_body::{BodyStream, FakeBody};
 use super::{gunzip, percent_decode, split_lines};
 
 /// The write endpoint lineship posts to.
@@ -29,6 +33,13 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub headers: Vec<(String, String)>,
+    /// Headers whose values need not be UTF-8 (sent after `headers`).
+    pub raw_headers: Vec<(String, Vec<u8>)>,
+    /// A generated body sent instead of `body`.
+    pub stream: Option<BodyStream>,
+    /// Close the connection once this reply is sent, without a `Connection: close` header
+    /// (the client only learns of it when it tries the connection again).
+    pub close_after: bool,
 }
 
 impl Reply {
@@ -38,6 +49,9 @@ impl Reply {
             status,
             body: String::new(),
             headers: Vec::new(),
+            raw_headers: Vec::new(),
+            stream: None,
+            close_after: false,
         }
     }
 
@@ -72,6 +86,21 @@ impl Reply {
 
     pub fn with_body(mut self, body: impl Into<String>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    pub fn with_raw_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.raw_headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_stream(mut self, stream: BodyStream) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close_after = true;
         self
     }
 
@@ -167,6 +196,7 @@ pub type Responder = Arc<dyn Fn(&Request) -> Reply + Send + Sync + 'static>;
 pub struct FakeInflux {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    streamed: Arc<AtomicU64>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -174,6 +204,8 @@ pub struct FakeInflux {
 struct Shared {
     state: Mutex<FakeState>,
     changed: Condvar,
+    /// Reply body bytes handed to hyper, on all paths.
+    streamed: Arc<AtomicU64>,
 }
 
 struct FakeState {
@@ -280,7 +312,9 @@ impl FakeInflux {
                 max_writes_in_flight: 0,
             }),
             changed: Condvar::new(),
+            streamed: Arc::new(AtomicU64::new(0)),
         });
+        let streamed = Arc::clone(&shared.streamed);
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let server_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -299,6 +333,7 @@ impl FakeInflux {
         FakeInflux {
             addr,
             shared,
+            streamed,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -364,12 +399,17 @@ impl FakeInflux {
         state.requests.iter().filter(|r| r.is_empty_write()).count()
     }
 
-    /// TCP connections accepted so far.
+    /// Reply body bytes sent so far (generated bodies included), on every path.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.streamed.load(Ordering::Relaxed)
+    }
+
     /// The most writes that were being answered at the same moment.
     pub fn max_writes_in_flight(&self) -> usize {
         self.shared.lock().max_writes_in_flight
     }
 
+    /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.lock().connections
     }
@@ -488,11 +528,24 @@ async fn serve(
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(Arc::clone(&shared), connection, req));
-            let _ = http1::Builder::new()
+            let close = Arc::new(tokio::sync::Notify::new());
+            let close_on = Arc::clone(&close);
+            let service = service_fn(move |req| {
+                handle(Arc::clone(&shared), connection, Arc::clone(&close_on), req)
+            });
+            let conn = http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                // The handler signals before returning its reply, and hyper writes the head in
+                // the same poll that takes the reply: the head is out (without
+                // `Connection: close`) before this disables keep-alive, so the connection
+                // closes right after this reply.
+                _ = close.notified() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
         });
     }
 }
@@ -500,8 +553,9 @@ async fn serve(
 async fn handle(
     shared: Arc<Shared>,
     connection: u64,
+    close: Arc<tokio::sync::Notify>,
     req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+) -> Result<hyper::Response<FakeBody>, Infallible> {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -578,7 +632,10 @@ async fn handle(
         state.requests.push(request);
     }
     shared.changed.notify_all();
-    Ok(to_response(reply))
+    if reply.close_after {
+        close.notify_one();
+    }
+    Ok(to_response(reply, &shared.streamed))
 }
 
 /// Picks the answer to a write: bad bodies first, then script, responder, default.
@@ -606,19 +663,24 @@ fn write_reply(shared: &Shared, request: &Request) -> Reply {
     responder(request)
 }
 
-fn to_response(reply: Reply) -> hyper::Response<Full<Bytes>> {
+fn to_response(reply: Reply, streamed: &Arc<AtomicU64>) -> hyper::Response<FakeBody> {
     let mut builder = hyper::Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    builder
-        .body(Full::new(Bytes::from(reply.body)))
-        .unwrap_or_else(|e| {
-            let mut response =
-                hyper::Response::new(Full::new(Bytes::from(format!("bad scripted reply: {e}"))));
-            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-            response
-        })
+    for (name, value) in &reply.raw_headers {
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    let body = match reply.stream {
+        Some(plan) => FakeBody::stream(plan, Arc::clone(streamed)),
+        None => FakeBody::full(Bytes::from(reply.body), Arc::clone(streamed)),
+    };
+    builder.body(body).unwrap_or_else(|e| {
+        let text = Bytes::from(format!("bad scripted reply: {e}"));
+        let mut response = hyper::Response::new(FakeBody::full(text, Arc::clone(streamed)));
+        *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
 }
 
 fn parse_query(query: &str) -> BTreeMap<String, String> {

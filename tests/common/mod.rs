@@ -2,7 +2,7 @@
 //!
 //! - [`FakeInflux`] (`fake_influx.rs`): an in-process HTTP/1.1 stand-in for `/api/v2/write`
 //!   that records every request and answers from a script, a programmable responder or a
-//!   default reply.
+//!   default reply; `fake_body.rs` holds its generated (huge, endless) reply bodies.
 //! - [`VictoriaMetrics`] (`victoria_metrics.rs`): a real `victoria-metrics` server (Debian
 //!   package) in a temporary data directory, with export helpers to check what landed.
 //! - `lineship.rs`: running the `lineship` binary ([`run_stdin`], [`Daemon`]) with a hard
@@ -19,11 +19,13 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+mod fake_body;
 mod fake_influx;
 mod lineship;
 mod telemetry;
 mod victoria_metrics;
 
+pub use fake_body::BodyStream;
 pub use fake_influx::*;
 pub use lineship::*;
 pub use telemetry::*;
