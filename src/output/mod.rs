@@ -319,6 +319,8 @@ impl Sender {
         let stats = self.stats.clone();
         let router = self.acks.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            // One error line for all the batches a full disk refuses, not one per batch.
+            let mut failed: Option<(std::io::Error, u64)> = None;
             for b in left {
                 match sp.append(&b, || true) {
                     Ok((spool::Appended::Stored, durable)) => router.ack(&durable),
@@ -329,9 +331,13 @@ impl Sender {
                     }
                     Err(e) => {
                         stats.lines_undelivered.fetch_add(b.lines as u64, Relaxed);
-                        tracing::error!(lines = b.lines, error = %e, spool = %sp.dir().display(), "cannot write undelivered lines to the spool at shutdown; they are lost (lines from tailed files are read again after a restart)");
+                        let lines = failed.as_ref().map_or(0, |f| f.1) + b.lines as u64;
+                        failed = Some((failed.map_or(e, |f| f.0), lines));
                     }
                 }
+            }
+            if let Some((e, lines)) = failed {
+                tracing::error!(lines, error = %e, spool = %sp.dir().display(), "cannot write undelivered lines to the spool at shutdown; they are LOST (lines from tailed files are read again after a restart)");
             }
         })
         .await;
