@@ -14,7 +14,7 @@ use lineship::batch::{Batch, Dest, Encoding};
 use lineship::config::{FsyncPolicy, SpoolSettings, WhenFull};
 use lineship::line::Precision;
 use lineship::spool::Spool;
-use lineship::telemetry::Stats;
+use lineship::spool::SpoolStats;
 
 const RECORD: usize = 100 << 10;
 const RECORDS: usize = 640; // 64 MiB per iteration
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
 
 /// Appends `batches` to an empty spool and syncs.
 fn filled(dir: &std::path::Path, batches: &[Batch], settings: &SpoolSettings) -> Spool {
-    let sp = Spool::open(dir, settings, Arc::new(Stats::default())).unwrap();
+    let sp = Spool::open(dir, settings, Arc::new(SpoolStats::default())).unwrap();
     for batch in batches {
         sp.append(batch, || false).unwrap();
     }
@@ -108,7 +108,8 @@ fn append_and_replay(
                 dir
             },
             |dir| {
-                let sp = Spool::open(dir.path(), settings, Arc::new(Stats::default())).unwrap();
+                let sp =
+                    Spool::open(dir.path(), settings, Arc::new(SpoolStats::default())).unwrap();
                 let mut n = 0;
                 while let Some((id, _)) = sp.next() {
                     sp.ack(id);

@@ -125,7 +125,7 @@ pub async fn run(
     let spool = Arc::new(Spool::open(
         &settings.state_dir,
         &settings.spool,
-        stats.clone(),
+        stats.spool.clone(),
     )?);
     let backlog = spool.backlog();
     if backlog.records > 0 {
@@ -372,7 +372,7 @@ pub async fn run(
         lines_dropped: stats.lines_dropped(),
         lines_undelivered: stats.lines_undelivered.load(Relaxed),
         lines_spooled: left.lines,
-        lines_spool_dropped: stats.spool_dropped_lines.load(Relaxed),
+        lines_spool_dropped: stats.spool.dropped_lines.load(Relaxed),
     };
     stats.log_summary();
     if report.lines_spooled > 0 {

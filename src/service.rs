@@ -159,7 +159,7 @@ impl Service {
                 stats.lines_received(),
                 stats.lines_delivered.load(Relaxed),
                 stats.lines_invalid(),
-                stats.spool_lines.load(Relaxed),
+                stats.spool.lines.load(Relaxed),
             ),
         );
     }

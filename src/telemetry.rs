@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::config::LogFormat;
+use crate::spool::SpoolStats;
 use crate::watchdog::Progress;
 
 /// Counters of one input.
@@ -151,17 +152,8 @@ pub struct Stats {
     pub queue_bytes: AtomicU64,
     /// Gauge: bytes of sealed, compressed batches held in memory for the sender.
     pub memory_bytes: AtomicU64,
-    /// Spool gauges: bytes of segment files, records not yet delivered.
-    pub spool_bytes: AtomicU64,
-    pub spool_records: AtomicU64,
-    /// Spool gauge: lines in the records not yet delivered.
-    pub spool_lines: AtomicU64,
-    /// Lines the spool dropped at its size cap (`when_full`).
-    pub spool_dropped_lines: AtomicU64,
-    /// Damaged spool records skipped at recovery or replay.
-    pub spool_corrupt_records: AtomicU64,
-    /// Lines in them, where the spool could tell.
-    pub spool_corrupt_lines: AtomicU64,
+    /// What the spool counts (it keeps its own counters; telemetry reads them).
+    pub spool: Arc<SpoolStats>,
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub health: Mutex<Health>,
     /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
@@ -289,9 +281,9 @@ impl Stats {
             dead_lettered = self.lines_dead_lettered.load(Relaxed),
             partial_dropped = self.lines_partial_dropped.load(Relaxed),
             retries = self.retries.load(Relaxed),
-            spool_records = self.spool_records.load(Relaxed),
-            spool_lines = self.spool_lines.load(Relaxed),
-            spool_bytes = self.spool_bytes.load(Relaxed),
+            spool_records = self.spool.records.load(Relaxed),
+            spool_lines = self.spool.lines.load(Relaxed),
+            spool_bytes = self.spool.bytes.load(Relaxed),
             last_status = %h.last,
             healthy = h.ok,
             "summary"

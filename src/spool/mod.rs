@@ -62,13 +62,12 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{Ack, Batch};
 use crate::config::{FsyncPolicy, SpoolSettings, WhenFull};
-use crate::telemetry::Stats;
 
 use crate::statefile;
 
@@ -196,6 +195,21 @@ impl Segment {
     }
 }
 
+/// What the spool counts. It keeps these itself and imports nothing above it; telemetry reads
+/// them (each spool its own).
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    /// Gauges: bytes of segment files, records and lines not yet delivered.
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub lines: AtomicU64,
+    /// Lines the spool dropped at its size cap (`when_full`).
+    pub dropped_lines: AtomicU64,
+    /// Damaged records skipped at recovery or replay, and their lines where it could tell.
+    pub corrupt_records: AtomicU64,
+    pub corrupt_lines: AtomicU64,
+}
+
 /// What happened to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -223,7 +237,7 @@ pub struct Spool {
     dir: PathBuf,
     settings: SpoolSettings,
     segment_size: u64,
-    stats: Arc<Stats>,
+    stats: Arc<SpoolStats>,
     state: Mutex<State>,
     /// Signalled when space is freed (for `when_full = "block"`).
     freed: Condvar,
@@ -258,7 +272,7 @@ impl Spool {
     pub fn open(
         state_dir: &Path,
         settings: &SpoolSettings,
-        stats: Arc<Stats>,
+        stats: Arc<SpoolStats>,
     ) -> anyhow::Result<Spool> {
         use anyhow::Context;
         let dir = state_dir.join("spool");
@@ -306,6 +320,11 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The spool's counters.
+    pub fn stats(&self) -> &Arc<SpoolStats> {
+        &self.stats
     }
 
     /// Records not yet acknowledged (pending or handed out).
@@ -467,7 +486,7 @@ impl Spool {
                 }
                 Err(what) => {
                     let lines = seg.update(offset, |_| RecState::Acked).unwrap_or(0);
-                    self.stats.spool_corrupt_records.fetch_add(1, Relaxed);
+                    self.stats.corrupt_records.fetch_add(1, Relaxed);
                     tracing::error!(segment = seg_id, offset, lines, error = %what, "spool record could not be read back and was skipped; its lines are lost");
                     self.collect_garbage(&mut st);
                 }
@@ -691,7 +710,7 @@ impl Spool {
     }
 
     fn count_dropped(&self, lines: u64, what: &str) {
-        self.stats.spool_dropped_lines.fetch_add(lines, Relaxed);
+        self.stats.dropped_lines.fetch_add(lines, Relaxed);
         tracing::error!(
             lines,
             max_size = self.settings.max_size,
@@ -701,9 +720,9 @@ impl Spool {
 
     fn update_gauges(&self, st: &State) {
         let b = backlog_of(&st.segments);
-        self.stats.spool_bytes.store(b.bytes, Relaxed);
-        self.stats.spool_records.store(b.records, Relaxed);
-        self.stats.spool_lines.store(b.lines, Relaxed);
+        self.stats.bytes.store(b.bytes, Relaxed);
+        self.stats.records.store(b.records, Relaxed);
+        self.stats.lines.store(b.lines, Relaxed);
     }
 }
 

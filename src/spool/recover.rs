@@ -20,9 +20,9 @@ use super::cursor::{read_cursor, Cursor};
 use super::loss::{self, Found, Loss};
 use super::record::Seq;
 use super::scan::scan_segment_file;
+use super::SpoolStats;
 use super::{Rec, RecState, Segment, SegmentScan};
 use crate::statefile;
-use crate::telemetry::Stats;
 
 pub(super) struct Recovered {
     pub segments: VecDeque<Segment>,
@@ -38,7 +38,7 @@ pub(super) struct Recovered {
 /// A segment's scan and length, or why it could not be read.
 type ScanResult = Result<(SegmentScan, u64), String>;
 
-pub(super) fn recover(dir: &Path, stats: &Stats) -> io::Result<Recovered> {
+pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> io::Result<Recovered> {
     statefile::ensure_dir(dir)?;
     let cursor = read_cursor(dir);
     let listed = list_segments(dir)?;
@@ -140,10 +140,10 @@ pub(super) fn recover(dir: &Path, stats: &Stats) -> io::Result<Recovered> {
     })
 }
 
-fn report_loss(dir: &Path, l: &Loss, stats: &Stats) {
-    stats.spool_corrupt_records.fetch_add(l.records, Relaxed);
+fn report_loss(dir: &Path, l: &Loss, stats: &SpoolStats) {
+    stats.corrupt_records.fetch_add(l.records, Relaxed);
     if let Some(n) = l.lines {
-        stats.spool_corrupt_lines.fetch_add(n, Relaxed);
+        stats.corrupt_lines.fetch_add(n, Relaxed);
     }
     // Absent when it cannot be known.
     let lines = l.lines;

@@ -36,8 +36,8 @@ fn tag_of(b: &Batch) -> u32 {
     s["m,t=".len()..s.find(' ').unwrap()].parse().unwrap()
 }
 
-fn open(dir: &Path, s: &SpoolSettings) -> (Spool, Arc<Stats>) {
-    let stats = Arc::new(Stats::default());
+fn open(dir: &Path, s: &SpoolSettings) -> (Spool, Arc<SpoolStats>) {
+    let stats = Arc::new(SpoolStats::default());
     (Spool::open(dir, s, stats.clone()).unwrap(), stats)
 }
 
@@ -103,7 +103,7 @@ fn a_symlink_named_like_a_segment_is_moved_aside_and_its_target_untouched() {
         .is_symlink());
     assert!(fs::symlink_metadata(&link).is_err(), "moved, not copied");
     assert_eq!(
-        stats.spool_corrupt_records.load(Relaxed),
+        stats.corrupt_records.load(Relaxed),
         0,
         "no record of ours was lost"
     );
@@ -154,8 +154,8 @@ fn a_record_cut_short_in_a_middle_segment_is_counted_with_its_lines() {
     assert!(!before.problems().is_empty());
 
     let (sp, stats) = open(dir.path(), &settings(1 << 20));
-    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 2);
-    assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 11);
+    assert_eq!(stats.corrupt_records.load(Relaxed), 2);
+    assert_eq!(stats.corrupt_lines.load(Relaxed), 11);
     assert_eq!(drain(&sp), vec![0, 1, 2, 3, 6, 7, 8, 9, 10, 11]);
     // The finished segment was not truncated.
     assert_eq!(
@@ -166,7 +166,7 @@ fn a_record_cut_short_in_a_middle_segment_is_counted_with_its_lines() {
     drop(sp);
     // Counted once: the cursor moved past the gap.
     let (_, stats) = open(dir.path(), &settings(1 << 20));
-    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 0);
+    assert_eq!(stats.corrupt_records.load(Relaxed), 0);
 }
 
 #[test]
@@ -198,8 +198,8 @@ fn a_zeroed_or_emptied_middle_segment_is_counted_exactly_and_fails_verify() {
         );
 
         let (sp, stats) = open(dir.path(), &settings(1 << 20));
-        assert_eq!(stats.spool_corrupt_records.load(Relaxed), 3, "{how}");
-        assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 24, "{how}");
+        assert_eq!(stats.corrupt_records.load(Relaxed), 3, "{how}");
+        assert_eq!(stats.corrupt_lines.load(Relaxed), 24, "{how}");
         assert_eq!(drain(&sp), vec![0, 1, 2, 3, 4, 5, 9, 10, 11], "{how}");
         if how == "zeroed" {
             let aside = dir
@@ -229,7 +229,7 @@ fn a_zeroed_newest_segment_is_counted_from_the_cursor() {
         (3, Some(33))
     );
     let (sp, stats) = open(dir.path(), &settings(1 << 20));
-    assert_eq!(stats.spool_corrupt_lines.load(Relaxed), 33);
+    assert_eq!(stats.corrupt_lines.load(Relaxed), 33);
     assert_eq!(drain(&sp), (0..9).collect::<Vec<_>>());
     // New records go after the zeroed segment's id, never under it.
     sp.append(&batch(20, 1, 100), || false).unwrap();
@@ -256,7 +256,7 @@ fn a_torn_append_to_the_newest_segment_is_truncated_and_not_a_loss() {
     f.write_all(&partial[..500]).unwrap();
     let len = fs::metadata(&segs[3]).unwrap().len();
     let (sp, stats) = open(dir.path(), &settings(1 << 20));
-    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 0);
+    assert_eq!(stats.corrupt_records.load(Relaxed), 0);
     assert_eq!(
         fs::metadata(&segs[3]).unwrap().len(),
         len - 500,
@@ -276,7 +276,7 @@ fn a_drained_spool_gives_its_space_back_and_numbering_survives_restarts() {
     assert_eq!(drain(&sp).len(), 5);
     sp.sync().unwrap();
     assert_eq!(sp.backlog().bytes, 0, "{:?}", sp.backlog());
-    assert_eq!(stats.spool_bytes.load(Relaxed), 0);
+    assert_eq!(stats.bytes.load(Relaxed), 0);
     assert!(
         list_segments(sp.dir()).unwrap().is_empty(),
         "segment files removed"
@@ -286,21 +286,13 @@ fn a_drained_spool_gives_its_space_back_and_numbering_survives_restarts() {
     // (the cursor names a segment id that no longer exists).
     for round in 0..3 {
         let (sp, stats) = open(dir.path(), &s);
-        assert_eq!(
-            stats.spool_corrupt_records.load(Relaxed),
-            0,
-            "round {round}"
-        );
+        assert_eq!(stats.corrupt_records.load(Relaxed), 0, "round {round}");
         sp.append(&batch(100 + round, 1, 100), || false).unwrap();
         sp.sync().unwrap();
         drop(sp);
         let (sp, stats) = open(dir.path(), &s);
         assert_eq!(drain(&sp), vec![100 + round], "round {round}");
-        assert_eq!(
-            stats.spool_corrupt_records.load(Relaxed),
-            0,
-            "round {round}"
-        );
+        assert_eq!(stats.corrupt_records.load(Relaxed), 0, "round {round}");
         sp.sync().unwrap();
     }
 }

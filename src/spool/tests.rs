@@ -49,7 +49,7 @@ fn same(a: &Batch, b: &Batch) -> bool {
 }
 
 fn open(dir: &Path, s: &SpoolSettings) -> Spool {
-    Spool::open(dir, s, Arc::new(Stats::default())).unwrap()
+    Spool::open(dir, s, Arc::new(SpoolStats::default())).unwrap()
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn acked_records_are_not_replayed_and_segments_are_deleted() {
 fn drop_oldest_deletes_whole_segments_and_counts_lines() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(1 << 20, WhenFull::DropOldest, FsyncPolicy::Never);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(SpoolStats::default());
     let sp = Spool::open(dir.path(), &s, stats.clone()).unwrap();
     let mut lines = 0u64;
     for i in 0..60 {
@@ -161,7 +161,7 @@ fn drop_oldest_deletes_whole_segments_and_counts_lines() {
     }
     let b = sp.backlog();
     assert!(b.bytes <= 1 << 20, "{} bytes kept", b.bytes);
-    let dropped = stats.spool_dropped_lines.load(Relaxed);
+    let dropped = stats.dropped_lines.load(Relaxed);
     assert!(dropped > 0);
     assert_eq!(
         dropped + b.lines,
@@ -177,7 +177,7 @@ fn drop_oldest_deletes_whole_segments_and_counts_lines() {
 fn drop_newest_refuses_new_batches_when_full() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(1 << 20, WhenFull::DropNewest, FsyncPolicy::Never);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(SpoolStats::default());
     let sp = Spool::open(dir.path(), &s, stats.clone()).unwrap();
     let mut dropped = 0;
     for i in 0..40 {
@@ -189,7 +189,7 @@ fn drop_newest_refuses_new_batches_when_full() {
         }
     }
     assert!(dropped > 0);
-    assert_eq!(stats.spool_dropped_lines.load(Relaxed), dropped);
+    assert_eq!(stats.dropped_lines.load(Relaxed), dropped);
     assert!(
         same(&sp.next().unwrap().1, &batch(0, 40 << 10)),
         "the oldest are kept"
@@ -244,7 +244,7 @@ fn recovery_never_refuses_to_start() {
     fs::write(&seg, &bytes).unwrap();
     fs::create_dir(spool_dir.join("00000000000000ff.seg")).unwrap();
     fs::write(spool_dir.join(CURSOR), b"nonsense").unwrap();
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(SpoolStats::default());
     let sp = Spool::open(dir.path(), &s, stats.clone()).unwrap();
     let got: Vec<Batch> = std::iter::from_fn(|| sp.next().map(|(_, b)| b)).collect();
     assert_eq!(got.len(), 3);
@@ -253,7 +253,7 @@ fn recovery_never_refuses_to_start() {
             && same(&got[1], &batch(2, 100))
             && same(&got[2], &batch(3, 100))
     );
-    assert_eq!(stats.spool_corrupt_records.load(Relaxed), 1);
+    assert_eq!(stats.corrupt_records.load(Relaxed), 1);
     assert!(
         spool_dir.join("corrupt/00000000000000ff.seg").exists(),
         "moved aside"

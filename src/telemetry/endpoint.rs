@@ -71,9 +71,9 @@ impl Telemetry {
         let h = self.stats.health.lock().unwrap().clone();
         let oldest = self.spool.backlog().oldest_created_at_ms;
         let spool = SpoolView {
-            records: self.stats.spool_records.load(Relaxed),
-            lines: self.stats.spool_lines.load(Relaxed),
-            bytes: self.stats.spool_bytes.load(Relaxed),
+            records: self.stats.spool.records.load(Relaxed),
+            lines: self.stats.spool.lines.load(Relaxed),
+            bytes: self.stats.spool.bytes.load(Relaxed),
             oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         };
         let state = if self.stopping.load(Relaxed) {

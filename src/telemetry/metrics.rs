@@ -234,19 +234,19 @@ impl Collector for StatsCollector {
             e,
             "lineship_spool_bytes",
             "Bytes of spool segment files on disk.",
-            s.spool_bytes.load(Relaxed),
+            s.spool.bytes.load(Relaxed),
         )?;
         gauge(
             e,
             "lineship_spool_records",
             "Spooled batches not yet delivered.",
-            s.spool_records.load(Relaxed),
+            s.spool.records.load(Relaxed),
         )?;
         gauge(
             e,
             "lineship_spool_lines",
             "Lines in spooled batches not yet delivered.",
-            s.spool_lines.load(Relaxed),
+            s.spool.lines.load(Relaxed),
         )?;
         if let Some(spool) = &self.spool {
             let age = spool
@@ -269,19 +269,19 @@ impl Collector for StatsCollector {
             e,
             "lineship_spool_dropped_lines",
             "Lines the spool discarded at its size cap (when_full).",
-            s.spool_dropped_lines.load(Relaxed),
+            s.spool.dropped_lines.load(Relaxed),
         )?;
         counter(
             e,
             "lineship_spool_corrupt_records",
             "Damaged spool records skipped at recovery or replay (their lines are lost).",
-            s.spool_corrupt_records.load(Relaxed),
+            s.spool.corrupt_records.load(Relaxed),
         )?;
         counter(
             e,
             "lineship_spool_corrupt_lines",
             "Lines in damaged spool records, where the spool could count them (they are lost).",
-            s.spool_corrupt_lines.load(Relaxed),
+            s.spool.corrupt_lines.load(Relaxed),
         )?;
 
         let healthy = s.health.lock().unwrap().ok;
@@ -341,7 +341,7 @@ mod tests {
         stats.count_request("204");
         stats.count_request("204");
         stats.count_request("503");
-        stats.spool_lines.store(42, Relaxed);
+        stats.spool.lines.store(42, Relaxed);
         let tail = stats.register_input("tail[0]");
         tail.files_open.store(4, Relaxed);
         tail.rotations.store(2, Relaxed);
