@@ -553,7 +553,9 @@ impl Spool {
         let mut st = self.state.lock().unwrap();
         loop {
             let used = st.segments.iter().map(|s| s.size).sum::<u64>();
-            if used + rec.len() as u64 <= self.settings.max_size || st.segments.is_empty() {
+            if used.saturating_add(rec.len() as u64) <= self.settings.max_size
+                || st.segments.is_empty()
+            {
                 break;
             }
             match self.settings.when_full {
