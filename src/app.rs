@@ -338,7 +338,7 @@ pub async fn run(
 
     // Shutdown, front to back.
     service.stopping();
-    let deadline = Instant::now() + settings.agent.shutdown_timeout;
+    let deadline = crate::clock::after(Instant::now(), settings.agent.shutdown_timeout);
     stop_inputs.store(true, Relaxed);
     let _ = deadline_tx.send(Some(deadline));
     // UDP threads wake within their poll interval, drain what already arrived and send their

@@ -203,7 +203,7 @@ impl Builder {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
-            .map(|o| o.first_at + self.limits.flush_interval)
+            .map(|o| crate::clock::after(o.first_at, self.limits.flush_interval))
             .min()
     }
 
@@ -442,6 +442,13 @@ mod tests {
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].lines, 2);
         assert_eq!(b.next_deadline(), None);
+        // An interval past what `Instant` can hold falls due in a century, without a panic.
+        let mut b = Builder::new(Limits {
+            flush_interval: Duration::MAX,
+            ..limits(100, 1 << 20)
+        });
+        b.push(chunk(&d, &["a x=1"]), t0, &mut sealed);
+        assert!(b.next_deadline().unwrap() > t0 + Duration::from_secs(50 * 365 * 86400));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! [`Settings`] (what the program runs on).
 //!
 //! Invariants: every table denies unknown keys, so a typo is an error that names the key; every
-//! validation error names the key as `table.key`; the token lives only in a [`Secret`], whose
-//! `Debug` and `Display` never show it.
+//! validation error names the key as `table.key`; every number lies in the range `limits`
+//! documents, so nothing that passes `check` overflows later; the token lives only in a
+//! [`Secret`], whose `Debug` and `Display` never show it, and can go into an HTTP header.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use crate::line::Precision;
+
+mod limits;
+use limits::{Zero, DAY, GIB, HOUR, MIB, TIB};
 
 /// Environment variable consulted for the token when the config names neither `token` nor
 /// `token_file`.
@@ -127,7 +131,7 @@ pub struct RawOutput {
     pub bucket: String,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
-    pub gzip_level: u32,
+    pub gzip_level: u64,
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
     pub max_in_flight: u64,
@@ -139,7 +143,7 @@ pub struct RawOutput {
     pub max_backoff: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub max_retry_after: Duration,
-    pub poison_retries: u32,
+    pub poison_retries: u64,
     pub tls_ca_file: Option<PathBuf>,
 }
 
@@ -585,12 +589,17 @@ impl RawConfig {
                 .and_then(|s| s.split(':').next().map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("/var/lib/lineship")),
         };
-        if a.batch_max_lines == 0 {
-            bail!(key_err("agent.batch_max_lines", "must be at least 1"));
-        }
-        if a.max_line_bytes < 16 {
-            bail!(key_err("agent.max_line_bytes", "must be at least 16 bytes"));
-        }
+        // Batches count lines in a u32; 10 million is far beyond what a server accepts at once.
+        limits::count("agent.batch_max_lines", a.batch_max_lines, 1, 10_000_000)?;
+        limits::size("agent.max_line_bytes", a.max_line_bytes, 16, 64 * MIB)?;
+        // A spool record holds at most 256 MiB, and a batch of incompressible lines at
+        // gzip_level 0 is as large as its lines.
+        limits::size(
+            "agent.batch_max_bytes",
+            a.batch_max_bytes,
+            1 << 10,
+            128 * MIB,
+        )?;
         if a.batch_max_bytes < a.max_line_bytes + 32 {
             bail!(key_err(
                 "agent.batch_max_bytes",
@@ -600,21 +609,31 @@ impl RawConfig {
                 )
             ));
         }
-        if a.flush_interval.is_zero() {
-            bail!(key_err("agent.flush_interval", "must be greater than 0"));
-        }
-        if a.summary_interval.is_zero() {
-            bail!(key_err("agent.summary_interval", "must be greater than 0"));
-        }
+        limits::duration(
+            "agent.flush_interval",
+            a.flush_interval,
+            Zero::Refused,
+            HOUR,
+        )?;
+        limits::duration(
+            "agent.shutdown_timeout",
+            a.shutdown_timeout,
+            Zero::Allowed,
+            DAY,
+        )?;
+        limits::duration(
+            "agent.summary_interval",
+            a.summary_interval,
+            Zero::Refused,
+            DAY,
+        )?;
         tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|e| {
             key_err(
                 "agent.log_level",
                 format!("{e}; use e.g. \"info\" or \"lineship=debug\""),
             )
         })?;
-        if a.rejected_max_size < (1 << 20) {
-            bail!(key_err("agent.rejected_max_size", "must be at least 1MiB"));
-        }
+        limits::size("agent.rejected_max_size", a.rejected_max_size, MIB, TIB)?;
         let agent = AgentSettings {
             flush_interval: a.flush_interval,
             batch_max_lines: to_usize("agent.batch_max_lines", a.batch_max_lines)?,
@@ -633,12 +652,13 @@ impl RawConfig {
         let output = validate_output(o, &env)?;
 
         let s = self.spool;
-        if s.max_size < (1 << 20) {
-            bail!(key_err("spool.max_size", "must be at least 1MiB"));
-        }
-        if s.fsync == FsyncPolicy::Interval && s.fsync_interval.is_zero() {
-            bail!(key_err("spool.fsync_interval", "must be greater than 0"));
-        }
+        limits::size("spool.max_size", s.max_size, MIB, 64 * TIB)?;
+        // Zero is fine when the interval is not used.
+        let zero = match s.fsync {
+            FsyncPolicy::Interval => Zero::Refused,
+            _ => Zero::Allowed,
+        };
+        limits::duration("spool.fsync_interval", s.fsync_interval, zero, HOUR)?;
         let spool = SpoolSettings {
             max_size: s.max_size,
             when_full: s.when_full,
@@ -662,12 +682,9 @@ impl RawConfig {
                     ),
                 )
             })?;
-            if u.workers == 0 || u.workers > 64 {
-                bail!(key_err(
-                    &format!("{key}.workers"),
-                    "must be between 1 and 64"
-                ));
-            }
+            limits::count(&format!("{key}.workers"), u.workers, 1, 64)?;
+            // The kernel takes an int and doubles it.
+            limits::size(&format!("{key}.receive_buffer"), u.receive_buffer, 0, GIB)?;
             inputs.udp.push(UdpSettings {
                 name: format!("udp:{listen}"),
                 key: key.clone(),
@@ -685,6 +702,12 @@ impl RawConfig {
                     "must list at least one path or glob"
                 ));
             }
+            limits::duration(
+                &format!("{key}.rotate_wait"),
+                t.rotate_wait,
+                Zero::Allowed,
+                DAY,
+            )?;
             for p in &t.paths {
                 if !Path::new(p).is_absolute() {
                     bail!(key_err(
@@ -843,43 +866,49 @@ fn validate_output(
             "output.token_file",
             "set either output.token or output.token_file, not both"
         )),
-        (Some(t), None) => (Secret::new(t), TokenSource::Config),
+        (Some(t), None) => {
+            limits::token(&t).map_err(|e| key_err("output.token", e))?;
+            (Secret::new(t), TokenSource::Config)
+        }
         (None, Some(f)) => (
             read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
             TokenSource::File,
         ),
         (None, None) => match env(TOKEN_ENV) {
-            Some(t) if !t.is_empty() => (Secret::new(t), TokenSource::Env),
+            Some(t) if !t.is_empty() => {
+                limits::token(&t).map_err(|e| {
+                    anyhow::anyhow!("environment variable {TOKEN_ENV} (the output token): {e}")
+                })?;
+                (Secret::new(t), TokenSource::Env)
+            }
             _ => (Secret::default(), TokenSource::None),
         },
     };
-    if o.gzip_level > 12 {
-        bail!(key_err(
-            "output.gzip_level",
-            "must be between 0 (no compression) and 12"
-        ));
-    }
-    if o.max_in_flight == 0 || o.max_in_flight > 256 {
-        bail!(key_err("output.max_in_flight", "must be between 1 and 256"));
-    }
-    if o.timeout.is_zero() {
-        bail!(key_err("output.timeout", "must be greater than 0"));
-    }
-    if o.initial_backoff.is_zero() {
-        bail!(key_err("output.initial_backoff", "must be greater than 0"));
-    }
+    limits::count("output.gzip_level", o.gzip_level, 0, 12)?;
+    limits::count("output.max_in_flight", o.max_in_flight, 1, 256)?;
+    limits::duration("output.timeout", o.timeout, Zero::Refused, HOUR)?;
+    limits::duration(
+        "output.initial_backoff",
+        o.initial_backoff,
+        Zero::Refused,
+        HOUR,
+    )?;
+    limits::duration("output.max_backoff", o.max_backoff, Zero::Refused, HOUR)?;
     if o.max_backoff < o.initial_backoff {
         bail!(key_err(
             "output.max_backoff",
             "must not be less than output.initial_backoff"
         ));
     }
-    if o.poison_retries == 0 {
-        bail!(key_err("output.poison_retries", "must be at least 1"));
-    }
-    if o.memory_limit < (1 << 20) {
-        bail!(key_err("output.memory_limit", "must be at least 1MiB"));
-    }
+    // Zero would retry a throttled write at once, again and again.
+    limits::duration(
+        "output.max_retry_after",
+        o.max_retry_after,
+        Zero::Refused,
+        DAY,
+    )?;
+    limits::count("output.poison_retries", o.poison_retries, 1, 1000)?;
+    limits::size("output.memory_limit", o.memory_limit, MIB, TIB)?;
     let tls_ca_file = match o.tls_ca_file {
         Some(p) if p.as_os_str().is_empty() => None,
         Some(p) => {
@@ -901,19 +930,20 @@ fn validate_output(
         token,
         token_file: o.token_file,
         token_source,
-        gzip_level: o.gzip_level,
+        gzip_level: o.gzip_level as u32,
         timeout: o.timeout,
         max_in_flight: o.max_in_flight as usize,
         memory_limit: to_usize("output.memory_limit", o.memory_limit)?,
         initial_backoff: o.initial_backoff,
         max_backoff: o.max_backoff,
         max_retry_after: o.max_retry_after,
-        poison_retries: o.poison_retries,
+        poison_retries: o.poison_retries as u32,
         tls_ca_file,
     })
 }
 
 /// Reads a token file; surrounding whitespace (a trailing newline) is not part of the token.
+/// Errors name the file, never the token.
 pub fn read_token_file(path: &Path) -> Result<Secret, String> {
     let s = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -921,6 +951,7 @@ pub fn read_token_file(path: &Path) -> Result<Secret, String> {
     if t.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
+    limits::token(t).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Secret::new(t))
 }
 

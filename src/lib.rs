@@ -17,6 +17,7 @@ pub mod app;
 pub mod batch;
 pub mod batcher;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod input;
 pub mod line;

@@ -1,8 +1,10 @@
 //! Reloading on SIGHUP: what can change without a restart.
 //!
 //! - `output.token_file` is read again and, if it changed, handed to the HTTP client: the next
-//!   request carries the new token. A file that cannot be read or is empty keeps the current
-//!   token (and says so at error level). The token itself is never logged.
+//!   request carries the new token. A file that cannot be read, is empty, or holds a token no
+//!   HTTP header can carry (a line break inside, a control or non-ASCII character) keeps the
+//!   current token (and says so at error level, naming the file). The token itself is never
+//!   logged.
 //! - Every SIGHUP bumps a generation number on a `tokio::sync::watch` channel that inputs
 //!   subscribe to with [`Reloader::subscribe`] (the tail input rescans its globs). Async code
 //!   awaits `changed()`; a blocking thread polls `has_changed()` and calls `mark_unchanged()`.
@@ -114,6 +116,22 @@ mod tests {
         assert!(
             matches!(reread_token(Some(&f), &old), TokenReload::Failed(m) if m.contains("empty"))
         );
+        // A token no HTTP header can carry keeps the current one; the error names the file.
+        for bad in [
+            "SECRET\nPART\n",
+            "SECRET PART",
+            "SECRET\u{1}PART",
+            "SECRET\u{e9}PART",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            match reread_token(Some(&f), &old) {
+                TokenReload::Failed(m) => {
+                    assert!(m.contains(&f.display().to_string()), "{m}");
+                    assert!(!m.contains("SECRET") && !m.contains("PART"), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
         std::fs::remove_file(&f).unwrap();
         assert!(matches!(
             reread_token(Some(&f), &old),

@@ -49,7 +49,7 @@ impl MemoryGate {
     /// `give_up()` says to stop waiting (shutdown), then takes them.
     pub fn acquire(&self, n: usize, give_up: impl Fn() -> bool) {
         let mut used = self.used.lock().unwrap();
-        while *used > 0 && *used + n > self.limit && !give_up() {
+        while *used > 0 && used.saturating_add(n) > self.limit && !give_up() {
             used = self
                 .freed
                 .wait_timeout(used, Duration::from_millis(100))
@@ -62,7 +62,7 @@ impl MemoryGate {
     /// Takes `n` bytes if they fit now (one batch always fits when nothing is held).
     pub fn try_acquire(&self, n: usize) -> bool {
         let mut used = self.used.lock().unwrap();
-        if *used > 0 && *used + n > self.limit {
+        if *used > 0 && used.saturating_add(n) > self.limit {
             return false;
         }
         *used += n;

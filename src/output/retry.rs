@@ -151,10 +151,10 @@ impl Gate {
             };
             self.failures = self.failures.saturating_add(1);
             self.epoch += 1;
-            self.open_at = self.open_at.max(now + delay);
+            self.open_at = self.open_at.max(crate::clock::after(now, delay));
         } else if let Some(w) = wait {
             // A later explicit instruction from the server still counts.
-            self.open_at = self.open_at.max(now + w);
+            self.open_at = self.open_at.max(crate::clock::after(now, w));
         }
         self.open_at.saturating_duration_since(now)
     }
@@ -238,6 +238,17 @@ mod tests {
         assert_eq!(g.failures(), 0);
         let d = g.failed(t, g.epoch(), Some(Duration::from_secs(5)), p, 0.5);
         assert_eq!(d, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn gate_survives_a_wait_too_long_for_an_instant() {
+        let t = Instant::now();
+        let p = (Duration::from_millis(100), Duration::MAX);
+        let mut g = Gate::new(t);
+        let d = g.failed(t, g.epoch(), Some(Duration::MAX), p, 1.0);
+        assert!(d > Duration::from_secs(50 * 365 * 86400), "{d:?}");
+        let d = g.failed(t, 0, Some(Duration::MAX), p, 1.0);
+        assert!(d > Duration::from_secs(50 * 365 * 86400), "{d:?}");
     }
 
     proptest! {

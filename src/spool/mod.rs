@@ -357,7 +357,9 @@ impl Spool {
         let rec = encode_record(batch, now_ms(), seq);
         loop {
             let used = st.segments.iter().map(|s| s.size).sum::<u64>();
-            if used + rec.len() as u64 <= self.settings.max_size || st.segments.is_empty() {
+            if used.saturating_add(rec.len() as u64) <= self.settings.max_size
+                || st.segments.is_empty()
+            {
                 break;
             }
             match self.settings.when_full {
