@@ -1,4 +1,4 @@
-//! One test per row of DESIGN's HTTP status table, running the real pipeline in-process
+//! One test per row of the HTTP status table (README, "How lineship treats the server's answers"), running the real pipeline in-process
 //! (`lineship::run` with stdin injected) against the fake InfluxDB.
 
 mod common;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{FakeInflux, Reply};
 use lineship::{Io, Report, Settings};
 
-/// Fast backoff so retry tests take milliseconds; everything else as in DESIGN.
+/// Fast backoff so retry tests take milliseconds; everything else at its default.
 fn settings(url: &str, state: &std::path::Path, extra_output: &str) -> Settings {
     let text = format!(
         r#"

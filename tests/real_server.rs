@@ -171,7 +171,7 @@ precision = "ms"
     }
 }
 
-/// DESIGN: stop the server mid-stream, keep sending, start it again; every line lands.
+/// A crash test: stop the server mid-stream, keep sending, start it again; every line lands.
 /// Retries are at-least-once, so a line may land twice, never zero times.
 #[test]
 fn victoria_metrics_stopped_mid_stream_loses_nothing() {

@@ -1,4 +1,4 @@
-//! The shipped systemd units: what DESIGN requires of them, and `systemd-analyze verify`
+//! The shipped systemd units: what the README's systemd notes promise of them, and `systemd-analyze verify`
 //! (through `.ci/verify-units`, which `.ci/run` also calls) when systemd-analyze is installed.
 
 use std::path::Path;

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-/// What to do with a batch after the server answered (DESIGN's status table).
+/// What to do with a batch after the server answered (the status table in the README, "How
+/// lineship treats the server's answers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// 2xx.
