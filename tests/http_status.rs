@@ -1,5 +1,6 @@
-//! One test per row of the HTTP status table (README, "How lineship treats the server's answers"), running the real pipeline in-process
-//! (`lineship::run` with stdin injected) against the fake InfluxDB.
+//! One test per row of the HTTP status table (README, "How lineship treats the server's
+//! answers"), running the real pipeline in-process (`lineship::run` with stdin injected)
+//! against the fake InfluxDB.
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! The shipped systemd units: what the README's systemd notes promise of them, and `systemd-analyze verify`
-//! (through `.ci/verify-units`, which `.ci/run` also calls) when systemd-analyze is installed.
+//! The shipped systemd units: what the README's systemd notes promise of them, and
+//! `systemd-analyze verify` (through `.ci/verify-units`, which `.ci/run` also calls) when
+//! systemd-analyze is installed.
 
 use std::path::Path;
 use std::process::Command;
