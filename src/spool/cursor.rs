@@ -69,6 +69,9 @@ fn decode(buf: &[u8]) -> Option<Cursor> {
             line: u(i + 8),
         })
     };
+    if u(0) > super::recover::MAX_SEGMENT_ID {
+        return None;
+    }
     Some(Cursor {
         segment: u(0),
         offset: u(8),

@@ -36,9 +36,10 @@ pub struct Seq {
 impl Seq {
     /// The sequence of the record after one of `lines` lines at `self`.
     pub fn after(self, lines: u32) -> Seq {
+        // Saturating: a crafted record may carry any number (its CRC is no signature).
         Seq {
-            record: self.record + 1,
-            line: self.line + u64::from(lines),
+            record: self.record.saturating_add(1),
+            line: self.line.saturating_add(u64::from(lines)),
         }
     }
 }

@@ -41,7 +41,16 @@ type ScanResult = Result<(SegmentScan, u64), String>;
 pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> io::Result<Recovered> {
     statefile::ensure_dir(dir)?;
     let cursor = read_cursor(dir);
-    let listed = list_segments(dir)?;
+    let mut listed = list_segments(dir)?;
+    // Ids grow by one per segment: no spool of ours comes near this, so a name past it was
+    // planted, and must not push the numbering to its end.
+    listed.retain(|(id, path)| {
+        let ours = *id <= MAX_SEGMENT_ID;
+        if !ours {
+            move_aside(dir, path, "its id is out of range");
+        }
+        ours
+    });
     let scans: Vec<(u64, PathBuf, ScanResult)> = listed
         .into_iter()
         .map(|(id, path)| {
@@ -164,6 +173,9 @@ fn report_loss(dir: &Path, l: &Loss, stats: &SpoolStats) {
         ),
     }
 }
+
+/// The highest segment id a spool uses (2^48 segments of at least 64 KiB: 16 EiB).
+pub(super) const MAX_SEGMENT_ID: u64 = 1 << 48;
 
 pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.seg"))

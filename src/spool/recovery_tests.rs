@@ -363,3 +363,20 @@ fn a_directory_where_the_cursor_goes_is_set_aside_and_acks_still_flow() {
     let (sp, _) = open(dir.path(), &s);
     assert_eq!(drain(&sp), vec![1]);
 }
+
+#[test]
+fn a_segment_named_at_the_top_of_the_id_range_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    fs::create_dir_all(&spool_dir).unwrap();
+    fs::write(spool_dir.join("ffffffffffffffff.seg"), b"planted").unwrap();
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    for i in 0..3 {
+        sp.append(&batch(i, 1, 100), || false).unwrap();
+    }
+    sp.sync().unwrap();
+    drop(sp);
+    assert!(spool_dir.join("corrupt/ffffffffffffffff.seg").exists());
+    let (sp, _) = open(dir.path(), &settings(1 << 20));
+    assert_eq!(drain(&sp), vec![0, 1, 2]);
+}
