@@ -80,19 +80,16 @@ fn decode(buf: &[u8]) -> Option<Cursor> {
     })
 }
 
+/// Version 2, or version 1 when the numbers are not known (the first record to replay is a
+/// version 1 record): a made-up number would make recovery count a gap that is not there.
 fn encode(c: &Cursor) -> Vec<u8> {
     let mut buf = Vec::with_capacity(V2_LEN);
-    let next = c.next.unwrap_or_default();
-    let end = c.end.unwrap_or_default();
-    for v in [
-        c.segment,
-        c.offset,
-        next.record,
-        next.line,
-        end.record,
-        end.line,
-    ] {
-        buf.extend_from_slice(&v.to_le_bytes());
+    buf.extend_from_slice(&c.segment.to_le_bytes());
+    buf.extend_from_slice(&c.offset.to_le_bytes());
+    if let (Some(next), Some(end)) = (c.next, c.end) {
+        for v in [next.record, next.line, end.record, end.line] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
     }
     buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
     buf
