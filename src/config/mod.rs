@@ -6,9 +6,9 @@
 //! documents, so nothing that passes `check` overflows later; the token lives only in a
 //! [`Secret`], whose `Debug` and `Display` never show it, and can go into an HTTP header.
 //!
-//! One file per step: `raw` (what serde reads), `parse_error` (TOML errors that never quote a
-//! token), `validate` (raw -> typed), `settings` (the typed result), `limits` (the range of
-//! every number), `secret` (the token and where it comes from).
+//! One file per step: `raw` (what serde reads), `parse` (text -> raw, with errors that name
+//! the key and never quote a token), `validate` (raw -> typed), `settings` (the typed result),
+//! `limits` (the range of every number), `secret` (the token and where it comes from).
 
 use std::fmt;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::Context;
 
 mod limits;
-mod parse_error;
+mod parse;
 mod raw;
 mod secret;
 mod settings;
@@ -54,9 +54,7 @@ impl Settings {
         force_stdin: bool,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Settings> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| parse_error::parse_error(text, &e))?;
-        raw.validate(force_stdin, env)
+        parse::parse(text)?.validate(force_stdin, env)
     }
 }
 

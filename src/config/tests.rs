@@ -161,6 +161,61 @@ fn parse_errors_name_the_key_under_its_table() {
 }
 
 #[test]
+fn type_errors_name_the_key_by_its_path_also_in_inline_tables() {
+    for (snippet, key) in [
+        (
+            "[input]\nudp = [{ listen = \"127.0.0.1:1\" }, { listen = 5 }]\n",
+            "`input.udp[1].listen`",
+        ),
+        (
+            "[[input.tail]]\npaths = [\"/x\"]\n[[input.tail]]\nfrom_beginning = true\n",
+            "`input.tail[1]`",
+        ),
+        (
+            "[[input.tail]]\npaths = [\"/x\", 5]\n",
+            "`input.tail[0].paths[1]`",
+        ),
+        (
+            "[input.stdin]\ntags = { app = 5 }\n",
+            "`input.stdin.tags.app`",
+        ),
+    ] {
+        let err = format!("{:#}", load(&format!("{MINIMAL}{snippet}")).unwrap_err());
+        assert!(
+            err.contains(&format!("config key {key}")),
+            "{snippet:?} -> {err}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_key_from_the_table_headers() {
+    // No serde path exists before the text parses; the table headers above the line tell.
+    let text = format!(
+        "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.tail]]\npaths = [\"/x\"]\n[[input.udp]]\nlisten = 127.0.0.1:2\n"
+    );
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+    let err = format!(
+        "{:#}",
+        load("[agent]\nflush_interval = soon\n").unwrap_err()
+    );
+    assert!(
+        err.starts_with("config key `agent.flush_interval` (line 2, column 18)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_key_spelled_with_escapes_is_still_redacted() {
+    // The line never says "tok", but the key serde was reading is `output.token`.
+    let text = MINIMAL.replace("token = \"s3cret\"", "\"\\u0074oken\" = 123456789");
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(!err.contains("123456789"), "{err}");
+    assert!(err.contains("config key `output.token`"), "{err}");
+}
+
+#[test]
 fn parse_errors_never_quote_a_token() {
     for bad in [
         "tokn = \"s3cret\"",

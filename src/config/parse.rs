@@ -1,14 +1,35 @@
-//! TOML syntax and type errors, rendered without ever quoting a token.
+//! Reading config text into the raw structs, with errors that name the key and never quote a
+//! token.
 //!
-//! Invariant: the message names the key as `table.key` and its line and column, and never
-//! quotes the source line or, on a line about a token, a value.
+//! Invariant: an error names the key as `table.key` and its line and column, and never quotes
+//! the source line or, on a line about a token, a value.
+//!
+//! Why this is not all left to crates: toml's own `Display` quotes the offending source line,
+//! which may be `token = <secret>` (unquoted, mistyped key, wrong type), and this message goes
+//! to stderr and the journal; toml tracks the keys above an error but does not expose them and
+//! has no array indices. `serde_path_to_error` names the key of every error serde sees
+//! (`input.udp[1].listen`, also inside inline tables), but a syntax error happens before serde,
+//! so it has no path; for those the key is found from the table headers above the line
+//! (`key_at`). Line and column come from toml's span.
 
-/// A TOML error as `line L, column C: message`. toml's own rendering quotes the offending
-/// source line, which may be `token = <secret>` (unquoted, mistyped key, wrong type), and this
-/// message goes to stderr and the journal; so the source is never quoted, and on a line that
-/// mentions a token, values the message quotes in backticks are redacted too. The key is
-/// named as `table.key`, found from the table headers above the line.
-pub(super) fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+use super::RawConfig;
+
+/// Parses config text into the raw structs: syntax first, then the types.
+pub(super) fn parse(text: &str) -> anyhow::Result<RawConfig> {
+    let de = toml::Deserializer::parse(text).map_err(|e| render(text, &e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        // An error at the top level has the path ".".
+        let path = (path != ".").then_some(path);
+        render(text, e.inner(), path.as_deref())
+    })
+}
+
+/// A TOML error as `config key `table.key` (line L, column C): message`, without the source
+/// line. `path` is where serde was when the error happened; without it (a syntax error) the key
+/// is found from the table headers above the line. Values the message quotes in backticks are
+/// redacted when the line or the key mentions a token.
+fn render(text: &str, e: &toml::de::Error, path: Option<&str>) -> anyhow::Error {
     let msg = e.message().trim();
     // Messages about a key name quote key names only; the others may quote the value.
     let about_keys = ["unknown field", "missing field", "duplicate key"]
@@ -20,7 +41,10 @@ pub(super) fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         } else {
             redact_quoted(msg)
         };
-        return anyhow::anyhow!("{msg}");
+        return match path {
+            Some(key) => anyhow::anyhow!("config key `{key}`: {msg}"),
+            None => anyhow::anyhow!("{msg}"),
+        };
     };
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -28,13 +52,18 @@ pub(super) fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
     let line_no = text[..start].matches('\n').count() + 1;
     let column = text[line_start..start].chars().count() + 1;
     let source_line = &text[line_start..line_end];
-    let msg = if !about_keys && source_line.to_ascii_lowercase().contains("tok") {
+    let mentions_token = |s: &str| s.to_ascii_lowercase().contains("tok");
+    let msg = if !about_keys && (mentions_token(source_line) || path.is_some_and(mentions_token)) {
         redact_quoted(msg)
     } else {
         msg.to_owned()
     };
     let at = format!("line {line_no}, column {column}");
-    match key_at(&text[..line_start], source_line) {
+    let key = match path {
+        Some(path) => Some(path.to_owned()),
+        None => key_at(&text[..line_start], source_line),
+    };
+    match key {
         Some(key) => anyhow::anyhow!("config key `{key}` ({at}): {msg}"),
         None => anyhow::anyhow!("{at}: {msg}"),
     }
