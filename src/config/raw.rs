@@ -231,26 +231,53 @@ pub struct RawTelemetry {
     pub listen: Option<String>,
 }
 
+// Durations and sizes keep their own serde glue around humantime's and bytesize's parsers:
+// `humantime_serde` answers "soon" with `invalid value: string "soon", expected a duration`
+// and bytesize's `Deserialize` with `expected parsable string` (and `-5` with `expected integer
+// overflow`), dropping the parser's reason and the form to write; these say both.
+
+const DURATION_FORM: &str = "a duration like \"500ms\", \"10s\" or \"5m\"";
+const SIZE_FORM: &str = "a size like \"64KiB\", \"4MiB\" or \"1GiB\", or a number of bytes";
+
+/// A duration written as a string, e.g. `"500ms"` or `"1h 30m"`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?} ({e}); write it like \"500ms\", \"10s\" or \"5m\""
-        ))
-    })
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(DURATION_FORM)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            humantime::parse_duration(s).map_err(|e| {
+                E::custom(format!(
+                    "invalid duration {s:?} ({e}); write it like \"500ms\", \"10s\" or \"5m\""
+                ))
+            })
+        }
+    }
+    d.deserialize_str(V)
 }
 
+/// A size written as a string (`"64MiB"`) or as a whole number of bytes.
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum SizeRepr {
-        Int(u64),
-        Str(String),
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(SIZE_FORM)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &SIZE_FORM))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u64, E> {
+            parse_size(s).map_err(E::custom)
+        }
     }
-    match SizeRepr::deserialize(d)? {
-        SizeRepr::Int(n) => Ok(n),
-        SizeRepr::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(V)
 }
 
 /// Parses sizes such as `"64MiB"`, `"4 KiB"` or `"1000"` (bytes).
@@ -261,4 +288,49 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| {
             format!("invalid size {s:?} ({e}); write it like \"64KiB\", \"4MiB\" or \"1GiB\"")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error message for `toml` read as the `[agent]` table.
+    fn agent_error(toml: &str) -> String {
+        toml::from_str::<RawAgent>(toml)
+            .unwrap_err()
+            .message()
+            .to_owned()
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_say_the_value_and_the_form_to_write() {
+        for (line, value, form) in [
+            ("flush_interval = \"soon\"", "\"soon\"", "\"10s\""),
+            ("flush_interval = 5", "5", "\"10s\""),
+            ("flush_interval = true", "true", "\"10s\""),
+            (
+                "batch_max_bytes = \"4 parsecs\"",
+                "\"4 parsecs\"",
+                "\"4MiB\"",
+            ),
+            ("batch_max_bytes = -5", "-5", "\"4MiB\""),
+            ("batch_max_bytes = true", "true", "\"4MiB\""),
+            ("batch_max_bytes = 1.5", "1.5", "\"4MiB\""),
+        ] {
+            let msg = agent_error(line);
+            assert!(msg.contains(value) && msg.contains(form), "{line}: {msg}");
+            assert!(!msg.contains("untagged"), "{line}: {msg}");
+        }
+        let a: RawAgent =
+            toml::from_str("batch_max_bytes = 1000\nmax_line_bytes = \"2 KiB\"").unwrap();
+        assert_eq!((a.batch_max_bytes, a.max_line_bytes), (1000, 2048));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4 KiB").unwrap(), 4096);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+    }
 }

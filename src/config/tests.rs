@@ -299,11 +299,3 @@ fn state_dir_defaults_to_systemd_state_directory() {
     .unwrap();
     assert_eq!(s.state_dir, PathBuf::from("/var/lib/lineship"));
 }
-
-#[test]
-fn sizes_parse() {
-    assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-    assert_eq!(parse_size("4 KiB").unwrap(), 4096);
-    assert_eq!(parse_size("1000").unwrap(), 1000);
-    assert!(parse_size("lots").is_err());
-}
