@@ -1,0 +1,136 @@
+//! The output token: the [`Secret`] that holds it, where it comes from (`output.token`,
+//! `output.token_file`, `LINESHIP_TOKEN`), and warnings about files that expose it.
+//!
+//! Invariants: the token is only ever inside a `Secret`, whose `Debug` and `Display` never
+//! show it; every error here names the key or the file, never the token.
+
+use std::fmt;
+use std::path::Path;
+
+use super::limits;
+use super::{key_err, Settings};
+
+/// Environment variable consulted for the token when the config names neither `token` nor
+/// `token_file`.
+pub const TOKEN_ENV: &str = "LINESHIP_TOKEN";
+
+/// A value that must never be logged. `Debug`/`Display` print `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is put on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Reads a token file; surrounding whitespace (a trailing newline) is not part of the token.
+/// Errors name the file, never the token.
+pub fn read_token_file(path: &Path) -> Result<Secret, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    limits::token(t).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Secret::new(t))
+}
+
+/// Picks the token from `output.token`, `output.token_file` or [`TOKEN_ENV`], in that order,
+/// and checks that it can go into a header. Setting both keys is an error; `token = ""`
+/// counts as unset, so token_file and LINESHIP_TOKEN still apply.
+pub(super) fn resolve_token(
+    token: Option<String>,
+    token_file: Option<&Path>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(Secret, TokenSource)> {
+    Ok(match (token.filter(|t| !t.is_empty()), token_file) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                "output.token_file",
+                "set either output.token or output.token_file, not both",
+            ))
+        }
+        (Some(t), None) => {
+            limits::token(&t).map_err(|e| key_err("output.token", e))?;
+            (Secret::new(t), TokenSource::Config)
+        }
+        (None, Some(f)) => (
+            read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
+            TokenSource::File,
+        ),
+        (None, None) => match env(TOKEN_ENV) {
+            Some(t) if !t.is_empty() => {
+                limits::token(&t).map_err(|e| {
+                    anyhow::anyhow!("environment variable {TOKEN_ENV} (the output token): {e}")
+                })?;
+                (Secret::new(t), TokenSource::Env)
+            }
+            _ => (Secret::default(), TokenSource::None),
+        },
+    })
+}
+
+/// Where the output token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    None,
+    /// `output.token` in the config file.
+    Config,
+    /// `output.token_file`.
+    File,
+    /// The `LINESHIP_TOKEN` environment variable.
+    Env,
+}
+
+/// A warning when `path` (a file holding a secret) can be read by every user on the machine.
+pub fn world_readable_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "{what} {} holds the output token and is readable by every user (mode {:o}); run `chmod 600 {}` (or 640 with group lineship)",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+/// Warnings about secrets readable by every user: the config file when it holds
+/// `output.token`, and `output.token_file`.
+pub fn secret_file_warnings(config_path: &Path, settings: &Settings) -> Vec<String> {
+    let o = &settings.output;
+    let mut out = Vec::new();
+    if o.token_source == TokenSource::Config && !o.token.is_empty() {
+        out.extend(world_readable_warning(config_path, "config file"));
+    }
+    if let (TokenSource::File, Some(f)) = (o.token_source, &o.token_file) {
+        out.extend(world_readable_warning(f, "output.token_file"));
+    }
+    out
+}

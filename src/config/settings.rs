@@ -1,0 +1,146 @@
+//! The typed settings the program runs on: every value validated, in range and in the unit
+//! its user needs (`Duration`, `usize`, `SocketAddr`, `Url`, [`Secret`]).
+//!
+//! Invariant: a `Settings` only comes out of `validate.rs`, so holding one means `check`
+//! would pass; nothing downstream re-checks a range.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{Secret, TokenSource};
+use crate::line::Precision;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub agent: AgentSettings,
+    pub output: OutputSettings,
+    pub spool: SpoolSettings,
+    pub inputs: InputSettings,
+    pub telemetry_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub flush_interval: Duration,
+    pub batch_max_lines: usize,
+    pub batch_max_bytes: usize,
+    pub max_line_bytes: usize,
+    pub shutdown_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub rejected_max_bytes: u64,
+    pub summary_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    /// The server's base URL as configured (for logs).
+    pub url: Url,
+    /// `{url}/api/v2/write`, without query.
+    pub write_url: Url,
+    pub org: String,
+    pub bucket: String,
+    pub token: Secret,
+    pub token_file: Option<PathBuf>,
+    /// Where `token` came from (the config file's permissions matter only for `Config`).
+    pub token_source: TokenSource,
+    pub gzip_level: u32,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub memory_limit: usize,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_after: Duration,
+    pub poison_retries: u32,
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub max_size: u64,
+    pub when_full: WhenFull,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+}
+
+/// Resolved per-input line settings.
+#[derive(Debug, Clone)]
+pub struct LineSettings {
+    pub bucket: String,
+    pub precision: Precision,
+    pub stamp_missing: bool,
+    pub format: InputFormat,
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UdpSettings {
+    pub name: String,
+    /// The config table, e.g. `input.udp[0]`, for errors that should name the key.
+    pub key: String,
+    pub listen: SocketAddr,
+    pub receive_buffer: usize,
+    pub workers: usize,
+    pub line: LineSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TailSettings {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub from_beginning: bool,
+    /// How long a rotated or deleted file stays open after it was read to its end, every line
+    /// delivered, with no new data.
+    pub rotate_wait: Duration,
+    pub line: LineSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct StdinSettings {
+    pub line: LineSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InputSettings {
+    pub udp: Vec<UdpSettings>,
+    pub tail: Vec<TailSettings>,
+    pub stdin: Option<StdinSettings>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    DropNewest,
+    Block,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    #[default]
+    Lp,
+    Text,
+}

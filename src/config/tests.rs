@@ -1,0 +1,301 @@
+//! Config as a whole, through `Settings::from_toml`: defaults, errors that name their key and
+//! never quote a token, token sources, per-input overrides.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::line::Precision;
+
+const MINIMAL: &str = r#"
+state_dir = "/tmp/x"
+[output]
+url = "http://localhost:8086/"
+org = "o"
+bucket = "b"
+token = "s3cret"
+"#;
+
+fn load(text: &str) -> anyhow::Result<Settings> {
+    Settings::from_toml(text, false, |_| None)
+}
+
+#[test]
+fn minimal_config_gets_design_defaults() {
+    let s = load(MINIMAL).unwrap();
+    assert_eq!(
+        s.output.write_url.as_str(),
+        "http://localhost:8086/api/v2/write"
+    );
+    assert_eq!(s.agent.batch_max_lines, 5000);
+    assert_eq!(s.agent.batch_max_bytes, 4 << 20);
+    assert_eq!(s.agent.flush_interval, Duration::from_secs(1));
+    assert_eq!(s.output.memory_limit, 64 << 20);
+    assert_eq!(s.output.max_retry_after, Duration::from_secs(300));
+    assert_eq!(s.spool.when_full, WhenFull::DropOldest);
+    assert!(s.inputs.stdin.is_none());
+    let t = load(&format!(
+        "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(t.inputs.tail[0].rotate_wait, Duration::from_secs(60));
+    let t = load(&format!(
+        "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\nrotate_wait = \"5m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(t.inputs.tail[0].rotate_wait, Duration::from_secs(300));
+}
+
+#[test]
+fn url_path_prefix_is_kept() {
+    let s = load(&MINIMAL.replace("http://localhost:8086/", "https://h/influx")).unwrap();
+    assert_eq!(s.output.write_url.as_str(), "https://h/influx/api/v2/write");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = load(&format!("{MINIMAL}\n[agent]\nflush_intervall = \"1s\"\n")).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("flush_intervall"), "{msg}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    for (snippet, key) in [
+        ("[agent]\nflush_interval = \"soon\"\n", "flush_interval"),
+        (
+            "[agent]\nbatch_max_bytes = \"4 parsecs\"\n",
+            "batch_max_bytes",
+        ),
+        ("[agent]\nbatch_max_lines = 0\n", "agent.batch_max_lines"),
+        (
+            "[agent]\nrejected_max_size = 0\n",
+            "agent.rejected_max_size",
+        ),
+        (
+            "[input.stdin]\nprecision = \"minutes\"\n",
+            "input.stdin.precision",
+        ),
+        ("[[input.udp]]\nlisten = \"nope\"\n", "input.udp[0].listen"),
+        ("[telemetry]\nlisten = \"x\"\n", "telemetry.listen"),
+        (
+            "[[input.tail]]\npaths = [\"/x\"]\nrotate_wait = \"soon\"\n",
+            "rotate_wait",
+        ),
+        (
+            "[[input.tail]]\npaths = [\"/x\"]\nformat = \"text\"\ntags = { app = \"a\\tb\" }\n",
+            "input.tail[0].tags",
+        ),
+        (
+            "[input.stdin]\nformat = \"text\"\nmeasurement = 'logs\\'\n",
+            "input.stdin.measurement",
+        ),
+    ] {
+        let err = load(&format!("{MINIMAL}\n{snippet}")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(key), "{snippet:?} -> {msg}");
+    }
+    let err = load(&MINIMAL.replace("http://localhost:8086/", "ftp://x")).unwrap_err();
+    assert!(format!("{err:#}").contains("output.url"));
+    let err = load(
+        &MINIMAL
+            .replace("gzip", "x")
+            .replace("token = \"s3cret\"", "gzip_level = 13"),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("output.gzip_level"));
+}
+
+#[test]
+fn token_sources_and_redaction() {
+    let s = load(MINIMAL).unwrap();
+    assert_eq!(s.output.token.expose(), "s3cret");
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("s3cret"), "{dbg}");
+    assert!(dbg.contains("[redacted]"));
+
+    let no_token = MINIMAL.replace("token = \"s3cret\"", "");
+    let s = Settings::from_toml(&no_token, false, |k| {
+        (k == TOKEN_ENV).then(|| "envtok".into())
+    })
+    .unwrap();
+    assert_eq!(s.output.token.expose(), "envtok");
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tok");
+    std::fs::write(&f, "filetok\n").unwrap();
+    let with_file = MINIMAL.replace("token = \"s3cret\"", &format!("token_file = {:?}", f));
+    let s = load(&with_file).unwrap();
+    assert_eq!(s.output.token.expose(), "filetok");
+    let both = format!("{with_file}token = \"x\"\n");
+    assert!(format!("{:#}", load(&both).unwrap_err()).contains("output.token_file"));
+
+    let empty = MINIMAL.replace("token = \"s3cret\"", "token = \"\"");
+    let s =
+        Settings::from_toml(&empty, false, |k| (k == TOKEN_ENV).then(|| "envtok".into())).unwrap();
+    assert_eq!(
+        s.output.token.expose(),
+        "envtok",
+        "an empty token counts as unset"
+    );
+}
+
+#[test]
+fn parse_errors_name_the_key_under_its_table() {
+    let text = format!(
+        "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.udp]] # two\nlisten = 5\n"
+    );
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+    // Entries of one array count across other tables in between.
+    let text = format!(
+        "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.tail]]\npaths = [\"/x\"]\n[[input.udp]]\nlisten = 5\n"
+    );
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+    let err = format!("{:#}", load("state_dir = 5\n").unwrap_err());
+    assert!(
+        err.starts_with("config key `state_dir` (line 1, column 13)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn type_errors_name_the_key_by_its_path_also_in_inline_tables() {
+    for (snippet, key) in [
+        (
+            "[input]\nudp = [{ listen = \"127.0.0.1:1\" }, { listen = 5 }]\n",
+            "`input.udp[1].listen`",
+        ),
+        (
+            "[[input.tail]]\npaths = [\"/x\"]\n[[input.tail]]\nfrom_beginning = true\n",
+            "`input.tail[1]`",
+        ),
+        (
+            "[[input.tail]]\npaths = [\"/x\", 5]\n",
+            "`input.tail[0].paths[1]`",
+        ),
+        (
+            "[input.stdin]\ntags = { app = 5 }\n",
+            "`input.stdin.tags.app`",
+        ),
+    ] {
+        let err = format!("{:#}", load(&format!("{MINIMAL}{snippet}")).unwrap_err());
+        assert!(
+            err.contains(&format!("config key {key}")),
+            "{snippet:?} -> {err}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_key_from_the_table_headers() {
+    // No serde path exists before the text parses; the table headers above the line tell.
+    let text = format!(
+        "{MINIMAL}[[input.udp]]\nlisten = \"127.0.0.1:1\"\n[[input.tail]]\npaths = [\"/x\"]\n[[input.udp]]\nlisten = 127.0.0.1:2\n"
+    );
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(err.contains("config key `input.udp[1].listen`"), "{err}");
+    let err = format!(
+        "{:#}",
+        load("[agent]\nflush_interval = soon\n").unwrap_err()
+    );
+    assert!(
+        err.starts_with("config key `agent.flush_interval` (line 2, column 18)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_key_spelled_with_escapes_is_still_redacted() {
+    // The line never says "tok", but the key serde was reading is `output.token`.
+    let text = MINIMAL.replace("token = \"s3cret\"", "\"\\u0074oken\" = 123456789");
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(!err.contains("123456789"), "{err}");
+    assert!(err.contains("config key `output.token`"), "{err}");
+}
+
+#[test]
+fn parse_errors_never_quote_a_token() {
+    for bad in [
+        "tokn = \"s3cret\"",
+        "token = s3cret",
+        "token = 123456789",
+        "token = \"s3cret",
+        "token = [\"s3cret\"]",
+        // Mangled lines where the secret sits before the first `=` (base64 padding).
+        "token: \"s3cret==\"",
+        "token \"s3cret==\"",
+        "s3cret==",
+    ] {
+        let text = MINIMAL.replace("token = \"s3cret\"", bad);
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(!err.contains("s3cret"), "{bad}: {err}");
+        assert!(!err.contains("123456789"), "{bad}: {err}");
+        let line = MINIMAL.lines().position(|l| l.contains("s3cret")).unwrap() + 1;
+        assert!(
+            err.contains(&format!("line {line}, column ")),
+            "{bad}: {err}"
+        );
+    }
+    // Elsewhere the message keeps the value it complains about.
+    let text = MINIMAL.replace("[output]", "[output]\ngzip_level = \"high\"");
+    let err = format!("{:#}", load(&text).unwrap_err());
+    assert!(err.contains("high"), "{err}");
+}
+
+#[test]
+fn world_readable_secrets_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lineship.toml");
+    std::fs::write(&cfg, MINIMAL).unwrap();
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    chmod(&cfg, 0o644);
+    let s = load(MINIMAL).unwrap();
+    assert_eq!(s.output.token_source, TokenSource::Config);
+    let w = secret_file_warnings(&cfg, &s);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("chmod 600") && w[0].contains("lineship.toml"),
+        "{w:?}"
+    );
+    assert!(!w[0].contains("s3cret"));
+    chmod(&cfg, 0o640);
+    assert!(secret_file_warnings(&cfg, &s).is_empty());
+
+    // A config without a token may be world-readable; a world-readable token_file may not.
+    let tok = dir.path().join("tok");
+    std::fs::write(&tok, "t\n").unwrap();
+    chmod(&tok, 0o604);
+    chmod(&cfg, 0o644);
+    let s = load(&MINIMAL.replace("token = \"s3cret\"", &format!("token_file = {tok:?}"))).unwrap();
+    let w = secret_file_warnings(&cfg, &s);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("output.token_file"), "{w:?}");
+}
+
+#[test]
+fn per_input_overrides() {
+    let s = Settings::from_toml(
+        &format!("{MINIMAL}\n[input.stdin]\nbucket = \"other\"\nprecision = \"ms\"\nstamp_missing_timestamps = false\n"),
+        true,
+        |_| None,
+    )
+    .unwrap();
+    let st = s.inputs.stdin.unwrap();
+    assert_eq!(st.line.bucket, "other");
+    assert_eq!(st.line.precision, Precision::Ms);
+    assert!(!st.line.stamp_missing);
+}
+
+#[test]
+fn state_dir_defaults_to_systemd_state_directory() {
+    let text = MINIMAL.replace("state_dir = \"/tmp/x\"", "");
+    let s = Settings::from_toml(&text, false, |k| {
+        (k == "STATE_DIRECTORY").then(|| "/var/lib/lineship:/x".into())
+    })
+    .unwrap();
+    assert_eq!(s.state_dir, PathBuf::from("/var/lib/lineship"));
+}

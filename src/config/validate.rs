@@ -1,0 +1,369 @@
+//! Raw config -> [`Settings`]: every range, every cross-key rule, every default that depends on
+//! another key (a per-input bucket falls back to `output.bucket`).
+//!
+//! Invariant: every error names the key as `table.key` (through `key_err`) and says what to
+//! write instead; none shows the token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use url::Url;
+
+use super::limits::{self, Zero, DAY, GIB, HOUR, MIB, TIB};
+use super::raw::{RawConfig, RawLineSettings, RawOutput};
+use super::secret::resolve_token;
+use super::settings::*;
+use super::{key_err, FsyncPolicy, InputFormat};
+use crate::line::Precision;
+
+impl RawConfig {
+    /// Checks every key and builds the settings; `force_stdin` is the `--stdin` flag and `env`
+    /// looks up environment variables (`STATE_DIRECTORY`, `LINESHIP_TOKEN`).
+    pub fn validate(
+        self,
+        force_stdin: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Settings> {
+        let a = self.agent;
+        let state_dir = match self.state_dir {
+            Some(p) if p.as_os_str().is_empty() => bail!(key_err("state_dir", "must not be empty")),
+            Some(p) => p,
+            None => env("STATE_DIRECTORY")
+                // systemd may pass several directories separated by ':'; the first is ours.
+                .and_then(|s| s.split(':').next().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/var/lib/lineship")),
+        };
+        // Batches count lines in a u32; 10 million is far beyond what a server accepts at once.
+        limits::count("agent.batch_max_lines", a.batch_max_lines, 1, 10_000_000)?;
+        limits::size("agent.max_line_bytes", a.max_line_bytes, 16, 64 * MIB)?;
+        // A spool record holds at most 256 MiB, and a batch of incompressible lines at
+        // gzip_level 0 is as large as its lines.
+        limits::size(
+            "agent.batch_max_bytes",
+            a.batch_max_bytes,
+            1 << 10,
+            128 * MIB,
+        )?;
+        if a.batch_max_bytes < a.max_line_bytes + 32 {
+            bail!(key_err(
+                "agent.batch_max_bytes",
+                format!(
+                    "must be larger than agent.max_line_bytes ({} bytes) so that every valid line fits a batch",
+                    a.max_line_bytes
+                )
+            ));
+        }
+        limits::duration(
+            "agent.flush_interval",
+            a.flush_interval,
+            Zero::Refused,
+            HOUR,
+        )?;
+        limits::duration(
+            "agent.shutdown_timeout",
+            a.shutdown_timeout,
+            Zero::Allowed,
+            DAY,
+        )?;
+        limits::duration(
+            "agent.summary_interval",
+            a.summary_interval,
+            Zero::Refused,
+            DAY,
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|e| {
+            key_err(
+                "agent.log_level",
+                format!("{e}; use e.g. \"info\" or \"lineship=debug\""),
+            )
+        })?;
+        limits::size("agent.rejected_max_size", a.rejected_max_size, MIB, TIB)?;
+        let agent = AgentSettings {
+            flush_interval: a.flush_interval,
+            batch_max_lines: to_usize("agent.batch_max_lines", a.batch_max_lines)?,
+            batch_max_bytes: to_usize("agent.batch_max_bytes", a.batch_max_bytes)?,
+            max_line_bytes: to_usize("agent.max_line_bytes", a.max_line_bytes)?,
+            shutdown_timeout: a.shutdown_timeout,
+            log_level: a.log_level,
+            log_format: a.log_format,
+            rejected_max_bytes: a.rejected_max_size,
+            summary_interval: a.summary_interval,
+        };
+
+        let Some(o) = self.output else {
+            bail!("missing table [output]: set at least output.url, output.org and output.bucket");
+        };
+        let output = validate_output(o, &env)?;
+
+        let s = self.spool;
+        limits::size("spool.max_size", s.max_size, MIB, 64 * TIB)?;
+        // Zero is fine when the interval is not used.
+        let zero = match s.fsync {
+            FsyncPolicy::Interval => Zero::Refused,
+            _ => Zero::Allowed,
+        };
+        limits::duration("spool.fsync_interval", s.fsync_interval, zero, HOUR)?;
+        let spool = SpoolSettings {
+            max_size: s.max_size,
+            when_full: s.when_full,
+            fsync: s.fsync,
+            fsync_interval: s.fsync_interval,
+        };
+
+        let defaults = LineDefaults {
+            bucket: &output.bucket,
+            stamp_missing: a.stamp_missing_timestamps,
+        };
+        let mut inputs = InputSettings::default();
+        for (i, u) in self.input.udp.into_iter().enumerate() {
+            let key = format!("input.udp[{i}]");
+            let listen: SocketAddr = u.listen.parse().map_err(|e| {
+                key_err(
+                    &format!("{key}.listen"),
+                    format!(
+                        "{e}: {:?} is not an address like \"127.0.0.1:8089\" or \"[::1]:8089\"",
+                        u.listen
+                    ),
+                )
+            })?;
+            limits::count(&format!("{key}.workers"), u.workers, 1, 64)?;
+            // The kernel takes an int and doubles it.
+            limits::size(&format!("{key}.receive_buffer"), u.receive_buffer, 0, GIB)?;
+            inputs.udp.push(UdpSettings {
+                name: format!("udp:{listen}"),
+                key: key.clone(),
+                listen,
+                receive_buffer: to_usize(&format!("{key}.receive_buffer"), u.receive_buffer)?,
+                workers: u.workers as usize,
+                line: defaults.resolve(&key, u.line())?,
+            });
+        }
+        for (i, t) in self.input.tail.into_iter().enumerate() {
+            let key = format!("input.tail[{i}]");
+            if t.paths.is_empty() {
+                bail!(key_err(
+                    &format!("{key}.paths"),
+                    "must list at least one path or glob"
+                ));
+            }
+            limits::duration(
+                &format!("{key}.rotate_wait"),
+                t.rotate_wait,
+                Zero::Allowed,
+                DAY,
+            )?;
+            for p in &t.paths {
+                if !Path::new(p).is_absolute() {
+                    bail!(key_err(
+                        &format!("{key}.paths"),
+                        format!("{p:?} must be an absolute path")
+                    ));
+                }
+            }
+            inputs.tail.push(TailSettings {
+                name: format!("tail[{i}]"),
+                line: defaults.resolve(&key, t.line())?,
+                paths: t.paths,
+                from_beginning: t.from_beginning,
+                rotate_wait: t.rotate_wait,
+            });
+        }
+        // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.
+        let stdin_line = defaults.resolve("input.stdin", self.input.stdin.line())?;
+        if self.input.stdin.enabled || force_stdin {
+            inputs.stdin = Some(StdinSettings { line: stdin_line });
+        }
+
+        let telemetry_listen = match self.telemetry.listen {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse().map_err(|e| {
+                key_err(
+                    "telemetry.listen",
+                    format!("{e}: {s:?} is not an address like \"127.0.0.1:9273\""),
+                )
+            })?),
+        };
+
+        Ok(Settings {
+            state_dir,
+            agent,
+            output,
+            spool,
+            inputs,
+            telemetry_listen,
+        })
+    }
+}
+
+struct LineDefaults<'a> {
+    bucket: &'a str,
+    stamp_missing: bool,
+}
+
+impl LineDefaults<'_> {
+    fn resolve(&self, key: &str, raw: RawLineSettings) -> anyhow::Result<LineSettings> {
+        let precision = match raw.precision {
+            None => Precision::Ns,
+            Some(p) => p
+                .parse()
+                .map_err(|e| key_err(&format!("{key}.precision"), e))?,
+        };
+        let bucket = raw.bucket.unwrap_or_else(|| self.bucket.to_owned());
+        if bucket.is_empty() {
+            bail!(key_err(&format!("{key}.bucket"), "must not be empty"));
+        }
+        let format = raw.format.unwrap_or_default();
+        if format == InputFormat::Lp && (raw.measurement.is_some() || raw.tags.is_some()) {
+            bail!(key_err(
+                &format!("{key}.measurement"),
+                "`measurement` and `tags` only apply with format = \"text\""
+            ));
+        }
+        // Line protocol cannot carry control characters in a name, and a trailing backslash
+        // would escape the separator after it.
+        let unfit = |s: &str| {
+            if s.is_empty() {
+                Some("must not be empty")
+            } else if s.chars().any(char::is_control) {
+                Some("must not hold control characters (tabs, newlines)")
+            } else if s.ends_with('\\') {
+                Some("must not end with a backslash")
+            } else {
+                None
+            }
+        };
+        let measurement = raw.measurement.unwrap_or_else(|| "log".to_owned());
+        if let Some(why) = unfit(&measurement) {
+            bail!(key_err(&format!("{key}.measurement"), why));
+        }
+        let tags: Vec<(String, String)> = raw.tags.unwrap_or_default().into_iter().collect();
+        for (k, v) in &tags {
+            if let Some(why) = unfit(k).or_else(|| unfit(v)) {
+                bail!(key_err(
+                    &format!("{key}.tags"),
+                    format!("tag {k:?} = {v:?}: keys and values {why}")
+                ));
+            }
+            if matches!(k.as_str(), "time" | "_field" | "_measurement" | "path") {
+                bail!(key_err(
+                    &format!("{key}.tags"),
+                    format!("tag key {k:?} is reserved")
+                ));
+            }
+        }
+        Ok(LineSettings {
+            bucket,
+            precision,
+            stamp_missing: raw.stamp_missing_timestamps.unwrap_or(self.stamp_missing),
+            format,
+            measurement,
+            tags,
+        })
+    }
+}
+
+fn validate_output(
+    o: RawOutput,
+    env: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<OutputSettings> {
+    if o.url.is_empty() {
+        bail!(key_err(
+            "output.url",
+            "is required, e.g. \"http://localhost:8086\""
+        ));
+    }
+    let url = Url::parse(&o.url).map_err(|e| key_err("output.url", format!("{e}: {:?}", o.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!(key_err(
+            "output.url",
+            format!("{:?} must be an http:// or https:// URL with a host", o.url)
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!(key_err(
+            "output.url",
+            "must not have a query or fragment; org and bucket have their own keys"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!(key_err(
+            "output.url",
+            "must not hold credentials; use output.token or output.token_file"
+        ));
+    }
+    let mut write_url = url.clone();
+    let path = format!("{}/api/v2/write", url.path().trim_end_matches('/'));
+    write_url.set_path(&path);
+    if o.org.is_empty() {
+        // InfluxDB 2.x needs it; VictoriaMetrics and InfluxDB 3 ignore it, so only warn later.
+    }
+    if o.bucket.is_empty() {
+        bail!(key_err(
+            "output.bucket",
+            "is required (the default bucket; inputs may override it)"
+        ));
+    }
+    let (token, token_source) = resolve_token(o.token, o.token_file.as_deref(), env)?;
+    limits::count("output.gzip_level", o.gzip_level, 0, 12)?;
+    limits::count("output.max_in_flight", o.max_in_flight, 1, 256)?;
+    limits::duration("output.timeout", o.timeout, Zero::Refused, HOUR)?;
+    limits::duration(
+        "output.initial_backoff",
+        o.initial_backoff,
+        Zero::Refused,
+        HOUR,
+    )?;
+    limits::duration("output.max_backoff", o.max_backoff, Zero::Refused, HOUR)?;
+    if o.max_backoff < o.initial_backoff {
+        bail!(key_err(
+            "output.max_backoff",
+            "must not be less than output.initial_backoff"
+        ));
+    }
+    // Zero would retry a throttled write at once, again and again.
+    limits::duration(
+        "output.max_retry_after",
+        o.max_retry_after,
+        Zero::Refused,
+        DAY,
+    )?;
+    limits::count("output.poison_retries", o.poison_retries, 1, 1000)?;
+    limits::size("output.memory_limit", o.memory_limit, MIB, TIB)?;
+    let tls_ca_file = match o.tls_ca_file {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => {
+            std::fs::metadata(&p).map_err(|e| {
+                key_err(
+                    "output.tls_ca_file",
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(OutputSettings {
+        url,
+        write_url,
+        org: o.org,
+        bucket: o.bucket,
+        token,
+        token_file: o.token_file,
+        token_source,
+        gzip_level: o.gzip_level as u32,
+        timeout: o.timeout,
+        max_in_flight: o.max_in_flight as usize,
+        memory_limit: to_usize("output.memory_limit", o.memory_limit)?,
+        initial_backoff: o.initial_backoff,
+        max_backoff: o.max_backoff,
+        max_retry_after: o.max_retry_after,
+        poison_retries: o.poison_retries as u32,
+        tls_ca_file,
+    })
+}
+
+fn to_usize(key: &str, v: u64) -> anyhow::Result<usize> {
+    usize::try_from(v).map_err(|_| key_err(key, "is too large for this machine"))
+}
