@@ -284,6 +284,9 @@ input_table!(RawTail {
     pub from_beginning: bool,
     #[serde(default = "default_rotate_wait", deserialize_with = "de_duration")]
     pub rotate_wait: Duration,
+    /// Default: a share of the open-file limit, resolved at startup (`tail::fds::budgets`).
+    #[serde(default)]
+    pub max_open_files: Option<u64>,
 });
 
 /// Long enough for a writer that logs rarely to finish with a rotated file before it reopens
@@ -426,6 +429,9 @@ pub struct TailSettings {
     /// How long a rotated or deleted file stays open after it was read to its end, every line
     /// delivered, with no new data.
     pub rotate_wait: Duration,
+    /// At most this many files open at once (the others are read in turn); `None`: a share
+    /// of the open-file limit.
+    pub max_open_files: Option<usize>,
     pub line: LineSettings,
 }
 
@@ -693,12 +699,21 @@ impl RawConfig {
                     ));
                 }
             }
+            let max_open_files = match t.max_open_files {
+                Some(0) => bail!(key_err(
+                    &format!("{key}.max_open_files"),
+                    "must be at least 1 (leave it out for a share of the open-file limit)"
+                )),
+                Some(n) => Some(to_usize(&format!("{key}.max_open_files"), n)?),
+                None => None,
+            };
             inputs.tail.push(TailSettings {
                 name: format!("tail[{i}]"),
                 line: defaults.resolve(&key, t.line())?,
                 paths: t.paths,
                 from_beginning: t.from_beginning,
                 rotate_wait: t.rotate_wait,
+                max_open_files,
             });
         }
         // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.
@@ -1009,6 +1024,20 @@ token = "s3cret"
         ))
         .unwrap();
         assert_eq!(t.inputs.tail[0].rotate_wait, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn tail_max_open_files_is_optional_and_positive() {
+        let tail = |extra: &str| {
+            load(&format!(
+                "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\n{extra}"
+            ))
+        };
+        assert_eq!(tail("").unwrap().inputs.tail[0].max_open_files, None);
+        let t = tail("max_open_files = 100\n").unwrap();
+        assert_eq!(t.inputs.tail[0].max_open_files, Some(100));
+        let e = format!("{:#}", tail("max_open_files = 0\n").unwrap_err());
+        assert!(e.contains("input.tail[0].max_open_files"), "{e}");
     }
 
     #[test]
