@@ -52,29 +52,8 @@ impl Tailer {
         self.waiting
             .retain(|k| files.get(k).is_some_and(|f| !f.is_open()));
         let may_open = self.slots.may_open(now);
-        let open: Vec<fds::Open> = self
-            .files
-            .values()
-            .filter(|f| f.is_open())
-            .map(|f| fds::Open {
-                key: f.key,
-                pinned: f.orphan_since.is_some(),
-                idle: f.idle(),
-                last_data: f.last_data,
-                opened_at: f.opened_at,
-            })
-            .collect();
         let waiting = if may_open { self.waiting.len() } else { 0 };
-        for key in fds::plan(&open, waiting, cap, now) {
-            if let Some(f) = self.files.get_mut(&key) {
-                f.park();
-                self.open -= 1;
-                self.dirty.remove(&key);
-                if !f.idle() {
-                    self.waiting.insert(key);
-                }
-            }
-        }
+        self.park_for(waiting, cap, now);
         if !may_open || self.waiting.is_empty() {
             return Ok(false);
         }
@@ -110,6 +89,32 @@ impl Tailer {
             }
         }
         Ok(more || (room > 0 && !self.waiting.is_empty()))
+    }
+
+    /// Parks open files (see [`fds::plan`]) to make room for `waiting` files under `cap`.
+    fn park_for(&mut self, waiting: usize, cap: usize, now: Instant) {
+        let open: Vec<fds::Open> = self
+            .files
+            .values()
+            .filter(|f| f.is_open())
+            .map(|f| fds::Open {
+                key: f.key,
+                pinned: f.orphan_since.is_some(),
+                idle: f.idle(),
+                last_data: f.last_data,
+                opened_at: f.opened_at,
+            })
+            .collect();
+        for key in fds::plan(&open, waiting, cap, now) {
+            if let Some(f) = self.files.get_mut(&key) {
+                f.park();
+                self.open -= 1;
+                self.dirty.remove(&key);
+                if !f.idle() {
+                    self.waiting.insert(key);
+                }
+            }
+        }
     }
 
     /// Opens a parked file again at its path. `Ok(false)`: the path no longer names it (it
@@ -216,15 +221,18 @@ impl Tailer {
 
     /// An open failed for want of descriptors: follow fewer files at once for a while.
     pub(super) fn exhausted(&mut self, path: &Path, e: &std::io::Error, now: Instant) {
-        self.slots.exhausted(self.open, now);
+        let open = self.open;
+        self.slots.exhausted(open, now);
         let cap = self.slots.cap(now);
+        // Give the rest of the process (sockets, checkpoints, inotify) descriptors now.
+        self.park_for(0, cap, now);
         let limit = fds::nofile();
         if !std::mem::replace(&mut self.exhaustion_logged, true) {
             tracing::warn!(
                 input = %self.intake.stats().name,
                 path = %path.display(),
                 error = %e,
-                open = self.open,
+                open,
                 max_open_files_now = cap,
                 nofile_soft = limit.soft,
                 nofile_hard = limit.hard,
@@ -241,10 +249,12 @@ impl Tailer {
             return;
         }
         let limit = fds::nofile();
+        let now = self.slots.cap(Instant::now());
         tracing::warn!(
             input = %self.intake.stats().name,
             files = self.files.len(),
             max_open_files = self.slots.max(),
+            max_open_files_now = now,
             nofile_soft = limit.soft,
             nofile_hard = limit.hard,
             "more files match than max_open_files; reading them in turn, oldest first (a file waiting for its turn that is rotated is found again by inode in its directory; one deleted before its turn loses what was not read yet); to keep every file open raise max_open_files in [[input.tail]] and the open-file limit (LimitNOFILE= in the systemd unit, or ulimit -n)"
