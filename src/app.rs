@@ -218,7 +218,14 @@ pub async fn run(
     let tail_rescan = Arc::new(AtomicU64::new(0));
     let mut tail_threads = Vec::new();
     if !settings.inputs.tail.is_empty() {
-        tail::raise_open_file_limit();
+        let max_open_files = tail::descriptor_budgets(
+            &settings
+                .inputs
+                .tail
+                .iter()
+                .map(|t| t.max_open_files)
+                .collect::<Vec<_>>(),
+        );
         let store = Arc::new(tail::Store::open(
             &settings.state_dir,
             settings.inputs.tail.len(),
@@ -249,6 +256,7 @@ pub async fn run(
                 orphan_grace: t.rotate_wait,
                 checkpoint_every: tail::CHECKPOINT_EVERY,
                 text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
+                max_open_files: max_open_files[i],
             };
             tailers.push(
                 tail::Tailer::new(cfg, intake, store.clone(), inbox)

@@ -208,6 +208,9 @@ input_table!(RawTail {
     pub from_beginning: bool,
     #[serde(default = "default_rotate_wait", deserialize_with = "de_duration")]
     pub rotate_wait: Duration,
+    /// Default: a share of the open-file limit, resolved at startup (`tail::fds::budgets`).
+    #[serde(default)]
+    pub max_open_files: Option<u64>,
 });
 
 /// Long enough for a writer that logs rarely to finish with a rotated file before it reopens

@@ -98,6 +98,9 @@ pub struct TailSettings {
     /// How long a rotated or deleted file stays open after it was read to its end, every line
     /// delivered, with no new data.
     pub rotate_wait: Duration,
+    /// At most this many files open at once (the others are read in turn); `None`: a share
+    /// of the open-file limit.
+    pub max_open_files: Option<usize>,
     pub line: LineSettings,
 }
 

@@ -299,3 +299,17 @@ fn state_dir_defaults_to_systemd_state_directory() {
     .unwrap();
     assert_eq!(s.state_dir, PathBuf::from("/var/lib/lineship"));
 }
+
+#[test]
+fn tail_max_open_files_is_optional_and_positive() {
+    let tail = |extra: &str| {
+        load(&format!(
+            "{MINIMAL}\n[[input.tail]]\npaths = [\"/x/*.log\"]\n{extra}"
+        ))
+    };
+    assert_eq!(tail("").unwrap().inputs.tail[0].max_open_files, None);
+    let t = tail("max_open_files = 100\n").unwrap();
+    assert_eq!(t.inputs.tail[0].max_open_files, Some(100));
+    let e = format!("{:#}", tail("max_open_files = 0\n").unwrap_err());
+    assert!(e.contains("input.tail[0].max_open_files"), "{e}");
+}

@@ -161,12 +161,21 @@ impl RawConfig {
                     ));
                 }
             }
+            let max_open_files = match t.max_open_files {
+                Some(n) => {
+                    let k = format!("{key}.max_open_files");
+                    limits::count(&k, n, 1, 1 << 20)?;
+                    Some(n as usize)
+                }
+                None => None,
+            };
             inputs.tail.push(TailSettings {
                 name: format!("tail[{i}]"),
                 line: defaults.resolve(&key, t.line())?,
                 paths: t.paths,
                 from_beginning: t.from_beginning,
                 rotate_wait: t.rotate_wait,
+                max_open_files,
             });
         }
         // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.

@@ -8,7 +8,10 @@
 //! The JSON is built by the pure [`health_report`].
 //!
 //! The listener is bound by `run` before READY, so a bad address is a startup error; the
-//! server task is aborted when `run` returns (dropping it closes every connection).
+//! server task is aborted when `run` returns (dropping it closes every connection). A failed
+//! accept (typically EMFILE: out of file descriptors) never ends the server: it is logged once
+//! per episode ([`AcceptErrors`]), the loop sleeps [`ACCEPT_BACKOFF`] and tries again; the
+//! waiting client stays in the kernel's backlog.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -169,6 +172,29 @@ pub fn health_report(
     (code, body)
 }
 
+/// Pause after a failed accept: retrying at once would spin while descriptors are short.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Failed accepts: the first of a run of failures is logged, the rest are counted and
+/// reported once accepting works again.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    failing: u64,
+}
+
+impl AcceptErrors {
+    /// An accept failed: whether to log it.
+    pub fn failed(&mut self) -> bool {
+        self.failing += 1;
+        self.failing == 1
+    }
+
+    /// An accept worked: how many failed in a row before it, if any.
+    pub fn accepted(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.failing)).filter(|&n| n > 0)
+    }
+}
+
 /// Serves `/metrics` and `/health` on `listener` until the returned task is aborted.
 pub fn spawn(
     listener: tokio::net::TcpListener,
@@ -177,14 +203,29 @@ pub fn spawn(
     tokio::spawn(async move {
         // Dropped with the task: aborting the server closes its connections.
         let mut connections = JoinSet::new();
+        let mut errors = AcceptErrors::default();
         loop {
             while connections.try_join_next().is_some() {}
             let stream = match listener.accept().await {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    if let Some(failed) = errors.accepted() {
+                        tracing::info!(failed, "telemetry endpoint accepts connections again");
+                    }
+                    s
+                }
                 Err(e) => {
-                    // e.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "telemetry endpoint cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if errors.failed() {
+                        let out_of_fds =
+                            matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                        let hint = if out_of_fds {
+                            "; the process is out of file descriptors: raise LimitNOFILE= in the systemd unit (or ulimit -n), or lower the tail inputs' max_open_files"
+                        } else {
+                            ""
+                        };
+                        tracing::warn!(error = %e, retry_ms = ACCEPT_BACKOFF.as_millis() as u64, "telemetry endpoint cannot accept a connection; retrying (logged once until it works again){hint}");
+                    }
+                    // Back off instead of spinning; clients wait in the backlog.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
@@ -255,6 +296,17 @@ mod tests {
             since_instant: Instant::now(),
             by_probe: false,
         }
+    }
+
+    #[test]
+    fn accept_failures_are_logged_once_per_run_and_counted() {
+        let mut e = AcceptErrors::default();
+        assert_eq!(e.accepted(), None);
+        assert!(e.failed(), "the first failure is logged");
+        assert!(!e.failed() && !e.failed(), "the rest are not");
+        assert_eq!(e.accepted(), Some(3), "recovery reports the count");
+        assert_eq!(e.accepted(), None);
+        assert!(e.failed(), "a new run of failures is logged again");
     }
 
     #[test]

@@ -21,10 +21,18 @@
 //! Writes are atomic: tmp file, fsync, rename, fsync of the directory. Recovery never refuses
 //! to start: an unreadable file is logged, and every file is then read from its start (at
 //! least once rather than lost).
+//!
+//! Symlinks in `state_dir/tail/` are never followed: the directory is opened once with
+//! `O_NOFOLLOW` (a symlink there is a startup error naming it) and everything in it is
+//! reached relative to that descriptor. The checkpoint is read with `O_NOFOLLOW | O_NONBLOCK`
+//! and only if it is a regular file (a symlink or FIFO planted there counts as unreadable);
+//! the tmp file is created with `O_CREAT | O_EXCL | O_NOFOLLOW` after unlinking whatever is in
+//! its place, and `renameat` replaces a planted checkpoint entry itself, never its target.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -131,6 +139,8 @@ pub const GLOB_MATCH: glob::MatchOptions = glob::MatchOptions {
 
 pub struct Store {
     dir: PathBuf,
+    /// `dir`, opened without following a symlink: every file in it is reached through this.
+    dirfd: OwnedFd,
     inner: Mutex<Inner>,
 }
 
@@ -155,15 +165,10 @@ impl Store {
     /// the number of tail inputs that will call [`Store::initial_done`].
     pub fn open(state_dir: &Path, inputs: usize) -> anyhow::Result<Self> {
         let dir = state_dir.join("tail");
-        std::fs::create_dir_all(&dir).with_context(|| {
-            format!(
-                "cannot create the tail checkpoint directory {}",
-                dir.display()
-            )
-        })?;
+        let dirfd = open_dir(&dir)?;
         let path = dir.join(FILE_NAME);
         let (mut loaded, mut started, mut unreadable) = (HashMap::new(), BTreeSet::new(), false);
-        match std::fs::read(&path) {
+        match read_regular(&dirfd, FILE_NAME) {
             Ok(bytes) => match serde_json::from_slice::<OnDisk>(&bytes) {
                 Ok(d) if d.version == VERSION => {
                     started = d.started;
@@ -182,12 +187,13 @@ impl Store {
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the tail checkpoint file; reading every tailed file from its start (lines may be sent twice)");
+                tracing::error!(path = %path.display(), error = %e, "cannot read the tail checkpoint file; reading every tailed file from its start (lines may be sent twice); a symlink or special file there is not followed and is replaced by a regular file at the next write");
                 unreadable = true;
             }
         }
         Ok(Store {
             dir,
+            dirfd,
             inner: Mutex::new(Inner {
                 loaded,
                 started,
@@ -282,19 +288,82 @@ impl Store {
             files,
         };
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir, FILE_NAME, &bytes)
+        write_atomic(&self.dirfd, FILE_NAME, &bytes)
     }
 }
 
-/// Writes `dir/name` as tmp + fsync + rename + fsync of the directory.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
+/// Creates (if needed) and opens the checkpoint directory, refusing a symlink in its place.
+fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    let not_followed = || {
+        format!(
+            "the tail checkpoint directory {} is a symlink or not a directory; lineship does not follow symlinks inside its state directory: remove it (lineship creates the directory)",
+            dir.display()
+        )
+    };
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_dir()) {
+        anyhow::bail!(not_followed());
+    }
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the tail checkpoint directory {}",
+            dir.display()
+        )
+    })?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(CWD, dir, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => anyhow::bail!(not_followed()),
+        Err(e) => Err(std::io::Error::from(e)).with_context(|| {
+            format!(
+                "cannot open the tail checkpoint directory {}",
+                dir.display()
+            )
+        }),
+    }
+}
+
+/// Reads `name` in `dir` if it is a regular file (not through a symlink; a FIFO is not
+/// waited on).
+fn read_regular(dir: &OwnedFd, name: &str) -> std::io::Result<Vec<u8>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP => std::io::Error::other("it is a symlink"),
+        e => e.into(),
+    })?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    File::from(fd).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes `name` in `dir` as tmp + fsync + rename + fsync of the directory, all relative to
+/// `dir` and never through a symlink: whatever is in the tmp file's place is unlinked first
+/// (a symlink itself, not its target), the tmp file is created exclusively, and the rename
+/// replaces the entry `name`, whatever it is.
+fn write_atomic(dir: &OwnedFd, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let tmp = format!("{name}.tmp");
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let create = || rustix::fs::openat(dir, tmp.as_str(), flags, Mode::from_raw_mode(0o666));
+    let fd = match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            // Left by a crash, or planted.
+            rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty())?;
+            create()?
+        }
+        r => r?,
+    };
+    let mut f = File::from(fd);
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    rustix::fs::renameat(dir, tmp.as_str(), dir, name)?;
+    rustix::fs::fsync(dir)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -384,6 +453,61 @@ mod tests {
         .unwrap();
         let s = Store::open(dir.path(), 1).unwrap();
         assert!(!s.first_start("/a/*.log"));
+    }
+
+    /// A symlink planted where the checkpoint or its tmp file goes never leads to writing,
+    /// truncating or reading its target (outside the state directory): the checkpoint is
+    /// written as a regular file in its place.
+    #[test]
+    fn symlinks_in_the_checkpoint_directory_are_never_followed() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let tail = state.join("tail");
+        std::fs::create_dir_all(&tail).unwrap();
+        let precious = tmp.path().join("precious");
+        let doc = r#"{"version":1,"started":["k"],"files":[]}"#;
+        std::fs::write(&precious, doc).unwrap();
+        symlink(&precious, tail.join(format!("{FILE_NAME}.tmp"))).unwrap();
+        symlink(&precious, tail.join(FILE_NAME)).unwrap();
+
+        let s = Store::open(&state, 1).unwrap();
+        assert!(
+            !s.first_start("k"),
+            "not read through the symlink: unreadable"
+        );
+        s.publish(0, vec![entry(5, 10, "/a/x.log")]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&precious).unwrap(),
+            doc,
+            "target untouched"
+        );
+        let meta = std::fs::symlink_metadata(tail.join(FILE_NAME)).unwrap();
+        assert!(meta.file_type().is_file(), "replaced by a regular file");
+        let s = Store::open(&state, 1).unwrap();
+        assert_eq!(s.claim(FileKey { dev: 1, ino: 5 }).unwrap().offset, 10);
+
+        // A planted FIFO is not opened for reading (that would block), nor written.
+        std::fs::remove_file(tail.join(FILE_NAME)).unwrap();
+        let fifo = std::ffi::CString::new(tail.join(FILE_NAME).to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let s = Store::open(&state, 1).unwrap();
+        assert!(!s.first_start("k"));
+        s.publish(0, vec![]).unwrap();
+        let meta = std::fs::symlink_metadata(tail.join(FILE_NAME)).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), doc);
+
+        // The directory itself as a symlink: refused, naming it.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let state2 = tmp.path().join("state2");
+        std::fs::create_dir_all(&state2).unwrap();
+        symlink(&elsewhere, state2.join("tail")).unwrap();
+        let e = format!("{:#}", Store::open(&state2, 1).err().unwrap());
+        assert!(e.contains("symlink") && e.contains("tail"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]

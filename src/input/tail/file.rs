@@ -12,6 +12,9 @@
 //!   every entry has been acknowledged, so it never passes a line that was not delivered.
 //! - After a truncation the file gets a new ack id: acks for chunks of the old contents are
 //!   ignored, and the checkpoint restarts at 0.
+//! - A file may be *parked*: its descriptor is closed (see `fds.rs`) and everything else
+//!   kept; acks still apply. Only an open file is looked at or read; the tailer reattaches a
+//!   descriptor after checking that the path still names the same (device, inode).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -48,7 +51,13 @@ pub(super) struct TailFile {
     /// The last path a glob matched it at (kept in the checkpoint: after a restart, a file
     /// rotated away is looked for next to it).
     pub origin: PathBuf,
-    file: File,
+    /// `None` while parked.
+    file: Option<File>,
+    /// When the descriptor was (re)attached.
+    pub opened_at: Instant,
+    /// The last read left bytes to read right away (a parked file with this set wants its
+    /// descriptor back even if the file did not change).
+    more: bool,
     pub fp: Fingerprint,
     pub format: Format,
     pos: u64,
@@ -80,6 +89,7 @@ impl TailFile {
         file: File,
         fp: Fingerprint,
         size: u64,
+        mtime: Option<std::time::SystemTime>,
         offset: u64,
         format: Format,
         now: Instant,
@@ -89,14 +99,16 @@ impl TailFile {
             key,
             origin: path.clone(),
             path,
-            file,
+            file: Some(file),
+            opened_at: now,
+            more: offset < size,
             fp,
             format,
             pos: offset,
             boundary: offset,
             discarding: false,
             size,
-            mtime: None,
+            mtime,
             outstanding: VecDeque::new(),
             committed: offset,
             orphan_since: None,
@@ -109,18 +121,61 @@ impl TailFile {
         self.pos
     }
 
+    fn fd(&self) -> std::io::Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the file is parked (no descriptor)"))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Closes the descriptor, keeping the state.
+    pub fn park(&mut self) {
+        self.file = None;
+    }
+
+    /// Gives a parked file its descriptor back; `file` must be the same (device, inode).
+    pub fn attach(&mut self, file: File, now: Instant) {
+        self.file = Some(file);
+        self.opened_at = now;
+    }
+
+    /// The file's size at the last look.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The modification time seen at the last look.
+    pub fn mtime(&self) -> Option<std::time::SystemTime> {
+        self.mtime
+    }
+
+    /// The last read found nothing more to read right away.
+    pub fn idle(&self) -> bool {
+        !self.more
+    }
+
+    /// For a parked file: whether it should be opened again, given what `stat` of its path
+    /// says now (it changed, or the last read left bytes to read).
+    pub fn wants(&self, meta: &std::fs::Metadata) -> bool {
+        self.more || meta.len() != self.size || meta.modified().ok() != self.mtime
+    }
+
     /// Where the file is now, as the kernel knows it through the open descriptor; `None` once
     /// it is deleted (or if /proc is not mounted).
     pub fn current_path(&self) -> Option<PathBuf> {
         use std::os::fd::AsRawFd;
-        let p = std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd())).ok()?;
+        let fd = self.file.as_ref()?.as_raw_fd();
+        let p = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
         (self.nlink().ok()? > 0).then_some(p)
     }
 
     /// Links to the file (0 once it is deleted).
     pub fn nlink(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        Ok(self.file.metadata()?.nlink())
+        Ok(self.fd()?.metadata()?.nlink())
     }
 
     pub fn committed(&self) -> u64 {
@@ -168,7 +223,7 @@ impl TailFile {
     /// Looks at the file's size and start. Returns `Ok(true)` when the file was truncated (or
     /// rewritten from its start): the caller gives it a new id with [`TailFile::restart`].
     pub fn check(&mut self) -> std::io::Result<bool> {
-        let meta = self.file.metadata()?;
+        let meta = self.fd()?.metadata()?;
         let (size, mtime) = (meta.len(), meta.modified().ok());
         if size < self.size || size < self.pos {
             return Ok(true);
@@ -176,7 +231,7 @@ impl TailFile {
         if size != self.size || mtime != self.mtime {
             // Grown or rewritten: confirm the start is unchanged, and extend the fingerprint.
             let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
-            let n = read_at_most(&self.file, &mut prefix, 0)?;
+            let n = read_at_most(self.fd()?, &mut prefix, 0)?;
             prefix.truncate(n);
             if !self.fp.matches(&prefix) {
                 return Ok(true);
@@ -190,9 +245,9 @@ impl TailFile {
 
     /// Starts over at offset 0 with ack id `id` (after a truncation).
     pub fn restart(&mut self, id: u64) -> std::io::Result<()> {
-        let size = self.file.metadata()?.len();
+        let size = self.fd()?.metadata()?.len();
         let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
-        let n = read_at_most(&self.file, &mut prefix, 0)?;
+        let n = read_at_most(self.fd()?, &mut prefix, 0)?;
         prefix.truncate(n);
         self.fp = Fingerprint::of(&prefix);
         self.id = id;
@@ -204,6 +259,7 @@ impl TailFile {
         self.outstanding.clear();
         self.committed = 0;
         self.grown_to = 0;
+        self.more = size > 0;
         Ok(())
     }
 
@@ -222,10 +278,11 @@ impl TailFile {
             chunk: None,
             more: false,
         };
+        self.more = false;
         if self.pos >= self.size {
             return Ok(nothing);
         }
-        let n = read_at_most(&self.file, buf, self.pos)?;
+        let n = read_at_most(self.fd()?, buf, self.pos)?;
         if n == 0 {
             return Ok(nothing);
         }
@@ -238,9 +295,10 @@ impl TailFile {
         if self.discarding {
             let Some(i) = memchr::memchr(b'\n', data) else {
                 self.pos += n as u64;
+                self.more = self.pos < self.size;
                 return Ok(Read {
                     chunk: None,
-                    more: self.pos < self.size,
+                    more: self.more,
                 });
             };
             self.discarding = false;
@@ -283,6 +341,7 @@ impl TailFile {
             self.boundary = self.pos;
         }
         let more = self.pos < self.size && (start > 0 || self.discarding);
+        self.more = more;
         let chunk = ctx
             .intake
             .take_chunk(ctx.out, ctx.max_bytes.min(1 << 20))

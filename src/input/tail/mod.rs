@@ -4,6 +4,7 @@
 //!   driven by `step(now)` so that tests drive it without threads or timers.
 //! - [`file`]: one followed file: whole lines from an offset, acks → checkpoint offset.
 //! - [`checkpoint`]: `state_dir/tail/checkpoints.json`, written atomically.
+//! - [`fds`]: the budget of file descriptors: `max_open_files` per input, files read in turn.
 //! - this file: the thread around a [`Tailer`]: inotify (the `notify` crate) on the
 //!   directories that hold the files, a periodic glob rescan (and one on SIGHUP), a polling
 //!   fallback when inotify is unavailable, and the shutdown order.
@@ -16,6 +17,7 @@
 //! [`SAFETY_POLL`]; 1,000 idle files cost a few `fstat`s per second.
 
 pub mod checkpoint;
+pub mod fds;
 mod file;
 pub mod tailer;
 #[cfg(test)]
@@ -59,23 +61,19 @@ pub struct Links {
     pub pipeline_done: Receiver<()>,
 }
 
-/// Raises the soft limit on open files to the hard limit: every followed file holds a
-/// descriptor, and systemd's default soft limit is 1,024.
-pub fn raise_open_file_limit() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an owned rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            let wanted = r.rlim_max;
-            r.rlim_cur = wanted;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                tracing::debug!("cannot raise the open file limit");
-            }
-        }
-    }
+/// Raises the soft limit on open files to the hard limit (every open tailed file holds a
+/// descriptor, and systemd's default soft limit is 1,024) and returns each tail input's
+/// `max_open_files`, given the configured ones (see [`fds::budgets`]).
+pub fn descriptor_budgets(configured: &[Option<usize>]) -> Vec<usize> {
+    let limit = fds::raise_nofile();
+    let budgets = fds::budgets(configured, limit);
+    tracing::debug!(
+        nofile_soft = limit.soft,
+        nofile_hard = limit.hard,
+        ?budgets,
+        "open file limit"
+    );
+    budgets
 }
 
 /// Starts the thread of one tail input; `tailer` must have been [`Tailer::start`]ed.

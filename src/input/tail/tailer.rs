@@ -11,6 +11,11 @@
 //! line acknowledged, and no new data for `orphan_grace`. A file renamed within the globs
 //! stays followed under its new path. A file that shrinks, or whose first bytes change, was
 //! truncated (copytruncate) and is read again from 0.
+//!
+//! Descriptors: at most `max_open_files` followed files are open; the others are parked
+//! (`tailer/turns.rs`, `fds.rs`) and read in turn. Whether a file left its path is decided
+//! by a `stat` of the path (`tailer/discovery.rs`, which finds and follows files), never by
+//! a failed open or directory listing, so running out of descriptors is never a rotation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -19,8 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{Entry, FileKey, Fingerprint, Store, FP_MAX, GLOB_MATCH};
-use super::file::{read_at_most, Format, ReadCtx, TailFile};
+use super::checkpoint::{FileKey, Store};
+use super::fds::{self, Slots};
+use super::file::{ReadCtx, TailFile};
 use crate::batch::{Ack, Chunk};
 use crate::input::text::TextFormat;
 use crate::input::Intake;
@@ -42,7 +48,12 @@ pub struct Config {
     /// How often the checkpoint file is rewritten while offsets move.
     pub checkpoint_every: Duration,
     pub text: Option<TextFormat>,
+    /// At most this many files open at once (`max_open_files`); the others wait their turn.
+    pub max_open_files: usize,
 }
+
+/// Opens a file to tail (a seam for tests that simulate running out of descriptors).
+pub type Opener = Box<dyn FnMut(&Path) -> std::io::Result<File> + Send>;
 
 /// Acknowledgements handed over by the sender (any thread) to the tail thread.
 #[derive(Default)]
@@ -90,6 +101,20 @@ pub struct Tailer {
     shared: HashSet<FileKey>,
     /// Renames seen by the watcher, `(from, to)`, to look at in the next step.
     renames: Vec<(PathBuf, PathBuf)>,
+    /// The cap on open files.
+    slots: Slots,
+    /// Files with a descriptor now.
+    open: usize,
+    /// Parked files that want a descriptor.
+    waiting: BTreeSet<FileKey>,
+    /// A file had to wait for a descriptor (logged once).
+    limit_hit: bool,
+    limit_logged: bool,
+    exhaustion_logged: bool,
+    opener: Opener,
+    /// After a failed checkpoint write: not again before this (unless forced).
+    ckpt_retry_at: Option<Instant>,
+    ckpt_failures: u32,
 }
 
 impl Tailer {
@@ -132,6 +157,15 @@ impl Tailer {
             warn: RateLimited::new(Duration::from_secs(10)),
             shared: HashSet::new(),
             renames: Vec::new(),
+            slots: Slots::new(cfg.max_open_files),
+            open: 0,
+            waiting: BTreeSet::new(),
+            limit_hit: false,
+            limit_logged: false,
+            exhaustion_logged: false,
+            opener: Box::new(|p| File::open(p)),
+            ckpt_retry_at: None,
+            ckpt_failures: 0,
             cfg,
         })
     }
@@ -152,9 +186,11 @@ impl Tailer {
         tracing::info!(
             input = %self.name(),
             files = self.files.len(),
+            open = self.open,
             first_start = first,
             "tail input started"
         );
+        self.report_limit();
     }
 
     pub fn request_rescan(&mut self) {
@@ -194,8 +230,19 @@ impl Tailer {
         self.scans
     }
 
+    /// Files followed (open or waiting for their turn).
     pub fn files_open(&self) -> usize {
         self.files.len()
+    }
+
+    /// Files holding a descriptor.
+    pub fn descriptors_open(&self) -> usize {
+        self.open
+    }
+
+    /// Some file waits for its turn to be read.
+    pub fn files_waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// Every line read so far is acknowledged.
@@ -231,11 +278,15 @@ impl Tailer {
         };
         let mut more = false;
         for key in keys {
-            if self.poll(key, now, send)? {
+            if !self.files.get(&key).is_some_and(TailFile::is_open) {
+                self.peek(key);
+            } else if self.poll(key, now, send)? {
                 self.dirty.insert(key);
                 more = true;
             }
         }
+        more |= self.take_turns(now, send)?;
+        self.report_limit();
         self.close_drained_orphans(now);
         self.apply_acks();
         self.checkpoint(now, false);
@@ -327,253 +378,13 @@ impl Tailer {
         Ok(read.more)
     }
 
-    /// Finds the files the globs match now: new ones are followed, known ones may have moved,
-    /// and followed files no path names any more become orphans.
-    fn scan(&mut self, now: Instant, skip_existing: bool) {
-        let mut seen: HashSet<FileKey> = HashSet::new();
-        let mut paths = HashMap::new();
-        for pattern in self.cfg.globs.clone() {
-            let found = match glob::glob(&pattern) {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::error!(pattern, error = %e, "invalid tail glob");
-                    continue;
-                }
-            };
-            for entry in found {
-                let path = match entry {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn_io(
-                            &mut self.warn,
-                            e.path(),
-                            e.error(),
-                            "cannot list a directory a tail glob needs",
-                        );
-                        continue;
-                    }
-                };
-                let Ok(meta) = std::fs::metadata(&path) else {
-                    continue; // vanished since it was listed
-                };
-                if !meta.is_file() {
-                    continue;
-                }
-                let key = FileKey::of(&meta);
-                if !seen.insert(key) {
-                    continue;
-                }
-                paths.insert(path.clone(), key);
-                if let Some(f) = self.files.get_mut(&key) {
-                    if f.path != path {
-                        tracing::info!(input = %self.intake.stats().name, from = %f.path.display(), to = %path.display(), "tailed file was renamed within the globs; still following it");
-                        self.intake.stats().rotations.fetch_add(1, Relaxed);
-                        f.path = path.clone();
-                        f.origin = path;
-                        self.ckpt_dirty = true;
-                    }
-                    f.orphan_since = None;
-                } else if let Some(key) = self.discover(&path, now, skip_existing, None, None) {
-                    // Opened by now: its key is what the descriptor says.
-                    paths.insert(path, key);
-                    seen.insert(key);
-                }
-            }
-        }
-        for f in self.files.values_mut() {
-            if f.orphan_since.is_none() && !seen.contains(&f.key) {
-                f.orphan_since = Some(now);
-                let deleted = f.nlink().is_ok_and(|n| n == 0);
-                if !deleted {
-                    self.intake.stats().rotations.fetch_add(1, Relaxed);
-                }
-                tracing::info!(
-                    input = %self.intake.stats().name,
-                    path = %f.path.display(),
-                    deleted,
-                    "tailed file left its path (rotated or deleted); reading it to its end before closing it"
-                );
-            }
-        }
-        self.shared.retain(|k| seen.contains(k));
-        self.paths = paths;
-        self.all_dirty = true;
-        self.scans += 1;
-    }
-
-    /// A file created under the globs and renamed out of them before a scan saw it (a busy
-    /// tailer, a short-lived log) would never be read: the rename names both paths, so it is
-    /// followed at its new path from its start, as a rotated file. (Without inotify, or when
-    /// it moved again before this runs, only the scans can find files.)
-    fn follow_missed_renames(&mut self, now: Instant) {
-        for (from, to) in std::mem::take(&mut self.renames) {
-            // Ours if this is the first input whose globs matched `from`; still under some
-            // input's globs, the scans follow it.
-            let ours = self.store.first_input_matching(&from) == Some(self.cfg.input);
-            if !ours || self.store.first_input_matching(&to).is_some() {
-                continue;
-            }
-            let Ok(meta) = std::fs::metadata(&to) else {
-                continue;
-            };
-            if !meta.is_file() || self.files.contains_key(&FileKey::of(&meta)) {
-                continue;
-            }
-            if let Some(key) = self.discover(&to, now, false, None, Some(from.clone())) {
-                self.intake.stats().rotations.fetch_add(1, Relaxed);
-                self.dirty.insert(key);
-                tracing::info!(
-                    input = %self.intake.stats().name,
-                    from = %from.display(),
-                    to = %to.display(),
-                    "a file was rotated before lineship first read it; reading it from its start"
-                );
-            }
-        }
-    }
-
-    /// Opens and follows a file not followed yet. `resume` is a checkpoint entry found by a
-    /// directory search (an orphan); otherwise the store is asked for one by key.
-    /// `rotated_from`: the file was found renamed away from this path (an orphan, read from
-    /// its start).
-    fn discover(
-        &mut self,
-        path: &Path,
-        now: Instant,
-        skip_existing: bool,
-        resume: Option<Entry>,
-        rotated_from: Option<PathBuf>,
-    ) -> Option<FileKey> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                warn_io(
-                    &mut self.warn,
-                    path,
-                    &e,
-                    "cannot open a file to tail; will retry at the next scan",
-                );
-                return None;
-            }
-        };
-        let meta = file.metadata().ok()?;
-        let key = FileKey::of(&meta);
-        if self.files.contains_key(&key) {
-            return None;
-        }
-        let size = meta.len();
-        let mut prefix = vec![0u8; FP_MAX.min(size as usize)];
-        let n = read_at_most(&file, &mut prefix, 0).ok()?;
-        prefix.truncate(n);
-        // Overlapping paths: a file found by a glob belongs to the first input whose globs
-        // match it (that input picks it up at its own scan), and a file some input already
-        // follows, e.g. one rotated into this input's globs, stays with that input.
-        let first = self.store.first_input_matching(path);
-        let owner = match first.filter(|f| resume.is_none() && *f < self.cfg.input) {
-            Some(f) => Err(f),
-            None => self.store.own(key, self.cfg.input),
-        };
-        if let Err(owner) = owner {
-            if self.shared.insert(key) {
-                tracing::warn!(
-                    input = %self.intake.stats().name,
-                    path = %path.display(),
-                    read_by = %format!("tail[{owner}]"),
-                    "this file matches the paths of more than one tail input; only the input named in read_by reads it (once, not twice); remove the overlap from one input's paths"
-                );
-            }
-            return None;
-        }
-        let fp = Fingerprint::of(&prefix);
-        let orphan = resume.is_some() || rotated_from.is_some();
-        let origin = resume
-            .as_ref()
-            .map(|e| PathBuf::from(&e.path))
-            .or(rotated_from);
-        let entry = resume.or_else(|| self.store.claim(key));
-        let offset = match entry {
-            Some(e) if e.fingerprint().matches(&prefix) => {
-                if e.offset > size {
-                    self.intake.stats().truncations.fetch_add(1, Relaxed);
-                    0
-                } else {
-                    e.offset
-                }
-            }
-            // The inode was reused by a different file: it is new.
-            Some(_) => 0,
-            None if skip_existing => end_of_last_line(&file, size, self.cfg.max_line_bytes),
-            None => 0,
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        // The `path` tag names the path the globs matched, also for a file found rotated.
-        let format = match &self.cfg.text {
-            Some(t) => Format::Text(t.prefix(Some(origin.as_deref().unwrap_or(path)))),
-            None => Format::Lp,
-        };
-        let mut f = TailFile::new(
-            id,
-            key,
-            path.to_path_buf(),
-            file,
-            fp,
-            size,
-            offset,
-            format,
-            now,
-        );
-        if let Some(origin) = origin {
-            f.origin = origin;
-        }
-        if orphan {
-            f.orphan_since = Some(now);
-        }
-        tracing::debug!(input = %self.intake.stats().name, path = %path.display(), offset, size, "following file");
-        self.ids.insert(id, key);
-        self.files.insert(key, f);
-        self.ckpt_dirty = true;
-        self.ckpt_urgent = true;
-        self.intake.stats().files_open.fetch_add(1, Relaxed);
-        Some(key)
-    }
-
-    /// After a restart: checkpointed files that no glob matched any more were rotated away
-    /// while lineship was down. Look for them by inode next to where they were last seen.
-    fn recover_rotated(&mut self, now: Instant) {
-        let patterns = self.patterns.clone();
-        let lost = self
-            .store
-            .claim_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, GLOB_MATCH)));
-        for e in lost {
-            let dir = Path::new(&e.path).parent().unwrap_or(Path::new("/"));
-            let found = std::fs::read_dir(dir).ok().and_then(|rd| {
-                rd.flatten().map(|d| d.path()).find(|p| {
-                    std::fs::metadata(p).is_ok_and(|m| m.is_file() && FileKey::of(&m) == e.key())
-                })
-            });
-            match found {
-                Some(p) => {
-                    tracing::info!(input = %self.intake.stats().name, was = %e.path, now = %p.display(), offset = e.offset, "found a file rotated while lineship was down; reading it to its end");
-                    self.discover(&p, now, false, Some(e), None);
-                }
-                None => tracing::info!(
-                    input = %self.intake.stats().name,
-                    path = %e.path,
-                    offset = e.offset,
-                    "a checkpointed file is gone (rotated elsewhere or deleted while lineship was down); lines written to it after the checkpoint were not shipped"
-                ),
-            }
-        }
-    }
-
     fn close_drained_orphans(&mut self, now: Instant) {
         let grace = self.cfg.orphan_grace;
         let done: Vec<FileKey> = self
             .files
             .values()
             .filter(|f| {
-                f.orphan_since.is_some_and(|t| {
+                f.is_open() && f.orphan_since.is_some_and(|t| {
                     f.at_eof()
                         && f.fully_acked()
                         && now.saturating_duration_since(t.max(f.last_data)) >= grace
@@ -587,12 +398,7 @@ impl Tailer {
             .map(|f| f.key)
             .collect();
         for key in done {
-            if let Some(f) = self.files.remove(&key) {
-                self.store.disown(key, self.cfg.input);
-                self.ids.remove(&f.id);
-                self.dirty.remove(&key);
-                self.ckpt_dirty = true;
-                self.intake.stats().files_open.fetch_sub(1, Relaxed);
+            if let Some(f) = self.forget(key) {
                 tracing::debug!(input = %self.intake.stats().name, path = %f.path.display(), "closed a rotated or deleted file after reading and delivering all of it");
             }
         }
@@ -608,17 +414,31 @@ impl Tailer {
         if !force && !due && !self.ckpt_urgent {
             return;
         }
+        // After a failure (e.g. out of descriptors) retry with backoff, not at every step.
+        if !force && self.ckpt_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
         let entries = self.files.values().map(TailFile::entry).collect();
         match self.store.publish(self.cfg.input, entries) {
             Ok(()) => {
                 self.ckpt_dirty = false;
                 self.ckpt_urgent = false;
                 self.last_ckpt = Some(now);
+                self.ckpt_retry_at = None;
+                self.ckpt_failures = 0;
             }
             Err(e) => {
                 self.last_ckpt = Some(now);
+                self.ckpt_failures = self.ckpt_failures.saturating_add(1);
+                let backoff = Duration::from_millis(250 << self.ckpt_failures.min(7));
+                self.ckpt_retry_at = Some(now + backoff);
                 if let Some(suppressed) = self.warn.check(now) {
-                    tracing::error!(path = %self.store.path().display(), error = %e, suppressed, "cannot write the tail checkpoint; after a crash more lines would be sent again");
+                    let hint = if fds::is_exhaustion(&e) {
+                        "; the process is out of file descriptors: raise LimitNOFILE= in the systemd unit (or ulimit -n), or lower max_open_files"
+                    } else {
+                        ""
+                    };
+                    tracing::error!(path = %self.store.path().display(), error = %e, suppressed, retry_in_ms = backoff.as_millis() as u64, "cannot write the tail checkpoint; after a crash more lines would be sent again{hint}");
                 }
             }
         }
@@ -635,25 +455,17 @@ impl Drop for Tailer {
     }
 }
 
+/// The path no longer leads anywhere.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
 fn warn_io(warn: &mut RateLimited, path: &Path, e: &std::io::Error, what: &str) {
     if let Some(suppressed) = warn.check(Instant::now()) {
         tracing::warn!(path = %path.display(), error = %e, suppressed, "{what}");
-    }
-}
-
-/// Where reading starts in a file that existed before the input's first start with
-/// `from_beginning = false`: after its last complete line, so a line being written is read
-/// whole. (A last line longer than `max_line_bytes` is skipped to the end of the file.)
-fn end_of_last_line(file: &File, size: u64, max_line_bytes: usize) -> u64 {
-    let window = (max_line_bytes as u64 + 1).min(size);
-    let mut tail = vec![0u8; window as usize];
-    let Ok(n) = read_at_most(file, &mut tail, size - window) else {
-        return size;
-    };
-    match memchr::memrchr(b'\n', &tail[..n]) {
-        Some(i) => size - window + i as u64 + 1,
-        None if window == size => 0,
-        None => size,
     }
 }
 
@@ -672,6 +484,11 @@ fn glob_base(pattern: &str) -> PathBuf {
     base
 }
 
+mod discovery;
+mod turns;
+#[cfg(test)]
+mod turns_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,21 +498,5 @@ mod tests {
         assert_eq!(glob_base("/var/log/*.log"), PathBuf::from("/var/log"));
         assert_eq!(glob_base("/var/log/app.log"), PathBuf::from("/var/log"));
         assert_eq!(glob_base("/var/*/x/*.log"), PathBuf::from("/var"));
-    }
-
-    #[test]
-    fn start_offsets_for_existing_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let check = |content: &[u8], max: usize| {
-            std::fs::write(&p, content).unwrap();
-            let f = File::open(&p).unwrap();
-            end_of_last_line(&f, content.len() as u64, max)
-        };
-        assert_eq!(check(b"", 10), 0);
-        assert_eq!(check(b"a\nb\n", 10), 4);
-        assert_eq!(check(b"a\nbc", 10), 2);
-        assert_eq!(check(b"abc", 10), 0);
-        assert_eq!(check(b"a\nbcdefghijklmnop", 5), 17);
     }
 }
