@@ -23,7 +23,7 @@
 //! least once rather than lost).
 //!
 //! Symlinks in `state_dir/tail/` are never followed: the directory is opened once with
-//! `O_NOFOLLOW` (a symlink there is a startup error naming it) and everything in it is
+//! `O_NOFOLLOW` (a symlink there is renamed aside first) and everything in it is
 //! reached relative to that descriptor. The checkpoint is read with `O_NOFOLLOW | O_NONBLOCK`
 //! and only if it is a regular file (a symlink or FIFO planted there counts as unreadable);
 //! the tmp file is created with `O_CREAT | O_EXCL | O_NOFOLLOW` after unlinking whatever is in
@@ -292,7 +292,9 @@ impl Store {
     }
 }
 
-/// Creates (if needed) and opens the checkpoint directory, refusing a symlink in its place.
+/// Creates (if needed) and opens the checkpoint directory. Whatever else stands in its place
+/// (a symlink, a file) is renamed aside untouched, as everywhere in `state_dir`
+/// ([`crate::statefile::ensure_dir`]); the open itself never follows a symlink.
 fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags, CWD};
     let not_followed = || {
@@ -301,10 +303,7 @@ fn open_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
             dir.display()
         )
     };
-    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_dir()) {
-        anyhow::bail!(not_followed());
-    }
-    std::fs::create_dir_all(dir).with_context(|| {
+    crate::statefile::ensure_dir(dir).with_context(|| {
         format!(
             "cannot create the tail checkpoint directory {}",
             dir.display()
@@ -499,14 +498,21 @@ mod tests {
         assert!(meta.file_type().is_file());
         assert_eq!(std::fs::read_to_string(&precious).unwrap(), doc);
 
-        // The directory itself as a symlink: refused, naming it.
+        // The directory itself as a symlink: renamed aside, never written through.
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         let state2 = tmp.path().join("state2");
         std::fs::create_dir_all(&state2).unwrap();
         symlink(&elsewhere, state2.join("tail")).unwrap();
-        let e = format!("{:#}", Store::open(&state2, 1).err().unwrap());
-        assert!(e.contains("symlink") && e.contains("tail"), "{e}");
+        let store = Store::open(&state2, 1).unwrap();
+        drop(store);
+        assert!(std::fs::symlink_metadata(state2.join("tail"))
+            .unwrap()
+            .is_dir());
+        assert!(std::fs::symlink_metadata(state2.join("tail.not-ours"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
