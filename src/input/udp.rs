@@ -1,5 +1,6 @@
 //! The UDP input (`[[input.udp]]`): opens and configures the sockets of each input and starts
-//! one receive thread per socket ([`recv::Worker`]).
+//! one receive thread per socket ([`recv::Worker`], the loop; [`mmsg`], its `recvmmsg`
+//! buffers; [`drops`], kernel drop accounting; [`listen_fds`], sockets systemd passes).
 //!
 //! Per input, `workers` sockets share `listen` through `SO_REUSEPORT` (the kernel spreads
 //! senders over them by flow hash, so one sender always lands on one socket). `listen` may be
@@ -24,7 +25,9 @@
 //! warning. All sockets are opened before any thread starts, so a bind error ends startup
 //! cleanly.
 
+pub mod drops;
 pub mod listen_fds;
+pub mod mmsg;
 pub mod recv;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -110,7 +113,7 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
         .into_iter()
         .map(|u| {
             let sock = Socket::from(OwnedFd::from(u));
-            let baseline = socket_drops(&sock).unwrap_or(0);
+            let baseline = drops::socket_drops(&sock).unwrap_or(0);
             (sock, baseline)
         })
         .collect();
@@ -274,11 +277,4 @@ fn set_int_opt(
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// The socket's current kernel drop count, from `/proc/net/udp{,6}`.
-fn socket_drops(sock: &Socket) -> Option<u32> {
-    let ino = recv::socket_inode(sock.as_raw_fd())?;
-    let v6 = sock.local_addr().ok()?.is_ipv6();
-    recv::proc_drops(ino, v6)
 }
