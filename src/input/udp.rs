@@ -31,12 +31,13 @@ pub mod mmsg;
 pub mod recv;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::UdpSettings;
@@ -249,32 +250,8 @@ fn set_receive_buffer(sock: &Socket, want: usize) -> std::io::Result<usize> {
     if sock.recv_buffer_size()? >= want.saturating_mul(2) {
         return sock.recv_buffer_size();
     }
-    let v = want as libc::c_int;
-    if set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
-        set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, v)?;
+    if setsockopt(sock, sockopt::RcvBufForce, &want).is_err() {
+        sock.set_recv_buffer_size(want)?;
     }
     sock.recv_buffer_size()
-}
-
-fn set_int_opt(
-    sock: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

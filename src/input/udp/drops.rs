@@ -15,7 +15,7 @@
 //! - Nothing here allocates on the per-datagram path: a reading is arithmetic; the log and the
 //!   `/proc` read happen at most once per read, and once per second when idle.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ impl KernelDrops {
     pub(super) fn new(sock: &Socket, baseline: u32) -> Self {
         KernelDrops {
             counter: DropCounter::new(baseline),
-            inode: socket_inode(sock.as_raw_fd()),
+            inode: socket_inode(sock),
             v6: matches!(sock.local_addr().map(|a| a.is_ipv6()), Ok(true)),
             warn: RateLimited::new(WARN_EVERY),
         }
@@ -99,12 +99,10 @@ impl DropCounter {
     }
 }
 
-fn socket_inode(fd: RawFd) -> Option<u64> {
-    // SAFETY: fstat writes only into `st`.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino as u64)
-    }
+// `ino_t` is 32 bits on some targets.
+#[allow(clippy::unnecessary_cast)]
+fn socket_inode(sock: impl AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(sock).ok().map(|st| st.st_ino as u64)
 }
 
 /// The kernel drop count of the UDP socket with this inode, from `/proc/net/udp` or `udp6`.
@@ -137,7 +135,7 @@ pub fn parse_proc_net_udp(text: &str, inode: u64) -> Option<u32> {
 
 /// The socket's current kernel drop count, from `/proc/net/udp{,6}`.
 pub(super) fn socket_drops(sock: &Socket) -> Option<u32> {
-    let ino = socket_inode(sock.as_raw_fd())?;
+    let ino = socket_inode(sock)?;
     let v6 = sock.local_addr().ok()?.is_ipv6();
     proc_drops(ino, v6)
 }
@@ -175,7 +173,7 @@ mod tests {
     #[test]
     fn proc_drops_finds_a_live_socket() {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let Some(ino) = socket_inode(s.as_raw_fd()) else {
+        let Some(ino) = socket_inode(&s) else {
             panic!("fstat on a socket failed");
         };
         if std::fs::metadata("/proc/net/udp").is_err() {

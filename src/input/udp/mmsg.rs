@@ -231,18 +231,8 @@ mod tests {
     fn reused_buffers_still_receive_the_drop_count() {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads one c_int from a live local.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RXQ_OVFL,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RXQ_OVFL: {}", io::Error::last_os_error());
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&sock, sockopt::RxqOvfl, &1).expect("SO_RXQ_OVFL");
         // The smallest receive buffer the kernel allows: a few datagrams fill it.
         socket2::SockRef::from(&sock)
             .set_recv_buffer_size(1)

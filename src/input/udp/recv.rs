@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::batch::Chunk;
 use crate::input::Intake;
@@ -91,7 +92,7 @@ impl Worker {
         if let Err(e) = self.socket.set_read_timeout(Some(POLL_INTERVAL)) {
             tracing::error!(input = %name, error = %e, "cannot set SO_RCVTIMEO: stopping will wait for the next datagram");
         }
-        if let Err(e) = super::set_int_opt(&self.socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1) {
+        if let Err(e) = setsockopt(&self.socket, sockopt::RxqOvfl, &1) {
             tracing::warn!(input = %name, error = %e, "cannot enable SO_RXQ_OVFL: kernel drops are seen only through /proc/net/udp");
         }
         let mut bufs = Buffers::new(self.slots, self.slot_bytes);
