@@ -8,13 +8,13 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch::{AckRouter, Limits};
@@ -424,7 +424,7 @@ fn forward_reloads(mut reloads: watch::Receiver<u64>, rescan: Arc<AtomicU64>) {
 }
 
 /// Takes an exclusive `flock` on `state_dir/lock`, so two processes never share a state_dir.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+fn lock_state_dir(dir: &Path) -> anyhow::Result<Flock<File>> {
     let path = dir.join("lock");
     // Never through a symlink: the file is truncated below. Whatever is not a regular file
     // is renamed aside (a planted link must not keep the daemon from starting either).
@@ -440,7 +440,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
             tracing::warn!(path = %path.display(), moved_to = %aside.display(), "the lock file was not a regular file; it was renamed aside untouched");
         }
     }
-    let mut f = crate::statefile::open(
+    let f = crate::statefile::open(
         &path,
         std::fs::OpenOptions::new()
             .read(true)
@@ -449,17 +449,21 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
             .truncate(false),
     )
     .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    // SAFETY: flock on a valid, owned file descriptor.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let mut pid = String::new();
-        let _ = f.read_to_string(&mut pid);
-        bail!(
+    // Held until the returned `Flock` is dropped at the end of `run` (or the process dies).
+    // Its drop unlocks explicitly and panics only if `LOCK_UN` fails, which it cannot on the
+    // open fd it owns.
+    let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((mut f, _)) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            bail!(
             "state_dir {} is in use by another lineship process (pid {}); stop it, or give this run its own state_dir",
             dir.display(),
-            pid.trim()
-        );
-    }
+                pid.trim()
+            );
+        }
+    };
     f.set_len(0)?;
     f.rewind()?;
     write!(f, "{}", std::process::id())?;

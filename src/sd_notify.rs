@@ -5,6 +5,17 @@
 //! Without `NOTIFY_SOCKET` (not under systemd, or `Type=simple`) every call is a no-op.
 //! Sending never blocks the caller for long (the socket is non-blocking) and never fails the
 //! daemon: a lost notification is logged, nothing more.
+//!
+//! Written by hand rather than with the `sd-notify` crate (0.5), which falls short of this in
+//! four ways: its `notify` cannot reach an abstract socket (`NOTIFY_SOCKET=@...`, which
+//! `sd_notify(3)` documents; it connects to the literal path `@...`); it opens a new blocking
+//! socket for every message, so a ping from the async watchdog task could block a runtime
+//! thread while systemd's queue is full; its `watchdog_enabled` returns `Some(0)` for
+//! `WATCHDOG_USEC=0` and treats an unparsable `WATCHDOG_PID` as absent, i.e. meant for us,
+//! where libsystemd's `sd_watchdog_enabled` refuses both (here they would start a ping every
+//! millisecond); and it reads the environment itself, so the parsing could only be tested by
+//! changing the environment of a multi-threaded test process.
+//! The protocol is one `sendto` of `KEY=VALUE` lines; keeping it costs less than these.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};

@@ -1,5 +1,6 @@
 //! The UDP input (`[[input.udp]]`): opens and configures the sockets of each input and starts
-//! one receive thread per socket ([`recv::Worker`]).
+//! one receive thread per socket ([`recv::Worker`], the loop; [`mmsg`], its `recvmmsg`
+//! buffers; [`drops`], kernel drop accounting; [`listen_fds`], sockets systemd passes).
 //!
 //! Per input, `workers` sockets share `listen` through `SO_REUSEPORT` (the kernel spreads
 //! senders over them by flow hash, so one sender always lands on one socket). `listen` may be
@@ -24,16 +25,19 @@
 //! warning. All sockets are opened before any thread starts, so a bind error ends startup
 //! cleanly.
 
+pub mod drops;
 pub mod listen_fds;
+pub mod mmsg;
 pub mod recv;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::UdpSettings;
@@ -110,7 +114,7 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
         .into_iter()
         .map(|u| {
             let sock = Socket::from(OwnedFd::from(u));
-            let baseline = socket_drops(&sock).unwrap_or(0);
+            let baseline = drops::socket_drops(&sock).unwrap_or(0);
             (sock, baseline)
         })
         .collect();
@@ -246,39 +250,8 @@ fn set_receive_buffer(sock: &Socket, want: usize) -> std::io::Result<usize> {
     if sock.recv_buffer_size()? >= want.saturating_mul(2) {
         return sock.recv_buffer_size();
     }
-    let v = want as libc::c_int;
-    if set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
-        set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, v)?;
+    if setsockopt(sock, sockopt::RcvBufForce, &want).is_err() {
+        sock.set_recv_buffer_size(want)?;
     }
     sock.recv_buffer_size()
-}
-
-fn set_int_opt(
-    sock: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// The socket's current kernel drop count, from `/proc/net/udp{,6}`.
-fn socket_drops(sock: &Socket) -> Option<u32> {
-    let ino = recv::socket_inode(sock.as_raw_fd())?;
-    let v6 = sock.local_addr().ok()?.is_ipv6();
-    recv::proc_drops(ino, v6)
 }

@@ -9,6 +9,7 @@
 //!   timeout, so a hung daemon fails its test instead of hanging CI.
 //! - `telemetry.rs`: the daemon's `/metrics` and `/health` endpoint ([`telemetry_addr`], [`get`],
 //!   [`scrape`]).
+//! - `udp.rs` (`common::udp`): polling and loopback sockets for the UDP test files.
 //! - This file: small codecs the others share (gzip, line splitting, percent-encoding).
 //!
 //! Invariants: every server binds 127.0.0.1 on a port the kernel picked (never a fixed port);
@@ -23,6 +24,7 @@ mod fake_body;
 mod fake_influx;
 mod lineship;
 mod telemetry;
+pub mod udp;
 mod victoria_metrics;
 
 pub use fake_body::BodyStream;

@@ -13,6 +13,13 @@
 //! - Taken fds get `FD_CLOEXEC`, so they never leak into a child.
 //! - The environment is not modified: changing it in a multi-threaded process is unsound, and
 //!   a child could not mistake the fds for its own anyway, because `LISTEN_PID` names us.
+//!
+//! The variables are parsed here rather than with `sd_notify::listen_fds` (sd-notify 0.5): that
+//! function reads the environment itself (so [`passed_fd_count`] could not be tested without
+//! changing the environment of a multi-threaded test process) and sets `FD_CLOEXEC` on every
+//! passed fd, including those this input leaves alone; what it would save is the dozen lines
+//! of [`passed_fd_count`]. The socket calls go through `socket2`; only the `fstat` that proves
+//! an fd is open (which every safe fd wrapper requires before it may be built) is raw `libc`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -73,9 +80,11 @@ pub fn take_from_env() -> Vec<(SocketAddr, UdpSocket)> {
                 // SAFETY: LISTEN_PID names this process, so systemd handed fd to us; TAKEN
                 // guarantees that no other OwnedFd for it was made in this process, and
                 // `inspect` checked that it is an open socket.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                set_cloexec(fd);
-                let sock = UdpSocket::from(owned);
+                let sock = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                if let Err(e) = sock.set_cloexec(true) {
+                    tracing::warn!(fd, %addr, error = %e, "cannot set FD_CLOEXEC on a UDP socket passed by systemd; a child process would inherit it");
+                }
+                let sock = UdpSocket::from(sock);
                 // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
                 // in non-blocking mode would make it spin.
                 if let Err(e) = sock.set_nonblocking(false) {
@@ -95,45 +104,28 @@ pub fn take_from_env() -> Vec<(SocketAddr, UdpSocket)> {
 
 /// The local address of `fd` if it is an IPv4/IPv6 datagram socket.
 fn inspect(fd: RawFd) -> Result<SocketAddr, String> {
-    // SAFETY: fstat and getsockopt only write into the locals passed; an invalid fd is an error.
-    unsafe {
+    // SAFETY: fstat only writes into the local passed; an invalid fd is an error.
+    let st = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstat(fd, &mut st) != 0 {
             return Err(format!("not open ({})", std::io::Error::last_os_error()));
         }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err("not a socket".into());
-        }
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        );
-        if rc != 0 || ty != libc::SOCK_DGRAM {
-            return Err("not a datagram socket".into());
-        }
+        st
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err("not a socket".into());
     }
-    // Borrow the fd just long enough to ask for its address; `ManuallyDrop` keeps it open.
+    // Borrow the fd just long enough to ask for its type and address; `ManuallyDrop` keeps it
+    // open.
     // SAFETY: fd is an open socket (checked above) and is not closed here.
     let sock = std::mem::ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) });
+    if sock.r#type().ok() != Some(socket2::Type::DGRAM) {
+        return Err("not a datagram socket".into());
+    }
     sock.local_addr()
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or_else(|| "not an IPv4/IPv6 socket".to_string())
-}
-
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own; failure only means the flag stays unset.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The UDP receive loop: one thread per socket reads up to `slots` datagrams per `recvmmsg`
-//! call into preallocated buffers, checks their lines and sends them as one chunk.
+//! call into preallocated buffers ([`super::mmsg`]), checks their lines and sends them as one
+//! chunk. Kernel drops are accounted in [`super::drops`].
 //!
 //! Invariants:
 //! - The loop never blocks on the pipeline. When the channel is full, the checked lines wait
@@ -8,33 +9,36 @@
 //!   as `dropped{reason="channel_full"}`. The channel is bounded in bytes as well as chunks
 //!   ([`crate::queue`]), so the queue plus the hold bound this input's memory however far the
 //!   batcher falls behind; the kernel buffer absorbs stalls of this thread.
-//! - No allocation per datagram: the datagram buffers, headers and control buffers are
-//!   allocated once; the only allocation per read is the chunk handed to the batcher.
+//! - No allocation per datagram: the `recvmmsg` buffers are allocated once; the only
+//!   allocation per read is the chunk handed to the batcher.
 //! - A datagram is a complete unit: its last line needs no `\n`, and nothing carries over to
 //!   the next datagram. A bad line loses only itself ([`Intake`] decides).
 //! - A truncated datagram (larger than a buffer) keeps the complete lines before the cut and
 //!   loses the rest; it is counted in `truncated`. The bytes after the last `\n` in the
 //!   buffer are dropped because a cut line can still look valid (`m v=1 17000` cut from
 //!   `m v=1 1700000000000000000` would be stored at the wrong time).
-//! - Kernel drops (receive buffer full) are counted per socket from the cumulative
-//!   `SO_RXQ_OVFL` value carried by each datagram, and reconciled with `/proc/net/udp{,6}`
-//!   when idle and at exit, which also catches drops after the last datagram that arrived.
+//! - Kernel drops (receive buffer full) are counted from the `SO_RXQ_OVFL` value each read
+//!   carries, and reconciled with `/proc/net/udp{,6}` when idle (every [`RECONCILE_EVERY`])
+//!   and at exit.
 //! - On stop the loop wakes within [`POLL_INTERVAL`], reads what already arrived for at most
 //!   [`DRAIN_FOR`], sends its last chunk and returns, dropping its channel sender.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::batch::Chunk;
 use crate::input::Intake;
 use crate::queue::ChunkTx;
 use crate::reject::RateLimited;
+
+use super::drops::KernelDrops;
+use super::mmsg::Buffers;
 
 /// Datagrams read per `recvmmsg` call.
 pub const SLOTS: usize = 64;
@@ -58,11 +62,8 @@ pub const COALESCE: Duration = Duration::from_millis(1);
 /// again at once instead.
 pub const COALESCE_MIN_BUFFER: usize = 4 << 20;
 /// How often an idle loop compares its kernel-drop count with `/proc/net/udp`.
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Control buffer per datagram, in u64 words so it is aligned for `cmsghdr`. One
-/// `SO_RXQ_OVFL` message needs 20 bytes; the rest is slack.
-const CONTROL_WORDS: usize = 8;
 
 /// One receive thread's world.
 pub struct Worker {
@@ -91,17 +92,15 @@ impl Worker {
         if let Err(e) = self.socket.set_read_timeout(Some(POLL_INTERVAL)) {
             tracing::error!(input = %name, error = %e, "cannot set SO_RCVTIMEO: stopping will wait for the next datagram");
         }
-        if let Err(e) = super::set_int_opt(&self.socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1) {
+        if let Err(e) = setsockopt(&self.socket, sockopt::RxqOvfl, &1) {
             tracing::warn!(input = %name, error = %e, "cannot enable SO_RXQ_OVFL: kernel drops are seen only through /proc/net/udp");
         }
-        let inode = socket_inode(fd);
         let mut bufs = Buffers::new(self.slots, self.slot_bytes);
         let mut st = LoopState {
             out: Vec::with_capacity(16 << 10),
             held: None,
-            drops: DropCounter::new(self.drops_baseline),
+            drops: KernelDrops::new(&self.socket, self.drops_baseline),
             warn_drop: RateLimited::new(WARN_EVERY),
-            warn_kernel: RateLimited::new(WARN_EVERY),
             warn_trunc: RateLimited::new(WARN_EVERY),
             warn_err: RateLimited::new(WARN_EVERY),
         };
@@ -128,7 +127,7 @@ impl Worker {
                         alive = self.send(&mut st);
                     }
                     if last_reconcile.elapsed() >= RECONCILE_EVERY {
-                        self.reconcile(inode, &mut st);
+                        st.drops.reconcile(self.intake.stats());
                         last_reconcile = Instant::now();
                     }
                 }
@@ -160,7 +159,7 @@ impl Worker {
                 self.channel_full(c.lines, &mut st);
             }
         }
-        self.reconcile(inode, &mut st);
+        st.drops.reconcile(self.intake.stats());
     }
 
     /// Handles the `n` datagrams of one read and sends their lines as one chunk. Returns false
@@ -172,7 +171,7 @@ impl Worker {
         for i in 0..n {
             let d = bufs.get(i);
             if let Some(total) = d.drops {
-                new_drops += u64::from(st.drops.observe(total));
+                new_drops += st.drops.observe(total);
             }
             bytes += d.data.len() as u64;
             let data = if d.truncated {
@@ -203,7 +202,7 @@ impl Worker {
             stats.truncated.fetch_add(truncated, Relaxed);
         }
         if new_drops > 0 {
-            self.kernel_dropped(new_drops, st);
+            st.drops.count(new_drops, &stats);
         }
         self.send(st)
     }
@@ -264,30 +263,6 @@ impl Worker {
         }
     }
 
-    /// Catches drops no datagram told us about (after the last one that arrived).
-    fn reconcile(&mut self, inode: Option<u64>, st: &mut LoopState) {
-        let v6 = matches!(self.socket.local_addr().map(|a| a.is_ipv6()), Ok(true));
-        if let Some(total) = inode.and_then(|ino| proc_drops(ino, v6)) {
-            let n = st.drops.observe(total);
-            if n > 0 {
-                self.kernel_dropped(u64::from(n), st);
-            }
-        }
-    }
-
-    fn kernel_dropped(&self, n: u64, st: &mut LoopState) {
-        let stats = self.intake.stats();
-        stats.kernel_drops.fetch_add(n, Relaxed);
-        if let Some(suppressed) = st.warn_kernel.check(Instant::now()) {
-            tracing::error!(
-                input = %stats.name,
-                datagrams = n,
-                suppressed,
-                "the kernel DROPPED datagrams because the socket receive buffer was full; raise receive_buffer (and net.core.rmem_max) or workers; see kernel_drops"
-            );
-        }
-    }
-
     fn read_error(&self, e: io::Error, st: &mut LoopState) {
         if e.kind() == io::ErrorKind::Interrupted {
             return;
@@ -305,9 +280,8 @@ struct LoopState {
     out: Vec<u8>,
     /// Lines that found the channel full, retried before anything newer.
     held: Option<Chunk>,
-    drops: DropCounter,
+    drops: KernelDrops,
     warn_drop: RateLimited,
-    warn_kernel: RateLimited,
     warn_trunc: RateLimited,
     warn_err: RateLimited,
 }
@@ -317,170 +291,6 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
-}
-
-/// One datagram of a read.
-#[derive(Debug)]
-pub struct Datagram<'a> {
-    /// What fits the buffer.
-    pub data: &'a [u8],
-    /// The datagram's real length (larger than `data` when truncated).
-    pub len: usize,
-    pub truncated: bool,
-    /// The socket's cumulative kernel drop count (`SO_RXQ_OVFL`), when the kernel sent it.
-    pub drops: Option<u32>,
-    pub from: Option<SocketAddr>,
-}
-
-/// Preallocated `recvmmsg` buffers. The headers' pointers are rebuilt from the vectors before
-/// every call (cheap next to the syscall), so they are always fresh and the vectors can move.
-struct Buffers {
-    slot_bytes: usize,
-    data: Vec<u8>,
-    control: Vec<u64>,
-    names: Vec<libc::sockaddr_storage>,
-    iov: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl Buffers {
-    fn new(slots: usize, slot_bytes: usize) -> Self {
-        assert!(slots > 0 && slot_bytes > 0, "empty receive buffers");
-        // SAFETY: these are plain C structs for which all-zero bytes is a valid value.
-        let (name, iov, hdr) = unsafe {
-            (
-                std::mem::zeroed::<libc::sockaddr_storage>(),
-                std::mem::zeroed::<libc::iovec>(),
-                std::mem::zeroed::<libc::mmsghdr>(),
-            )
-        };
-        Buffers {
-            slot_bytes,
-            // Zeroed allocations are mapped lazily: only the pages datagrams touch use memory.
-            data: vec![0; slots * slot_bytes],
-            control: vec![0; slots * CONTROL_WORDS],
-            names: vec![name; slots],
-            iov: vec![iov; slots],
-            hdrs: vec![hdr; slots],
-        }
-    }
-
-    /// One `recvmmsg` call; returns how many datagrams arrived.
-    fn recv(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
-        let data = self.data.as_mut_ptr();
-        let control = self.control.as_mut_ptr();
-        for i in 0..self.hdrs.len() {
-            self.iov[i] = libc::iovec {
-                // SAFETY (all three `add`s): i < slots, within the allocations' bounds.
-                iov_base: unsafe { data.add(i * self.slot_bytes) }.cast(),
-                iov_len: self.slot_bytes,
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            h.msg_hdr.msg_iov = &mut self.iov[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = unsafe { control.add(i * CONTROL_WORDS) }.cast();
-            h.msg_hdr.msg_controllen = (CONTROL_WORDS * 8) as _;
-            h.msg_hdr.msg_flags = 0;
-        }
-        // SAFETY: every header points at live buffers of the lengths it states (set above);
-        // the kernel writes at most that much into each.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as _,
-                flags as _,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Datagram `i` of the last read.
-    fn get(&self, i: usize) -> Datagram<'_> {
-        let h = &self.hdrs[i].msg_hdr;
-        // With MSG_TRUNC in the call's flags, msg_len is the datagram's real length.
-        let len = self.hdrs[i].msg_len as usize;
-        let kept = len.min(self.slot_bytes);
-        let start = i * self.slot_bytes;
-        let control_words = &self.control[i * CONTROL_WORDS..(i + 1) * CONTROL_WORDS];
-        // SAFETY: viewing initialised u64s as bytes.
-        let control_bytes = unsafe {
-            std::slice::from_raw_parts(control_words.as_ptr().cast::<u8>(), CONTROL_WORDS * 8)
-        };
-        // size_t on glibc, socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let control_len = (h.msg_controllen as usize).min(control_bytes.len());
-        Datagram {
-            data: &self.data[start..start + kept],
-            len,
-            truncated: h.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot_bytes,
-            drops: rxq_ovfl(&control_bytes[..control_len]),
-            from: sockaddr_to_std(&self.names[i], h.msg_namelen),
-        }
-    }
-}
-
-const fn cmsg_align(len: usize) -> usize {
-    let a = std::mem::size_of::<usize>();
-    (len + a - 1) & !(a - 1)
-}
-
-/// The `SO_RXQ_OVFL` counter in a control buffer as `recvmsg` filled it, if present.
-pub fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    let hdr_len = std::mem::size_of::<libc::cmsghdr>();
-    let data_off = cmsg_align(hdr_len);
-    let mut off = 0;
-    while off + hdr_len <= control.len() {
-        // SAFETY: reads hdr_len in-bounds bytes (checked above) as a plain C struct.
-        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[off..].as_ptr().cast()) };
-        let len = c.cmsg_len as usize;
-        if len < hdr_len || off + len > control.len() {
-            return None;
-        }
-        if c.cmsg_level == libc::SOL_SOCKET
-            && c.cmsg_type == libc::SO_RXQ_OVFL
-            && len >= data_off + 4
-        {
-            let at = off + data_off;
-            return Some(u32::from_ne_bytes(
-                control[at..at + 4].try_into().expect("4 bytes"),
-            ));
-        }
-        off += cmsg_align(len);
-    }
-    None
-}
-
-/// Tracks a socket's cumulative (wrapping u32) kernel drop counter and turns readings into
-/// new drops. A reading can be older than one seen before (a datagram queued before drops
-/// that `/proc` already reported); such stale readings add nothing.
-#[derive(Debug, Clone)]
-pub struct DropCounter {
-    seen: u32,
-}
-
-impl DropCounter {
-    pub fn new(baseline: u32) -> Self {
-        DropCounter { seen: baseline }
-    }
-
-    /// New drops implied by the cumulative reading `total`.
-    pub fn observe(&mut self, total: u32) -> u32 {
-        let delta = total.wrapping_sub(self.seen);
-        if delta == 0 || delta > u32::MAX / 2 {
-            return 0; // unchanged, or behind what we have seen
-        }
-        self.seen = total;
-        delta
-    }
 }
 
 /// The lines of one datagram: split at `\n`; the last line needs no `\n`.
@@ -510,115 +320,9 @@ pub fn complete_lines(data: &[u8]) -> &[u8] {
     memchr::memrchr(b'\n', data).map_or(&[], |i| &data[..=i])
 }
 
-fn sockaddr_to_std(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match s.ss_family as libc::c_int {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family and length say the storage holds a sockaddr_in.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family and length say the storage holds a sockaddr_in6.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-pub(super) fn socket_inode(fd: RawFd) -> Option<u64> {
-    // SAFETY: fstat writes only into `st`.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino as u64)
-    }
-}
-
-/// The kernel drop count of the UDP socket with this inode, from `/proc/net/udp` or `udp6`.
-/// `None` when `/proc` is not readable (e.g. `ProcSubset=pid`) or the socket is not listed.
-pub fn proc_drops(inode: u64, v6: bool) -> Option<u32> {
-    let path = if v6 {
-        "/proc/net/udp6"
-    } else {
-        "/proc/net/udp"
-    };
-    parse_proc_net_udp(&std::fs::read_to_string(path).ok()?, inode)
-}
-
-/// Finds the `drops` column of the socket with `inode` in `/proc/net/udp{,6}` text.
-pub fn parse_proc_net_udp(text: &str, inode: u64) -> Option<u32> {
-    // Rows end with `inode ref pointer drops`. The header's columns do not line up with the
-    // rows' ("tx_queue rx_queue" is one row column), so columns are counted from the end.
-    if text.lines().next()?.split_whitespace().last() != Some("drops") {
-        return None;
-    }
-    text.lines().skip(1).find_map(|row| {
-        let cols: Vec<&str> = row.split_whitespace().collect();
-        let n = cols.len();
-        if n < 4 || cols[n - 4].parse::<u64>().ok()? != inode {
-            return None;
-        }
-        cols[n - 1].parse().ok()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cmsg(level: libc::c_int, ty: libc::c_int, payload: &[u8]) -> Vec<u8> {
-        let hdr_len = std::mem::size_of::<libc::cmsghdr>();
-        let len = cmsg_align(hdr_len) + payload.len();
-        let mut c: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        c.cmsg_len = len as _;
-        c.cmsg_level = level;
-        c.cmsg_type = ty;
-        let mut out = vec![0u8; cmsg_align(len)];
-        unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), c) };
-        out[cmsg_align(hdr_len)..len].copy_from_slice(payload);
-        out
-    }
-
-    #[test]
-    fn finds_rxq_ovfl_among_control_messages() {
-        assert_eq!(rxq_ovfl(&[]), None);
-        let ovfl = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &77u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&ovfl), Some(77));
-        let mut two = cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[1; 16]);
-        two.extend_from_slice(&ovfl);
-        assert_eq!(rxq_ovfl(&two), Some(77));
-        let other = cmsg(libc::IPPROTO_IP, libc::SO_RXQ_OVFL, &5u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&other), None, "wrong level");
-        // A header claiming more than the buffer holds ends the walk.
-        assert_eq!(rxq_ovfl(&ovfl[..ovfl.len() - 8]), None);
-        let mut bad = ovfl.clone();
-        bad[..std::mem::size_of::<usize>()].copy_from_slice(&1usize.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&bad), None, "cmsg_len below the header size");
-    }
-
-    #[test]
-    fn drop_counter_counts_deltas_and_ignores_stale_readings() {
-        let mut d = DropCounter::new(0);
-        assert_eq!(d.observe(0), 0);
-        assert_eq!(d.observe(5), 5);
-        assert_eq!(d.observe(5), 0);
-        assert_eq!(d.observe(3), 0, "older snapshot");
-        assert_eq!(d.observe(12), 7);
-        let mut w = DropCounter::new(u32::MAX - 1);
-        assert_eq!(w.observe(2), 4, "wraps");
-        let mut b = DropCounter::new(100);
-        assert_eq!(b.observe(100), 0, "baseline drops are not ours");
-        assert_eq!(b.observe(101), 1);
-    }
 
     #[test]
     fn splits_datagrams_into_lines() {
@@ -639,45 +343,5 @@ mod tests {
         assert_eq!(complete_lines(b"m v=1 1\nm v=2 17"), b"m v=1 1\n");
         assert_eq!(complete_lines(b"m v=1 17"), b"");
         assert_eq!(complete_lines(b"a\nb\n"), b"a\nb\n");
-    }
-
-    #[test]
-    fn parses_proc_net_udp() {
-        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            \n\
-          123: 0100007F:1F99 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17     \n\
-          124: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 0\n";
-        assert_eq!(parse_proc_net_udp(text, 4242), Some(17));
-        assert_eq!(parse_proc_net_udp(text, 99), Some(0));
-        assert_eq!(parse_proc_net_udp(text, 5), None);
-        assert_eq!(parse_proc_net_udp("garbage\n1 2 3 4\n", 2), None);
-    }
-
-    #[test]
-    fn proc_drops_finds_a_live_socket() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let Some(ino) = socket_inode(s.as_raw_fd()) else {
-            panic!("fstat on a socket failed");
-        };
-        if std::fs::metadata("/proc/net/udp").is_err() {
-            eprintln!("SKIPPED: /proc/net/udp is not readable here");
-            return;
-        }
-        assert_eq!(proc_drops(ino, false), Some(0));
-    }
-
-    #[test]
-    fn sockaddr_conversion() {
-        let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        assert_eq!(sockaddr_to_std(&st, 0), None);
-        let sin = (&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-        unsafe {
-            (*sin).sin_family = libc::AF_INET as _;
-            (*sin).sin_port = 8089u16.to_be();
-            (*sin).sin_addr.s_addr = u32::from(Ipv4Addr::new(10, 1, 2, 3)).to_be();
-        }
-        assert_eq!(
-            sockaddr_to_std(&st, std::mem::size_of::<libc::sockaddr_in>() as _),
-            Some("10.1.2.3:8089".parse().unwrap())
-        );
     }
 }
