@@ -54,40 +54,36 @@ pub(crate) enum Verdict {
     Bad,
 }
 
+/// The running totals: a [`Counts`] (whose `active_secs` and `seq` are filled in only by
+/// [`Counters::snapshot`]) and the times of the first and last accepted write.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Counters {
-    pub requests: u64,
-    pub write_requests: u64,
-    pub lines: u64,
-    pub body_bytes: u64,
-    pub decoded_bytes: u64,
-    pub rejected_requests: u64,
-    pub rejected_lines: u64,
-    pub bad_requests: u64,
+    pub totals: Counts,
     pub first_write: Option<Instant>,
     pub last_write: Option<Instant>,
 }
 
 impl Counters {
     pub fn add_write(&mut self, body_bytes: usize, verdict: Verdict) {
-        self.write_requests += 1;
-        self.body_bytes += body_bytes as u64;
+        let t = &mut self.totals;
+        t.write_requests += 1;
+        t.body_bytes += body_bytes as u64;
         match verdict {
             Verdict::Accepted {
                 lines,
                 decoded_bytes,
             } => {
-                self.lines += lines;
-                self.decoded_bytes += decoded_bytes;
+                t.lines += lines;
+                t.decoded_bytes += decoded_bytes;
                 let now = Instant::now();
                 self.first_write.get_or_insert(now);
                 self.last_write = Some(now);
             }
             Verdict::Rejected { lines } => {
-                self.rejected_requests += 1;
-                self.rejected_lines += lines;
+                t.rejected_requests += 1;
+                t.rejected_lines += lines;
             }
-            Verdict::Bad => self.bad_requests += 1,
+            Verdict::Bad => t.bad_requests += 1,
         }
     }
 
@@ -97,16 +93,9 @@ impl Counters {
             _ => 0.0,
         };
         Counts {
-            requests: self.requests,
-            write_requests: self.write_requests,
-            lines: self.lines,
-            body_bytes: self.body_bytes,
-            decoded_bytes: self.decoded_bytes,
-            rejected_requests: self.rejected_requests,
-            rejected_lines: self.rejected_lines,
-            bad_requests: self.bad_requests,
             active_secs,
             seq,
+            ..self.totals
         }
     }
 }

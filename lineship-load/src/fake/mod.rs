@@ -370,7 +370,7 @@ impl FakeInflux {
     }
 
     pub fn accepted_line_count(&self) -> usize {
-        self.shared.lock().counters.lines as usize
+        self.shared.lock().counters.totals.lines as usize
     }
 
     /// Writes rejected because their body was empty. lineship must never send one.
@@ -406,12 +406,12 @@ impl FakeInflux {
     /// Blocks until at least `n` lines were accepted. Blocking: from an async test whose
     /// runtime also drives the code under test, use [`FakeInflux::wait_for_lines_async`].
     pub fn wait_for_lines(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_for(timeout, |s| s.counters.lines >= n as u64)
+        self.wait_for(timeout, |s| s.counters.totals.lines >= n as u64)
     }
 
     /// Blocks until at least `n` write requests were answered.
     pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_for(timeout, |s| s.counters.write_requests >= n as u64)
+        self.wait_for(timeout, |s| s.counters.totals.write_requests >= n as u64)
     }
 
     /// Blocks until `done` holds for the recorded requests (all paths).
@@ -438,7 +438,7 @@ impl FakeInflux {
     pub async fn wait_for_requests_async(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.shared.lock().counters.write_requests >= n as u64 {
+            if self.shared.lock().counters.totals.write_requests >= n as u64 {
                 return true;
             }
             if Instant::now() >= deadline {

@@ -127,7 +127,7 @@ async fn handle(
     request.status = reply.status;
     {
         let mut state = shared.lock();
-        state.counters.requests += 1;
+        state.counters.totals.requests += 1;
         if let Some((body_bytes, judged)) = verdict {
             state.counters.add_write(body_bytes, judged);
         }

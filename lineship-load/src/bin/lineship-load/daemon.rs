@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::Serialize;
 
 /// Settings of the daemon runs, shared by `stdin` and `udp`.
 #[derive(Args)]
@@ -78,13 +79,19 @@ impl DaemonOpts {
     ) -> DaemonConfig<'a> {
         DaemonConfig {
             sink,
+            settings: self.settings(),
+            log_level,
+            input_section,
+        }
+    }
+
+    pub fn settings(&self) -> Settings<'_> {
+        Settings {
             gzip_level: self.gzip_level,
             batch_max_lines: self.batch_max_lines,
             batch_max_bytes: &self.batch_max_bytes,
             max_in_flight: self.max_in_flight,
             flush_interval: &self.flush_interval,
-            log_level,
-            input_section,
         }
     }
 }
@@ -93,13 +100,20 @@ impl DaemonOpts {
 /// mode can reuse everything else.
 pub struct DaemonConfig<'a> {
     pub sink: SocketAddr,
+    pub settings: Settings<'a>,
+    pub log_level: &'a str,
+    pub input_section: &'a str,
+}
+
+/// The batching and output settings of the daemon, as written into its config and shown in the
+/// JSON summaries.
+#[derive(Serialize, Clone, Copy)]
+pub struct Settings<'a> {
     pub gzip_level: u32,
     pub batch_max_lines: u64,
     pub batch_max_bytes: &'a str,
     pub max_in_flight: u32,
     pub flush_interval: &'a str,
-    pub log_level: &'a str,
-    pub input_section: &'a str,
 }
 
 /// A TOML basic string: JSON string escapes are a subset of TOML's.
@@ -130,13 +144,13 @@ max_in_flight = {mif}
 {input}
 "#,
         state_dir = toml_str(&state_dir.to_string_lossy()),
-        flush = toml_str(c.flush_interval),
-        bml = c.batch_max_lines,
-        bmb = toml_str(c.batch_max_bytes),
+        flush = toml_str(c.settings.flush_interval),
+        bml = c.settings.batch_max_lines,
+        bmb = toml_str(c.settings.batch_max_bytes),
         log = toml_str(c.log_level),
         url = toml_str(&format!("http://{}", c.sink)),
-        gz = c.gzip_level,
-        mif = c.max_in_flight,
+        gz = c.settings.gzip_level,
+        mif = c.settings.max_in_flight,
         input = c.input_section,
     )
 }
@@ -170,24 +184,37 @@ pub fn write_config(path: &Path, config: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The config of a run with the default options, a sink at 127.0.0.1:9 and `input_section`,
+/// for the modes' tests.
+#[cfg(test)]
+pub fn example_config(log_level: &str, input_section: &str, state_dir: &str) -> String {
+    render_config(
+        &DaemonConfig {
+            sink: "127.0.0.1:9".parse().unwrap(),
+            settings: Settings {
+                gzip_level: 1,
+                batch_max_lines: 5000,
+                batch_max_bytes: "1MiB",
+                max_in_flight: 4,
+                flush_interval: "200ms",
+            },
+            log_level,
+            input_section,
+        },
+        Path::new(state_dir),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn config_has_the_design_keys() {
-        let c = render_config(
-            &DaemonConfig {
-                sink: "127.0.0.1:9".parse().unwrap(),
-                gzip_level: 1,
-                batch_max_lines: 5000,
-                batch_max_bytes: "1MiB",
-                max_in_flight: 4,
-                flush_interval: "200ms",
-                log_level: "warn",
-                input_section: "[input.stdin]\nenabled = true",
-            },
-            Path::new("/tmp/x \"y\"/state"),
+        let c = example_config(
+            "warn",
+            "[input.stdin]\nenabled = true",
+            "/tmp/x \"y\"/state",
         );
         for key in [
             r#"state_dir = "/tmp/x \"y\"/state""#,

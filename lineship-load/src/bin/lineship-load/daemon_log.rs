@@ -2,9 +2,57 @@
 //! UDP listening, the final summary, errors) are noted, and the summary's counters parsed.
 
 use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
+
+use crate::measure::{spawn_measured, DaemonExit, Measured};
+
+/// A daemon (`lineship --config CONFIG`, stdin from /dev/null) started through the
+/// `exec-measured` helper, with its log read as it runs.
+pub struct Logged {
+    pub daemon: Measured,
+    pub log: Arc<Mutex<DaemonLog>>,
+    reader: JoinHandle<()>,
+}
+
+impl Logged {
+    pub fn spawn(lineship: &Path, config: &Path) -> Result<Self> {
+        let mut daemon = spawn_measured(lineship, config, &[], Stdio::null(), Stdio::piped())?;
+        let log = Arc::new(Mutex::new(DaemonLog::default()));
+        let err = daemon
+            .helper
+            .stderr
+            .take()
+            .context("no stderr pipe from the helper")?;
+        let reader = spawn_log_reader(err, log.clone());
+        Ok(Logged {
+            daemon,
+            log,
+            reader,
+        })
+    }
+
+    /// The daemon has logged "lineship started".
+    pub fn started(&self) -> bool {
+        self.log.lock().unwrap().started
+    }
+
+    /// Stops the daemon with SIGTERM (SIGKILL after `timeout`); returns how it ended and the
+    /// counters from its final summary line.
+    pub fn stop(self, timeout: Duration) -> (Result<DaemonExit>, DaemonCounters) {
+        self.daemon.signal(libc::SIGTERM);
+        let exit = self.daemon.wait(timeout);
+        let _ = self.reader.join();
+        let counters = DaemonCounters::from_log(&self.log.lock().unwrap());
+        (exit, counters)
+    }
+}
 
 /// The `key=value` fields of a text-format tracing line, after its message `message`. A value
 /// with spaces runs until the next word that looks like `key=`.

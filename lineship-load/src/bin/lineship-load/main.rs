@@ -70,6 +70,7 @@ mod daemon;
 mod daemon_log;
 mod measure;
 mod report;
+mod run;
 mod selftest;
 mod sink;
 mod stdin;

@@ -15,12 +15,12 @@ use lineship_load::fake::Counts;
 use lineship_load::gen::{GenOpts, LineGen, APPROX_LINE_BYTES};
 use serde::Serialize;
 
-use crate::daemon::{make_run_dir, render_config, write_config, DaemonOpts};
-use crate::measure::{process_cpu_s, sink_cpu_s, spawn_measured, DaemonExit};
+use crate::daemon::DaemonOpts;
+use crate::measure::{spawn_measured, DaemonExit};
 use crate::report::{
-    median, rate, verdict, Medians, TARGET_CPU_S_PER_M, TARGET_LINES_PER_SEC, TARGET_RSS_MIB,
+    rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary, TARGET_LINES_PER_SEC,
 };
-use crate::sink::Sink;
+use crate::run::{pregenerate, HarnessCpu, RunSetup};
 
 /// Above this estimated size `stdin` generates while writing instead of pre-generating.
 pub const PREGEN_LIMIT_BYTES: u64 = 8 << 30;
@@ -155,18 +155,12 @@ pub struct RunReport {
     pub run: u32,
     pub lines_sent: u64,
     pub bytes_sent: u64,
-    pub lines_received: u64,
-    pub lost: Option<u64>,
-    pub dup: Option<u64>,
+    #[serde(flatten)]
+    pub delivery: Delivery,
     pub wall_s: f64,
     pub lines_per_sec: f64,
-    pub daemon_cpu_s: f64,
-    pub cpu_s_per_million_lines: f64,
-    pub peak_rss_mib: f64,
-    /// Peak RSS cannot be measured below this (the spawning helper's own RSS).
-    pub rss_floor_mib: f64,
-    pub exit_code: i32,
-    pub timed_out: bool,
+    #[serde(flatten)]
+    pub usage: DaemonUsage,
     /// CPU used by this tool (sink + writer) during the run, for judging interference.
     pub harness_cpu_s: f64,
     /// The part of `harness_cpu_s` used by the sink's threads.
@@ -176,21 +170,10 @@ pub struct RunReport {
     pub ok: bool,
 }
 
-#[derive(Serialize)]
-pub struct StdinSummary<'a> {
-    pub tool: &'static str,
-    pub mode: &'static str,
-    pub lines: u64,
-    pub repeat: u32,
-    pub gzip_level: u32,
-    pub batch_max_lines: u64,
-    pub batch_max_bytes: &'a str,
-    pub max_in_flight: u32,
-    pub flush_interval: &'a str,
-    pub pregenerated: bool,
-    pub median: Medians,
-    pub runs: &'a [RunReport],
-    pub ok: bool,
+impl RunOutcome for RunReport {
+    fn outcome(&self) -> (f64, f64, &DaemonUsage, bool) {
+        (self.lines_per_sec, self.wall_s, &self.usage, self.ok)
+    }
 }
 
 pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
@@ -198,24 +181,12 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
     ensure!(a.d.repeat > 0, "--repeat must be > 0");
     let lineship = a.d.lineship()?;
     let log_level = a.d.log_level.as_deref().unwrap_or("warn");
-    let check_seq = !a.d.no_check_seq;
     // Fix the timestamp base so every repeat sends identical bytes.
     let gen_opts = a.gen.fixed();
-    let pregenerate = a.lines.saturating_mul(APPROX_LINE_BYTES) <= PREGEN_LIMIT_BYTES;
-    let feed = if pregenerate {
-        // Generated before the clock starts, so its cost is not the daemon's.
-        let t = Instant::now();
-        let mut data = Vec::new();
-        LineGen::new(&gen_opts).fill_lines(&mut data, a.lines);
-        eprintln!(
-            "generated {} lines ({:.1} MB, {:.1} B/line) in {:.2}s",
-            a.lines,
-            data.len() as f64 / 1e6,
-            data.len() as f64 / a.lines as f64,
-            t.elapsed().as_secs_f64()
-        );
+    let pregenerate_all = a.lines.saturating_mul(APPROX_LINE_BYTES) <= PREGEN_LIMIT_BYTES;
+    let feed = if pregenerate_all {
         Feed::Bytes {
-            data: Arc::new(data),
+            data: Arc::new(pregenerate(&gen_opts, a.lines)),
             lines: a.lines,
         }
     } else {
@@ -231,33 +202,21 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
 
     let mut runs = Vec::new();
     for run in 1..=a.d.repeat {
-        let mut sink = Sink::for_run(check_seq, a.d.sink_threads)?;
-        let dir = make_run_dir(run)?;
-        let config_path = dir.join("lineship.toml");
-        let config = render_config(
-            &a.d.config(sink.addr(), log_level, "[input.stdin]\nenabled = true"),
-            &dir.join("state"),
-        );
-        write_config(&config_path, &config)?;
-
-        let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
+        let setup = RunSetup::new(&a.d, run, log_level, |_| {
+            Ok("[input.stdin]\nenabled = true".into())
+        })?;
+        let cpu = HarnessCpu::start();
         let result = run_daemon(
             &lineship,
-            &config_path,
+            &setup.config,
             &feed,
             Duration::from_secs(a.d.timeout_secs),
         );
-        let harness_cpu_s = process_cpu_s() - cpu_before;
-        let sink_cpu_s = sink_cpu_s() - sink_cpu_before;
+        let (harness_cpu_s, sink_cpu_s) = cpu.since();
         // Every write the daemon saw acknowledged was counted before the response went out, so
         // nothing is in flight once it has exited.
-        sink.stop_progress();
-        let snap = sink.fake.counts(Some((a.gen.start, a.lines)));
-        if a.d.keep_config {
-            eprintln!("kept {}", dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        let snap = setup.sink.fake.counts(Some((a.gen.start, a.lines)));
+        setup.finish(&a.d);
         let DaemonRun {
             exit,
             feed: fed,
@@ -265,33 +224,17 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         } = result?;
 
         let wall_s = wall.as_secs_f64();
-        let lost = snap.seq.and_then(|s| s.lost);
-        let dup = snap.seq.map(|s| s.dup);
-        let all_received = match lost {
-            Some(lost) => lost == 0,
-            None => snap.lines >= a.lines,
-        };
-        // At-least-once is the contract only across crashes; a clean run must not duplicate.
-        let ok = all_received
-            && dup.unwrap_or(0) == 0
-            && exit.exit_code == 0
-            && fed.error.is_none()
-            && !exit.timed_out;
+        let delivery = Delivery::of(&snap, a.lines);
+        let usage = DaemonUsage::of(&exit, fed.lines);
+        let ok = delivery.exact() && usage.clean_exit() && fed.error.is_none();
         let report = RunReport {
             run,
             lines_sent: fed.lines,
             bytes_sent: fed.bytes,
-            lines_received: snap.lines,
-            lost,
-            dup,
+            delivery,
             wall_s,
             lines_per_sec: rate(fed.lines as f64, wall_s),
-            daemon_cpu_s: exit.cpu_s(),
-            cpu_s_per_million_lines: rate(exit.cpu_s(), fed.lines as f64 / 1e6),
-            peak_rss_mib: exit.peak_rss_kib as f64 / 1024.0,
-            rss_floor_mib: exit.rss_floor_kib as f64 / 1024.0,
-            exit_code: exit.exit_code,
-            timed_out: exit.timed_out,
+            usage,
             harness_cpu_s,
             sink_cpu_s,
             sink: snap,
@@ -299,20 +242,13 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
             ok,
         };
         println!(
-            "run {run}/{}: sent={} received={} lost={} dup={} wall={:.3}s rate={:.0} lines/s daemon_cpu={:.2}s ({:.3} s/M lines) peak_rss={:.1} MiB (floor {:.1}) exit={}{} harness_cpu={:.2}s (sink {:.2}s){}",
+            "run {run}/{}: sent={} {} wall={:.3}s rate={:.0} lines/s {} harness_cpu={:.2}s (sink {:.2}s){}",
             a.d.repeat,
             report.lines_sent,
-            report.lines_received,
-            lost.map_or_else(|| "-".into(), |v| v.to_string()),
-            dup.map_or_else(|| "-".into(), |v| v.to_string()),
+            report.delivery,
             report.wall_s,
             report.lines_per_sec,
-            report.daemon_cpu_s,
-            report.cpu_s_per_million_lines,
-            report.peak_rss_mib,
-            report.rss_floor_mib,
-            report.exit_code,
-            if exit.timed_out { " (timed out)" } else { "" },
+            report.usage,
             report.harness_cpu_s,
             report.sink_cpu_s,
             if ok { "" } else { "  << FAILED" },
@@ -323,49 +259,18 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         runs.push(report);
     }
 
-    let med = Medians {
-        lines_per_sec: median(runs.iter().map(|r| r.lines_per_sec).collect()),
-        cpu_s_per_million_lines: median(runs.iter().map(|r| r.cpu_s_per_million_lines).collect()),
-        wall_s: median(runs.iter().map(|r| r.wall_s).collect()),
-        peak_rss_mib: median(runs.iter().map(|r| r.peak_rss_mib).collect()),
-        max_peak_rss_mib: runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
-    };
-    let ok = runs.iter().all(|r| r.ok);
-    println!(
-        "median of {} run(s): {:.0} lines/s [{} >= {:.0}], {:.3} CPU-s per M lines [{} <= {}], peak RSS max {:.1} MiB [{} <= {}]",
-        runs.len(),
-        med.lines_per_sec,
-        verdict(med.lines_per_sec >= TARGET_LINES_PER_SEC),
-        TARGET_LINES_PER_SEC,
-        med.cpu_s_per_million_lines,
-        verdict(med.cpu_s_per_million_lines <= TARGET_CPU_S_PER_M),
-        TARGET_CPU_S_PER_M,
-        med.max_peak_rss_mib,
-        verdict(med.max_peak_rss_mib <= TARGET_RSS_MIB),
-        TARGET_RSS_MIB,
-    );
-    if !ok {
-        println!("FAILED: some run lost lines, or lineship did not exit 0");
-    }
-    let summary = StdinSummary {
+    let med = Medians::of(&runs);
+    let ok = med.print(&runs, TARGET_LINES_PER_SEC);
+    Summary {
         tool: "lineship-load",
         mode: "stdin",
         lines: a.lines,
         repeat: a.d.repeat,
-        gzip_level: a.d.gzip_level,
-        batch_max_lines: a.d.batch_max_lines,
-        batch_max_bytes: &a.d.batch_max_bytes,
-        max_in_flight: a.d.max_in_flight,
-        flush_interval: &a.d.flush_interval,
-        pregenerated: pregenerate,
+        settings: a.d.settings(),
+        pregenerated: Some(pregenerate_all),
         median: med,
         runs: &runs,
         ok,
-    };
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    }
+    .print()
 }

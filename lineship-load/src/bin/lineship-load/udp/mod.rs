@@ -15,7 +15,7 @@ use clap::Args;
 use lineship_load::gen::GenOpts;
 
 use crate::daemon::DaemonOpts;
-use crate::report::verdict;
+use crate::report::{exit_code, verdict};
 use report::{
     print_udp_medians, print_udp_run, FindMaxStep, UdpMedians, UdpSummary, TARGET_UDP_LINES_PER_SEC,
 };
@@ -121,11 +121,7 @@ pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
         send_batch: a.send_batch,
         pace_us: a.pace_us,
         repeat: a.d.repeat,
-        gzip_level: a.d.gzip_level,
-        batch_max_lines: a.d.batch_max_lines,
-        batch_max_bytes: &a.d.batch_max_bytes,
-        max_in_flight: a.d.max_in_flight,
-        flush_interval: &a.d.flush_interval,
+        settings: a.d.settings(),
         offered_lines_per_sec: None,
         median: None,
         runs: None,
@@ -162,11 +158,7 @@ pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
             ..summary("udp")
         };
         println!("{}", serde_json::to_string(&s)?);
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+        return Ok(exit_code(ok));
     }
 
     // --find-max: step up until two steps in a row lose lines (one may be noise on a busy
@@ -247,9 +239,5 @@ pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
         ..summary("udp-find-max")
     };
     println!("{}", serde_json::to_string(&s)?);
-    Ok(if best.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(exit_code(best.is_some()))
 }

@@ -4,7 +4,8 @@
 use serde::Serialize;
 
 use super::run::UdpRunReport;
-use crate::report::{median, opt_u64, rate, verdict, TARGET_CPU_S_PER_M, TARGET_RSS_MIB};
+use crate::daemon::Settings;
+use crate::report::{cost_verdicts, median, opt_u64, rate};
 
 // DESIGN.md: "UDP (10 lines per datagram) -> HTTP sink: >= 1,000,000 lines/s offered with 0 loss".
 pub const TARGET_UDP_LINES_PER_SEC: f64 = 1_000_000.0;
@@ -27,16 +28,22 @@ pub struct UdpMedians {
 impl UdpMedians {
     pub fn of(runs: &[UdpRunReport]) -> Self {
         let m = |f: fn(&UdpRunReport) -> f64| median(runs.iter().map(f).collect());
-        let lost = |r: &UdpRunReport| r.lost.unwrap_or(r.lines_offered - r.lines_received);
+        let lost = |r: &UdpRunReport| {
+            let d = &r.delivery;
+            d.lost.unwrap_or(r.lines_offered - d.lines_received)
+        };
         UdpMedians {
             send_lines_per_sec: m(|r| r.send_lines_per_sec),
-            end_to_end_lines_per_sec: m(|r| rate(r.lines_received as f64, r.end_to_end_s)),
+            end_to_end_lines_per_sec: m(|r| rate(r.delivery.lines_received as f64, r.end_to_end_s)),
             lost: median(runs.iter().map(|r| lost(r) as f64).collect()),
             max_lost: runs.iter().map(lost).max().unwrap_or(0),
-            daemon_cpu_s: m(|r| r.daemon_cpu_s),
-            cpu_s_per_million_lines: m(|r| r.cpu_s_per_million_lines),
-            peak_rss_mib: m(|r| r.peak_rss_mib),
-            max_peak_rss_mib: runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            daemon_cpu_s: m(|r| r.usage.daemon_cpu_s),
+            cpu_s_per_million_lines: m(|r| r.usage.cpu_s_per_million_lines),
+            peak_rss_mib: m(|r| r.usage.peak_rss_mib),
+            max_peak_rss_mib: runs
+                .iter()
+                .map(|r| r.usage.peak_rss_mib)
+                .fold(0.0, f64::max),
             sender_cpu_s: m(|r| r.sender_cpu_s),
             sink_cpu_s: m(|r| r.sink_cpu_s),
         }
@@ -62,12 +69,10 @@ pub struct UdpSummary<'a> {
     pub receive_buffer: &'a str,
     pub send_batch: usize,
     pub pace_us: u64,
+    #[serde(flatten)]
     pub repeat: u32,
-    pub gzip_level: u32,
-    pub batch_max_lines: u64,
-    pub batch_max_bytes: &'a str,
-    pub max_in_flight: u32,
-    pub flush_interval: &'a str,
+    #[serde(flatten)]
+    pub settings: Settings<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offered_lines_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,7 +93,7 @@ pub struct UdpSummary<'a> {
 pub fn print_udp_run(r: &UdpRunReport, of: u32) {
     let s = r.net;
     println!(
-        "run {}/{of}: offered={:.0} lines/s sent={} in {:.3}s ({:.0} lines/s, max lag {:.2} ms{}) received={} lost={} dup={} e2e={:.3}s (drain {:.3}s) daemon_cpu={:.2}s (user {:.2} sys {:.2}; {:.3} s/M lines) peak_rss={:.1} MiB exit={}{} | kernel drops: socket={} daemon={} | daemon dropped={} [{}] | softnet_dropped={} udp_rcvbuf_errors={} | sender_cpu={:.2}s sink_cpu={:.2}s harness_cpu={:.2}s cpu_pressure={}{}",
+        "run {}/{of}: offered={:.0} lines/s sent={} in {:.3}s ({:.0} lines/s, max lag {:.2} ms{}) {} e2e={:.3}s (drain {:.3}s) {} | kernel drops: socket={} daemon={} | daemon dropped={} [{}] | softnet_dropped={} udp_rcvbuf_errors={} | sender_cpu={:.2}s sink_cpu={:.2}s harness_cpu={:.2}s cpu_pressure={}{}",
         r.run,
         r.offered_lines_per_sec,
         r.lines_sent,
@@ -96,18 +101,10 @@ pub fn print_udp_run(r: &UdpRunReport, of: u32) {
         r.send_lines_per_sec,
         r.send_max_lag_ms,
         if r.sender_limited { ", SENDER-LIMITED" } else { "" },
-        r.lines_received,
-        opt_u64(r.lost),
-        opt_u64(r.dup),
+        r.delivery,
         r.end_to_end_s,
         r.drain_s,
-        r.daemon_cpu_s,
-        r.daemon_cpu_user_s,
-        r.daemon_cpu_sys_s,
-        r.cpu_s_per_million_lines,
-        r.peak_rss_mib,
-        r.exit_code,
-        if r.timed_out { " (timed out)" } else { "" },
+        r.usage,
         r.sockets.iter().map(|s| s.drops).sum::<u64>(),
         opt_u64(r.daemon.udp_kernel_drops),
         opt_u64(r.daemon.dropped),
@@ -141,18 +138,13 @@ pub fn print_udp_run(r: &UdpRunReport, of: u32) {
 
 pub fn print_udp_medians(runs: &[UdpRunReport], med: &UdpMedians) {
     println!(
-        "median of {} run(s): sent {:.0} lines/s, end to end {:.0} lines/s, lost {} (max {}), {:.3} CPU-s per M lines [{} <= {}], peak RSS max {:.1} MiB [{} <= {}], sender CPU {:.2}s, sink CPU {:.2}s",
+        "median of {} run(s): sent {:.0} lines/s, end to end {:.0} lines/s, lost {} (max {}), {}, sender CPU {:.2}s, sink CPU {:.2}s",
         runs.len(),
         med.send_lines_per_sec,
         med.end_to_end_lines_per_sec,
         med.lost,
         med.max_lost,
-        med.cpu_s_per_million_lines,
-        verdict(med.cpu_s_per_million_lines <= TARGET_CPU_S_PER_M),
-        TARGET_CPU_S_PER_M,
-        med.max_peak_rss_mib,
-        verdict(med.max_peak_rss_mib <= TARGET_RSS_MIB),
-        TARGET_RSS_MIB,
+        cost_verdicts(med.cpu_s_per_million_lines, med.max_peak_rss_mib),
         med.sender_cpu_s,
         med.sink_cpu_s,
     );

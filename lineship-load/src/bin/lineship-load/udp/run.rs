@@ -4,22 +4,20 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use lineship_load::fake::Counts;
 use serde::Serialize;
 
 use super::proc::{cpu_pressure_us, proc_udp_port, NetCounters, ProcUdpSocket};
 use super::send::{free_udp_port, send_all, SenderSlice, SenderStats};
 use super::UdpArgs;
-use crate::daemon::{make_run_dir, render_config, toml_str, write_config};
-use crate::daemon_log::{spawn_log_reader, DaemonCounters, DaemonLog};
-use crate::measure::{process_cpu_s, sink_cpu_s, spawn_measured, threads_cpu_s};
-use crate::report::rate;
-use crate::sink::Sink;
+use crate::daemon::toml_str;
+use crate::daemon_log::{DaemonCounters, Logged};
+use crate::measure::threads_cpu_s;
+use crate::report::{rate, DaemonUsage, Delivery};
+use crate::run::{wait_for_sink, HarnessCpu, RunSetup};
 
 /// How long a UDP run waits for the daemon to bind its port and start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,20 +53,13 @@ pub struct UdpRunReport {
     pub send_max_lag_ms: f64,
     pub send_late_wakeups: u64,
     pub sender_limited: bool,
-    pub lines_received: u64,
-    pub lost: Option<u64>,
-    pub dup: Option<u64>,
+    #[serde(flatten)]
+    pub delivery: Delivery,
     /// From the schedule's start to the sink's last write, and from the end of sending to it.
     pub end_to_end_s: f64,
     pub drain_s: f64,
-    pub daemon_cpu_s: f64,
-    pub daemon_cpu_user_s: f64,
-    pub daemon_cpu_sys_s: f64,
-    pub cpu_s_per_million_lines: f64,
-    pub peak_rss_mib: f64,
-    pub rss_floor_mib: f64,
-    pub exit_code: i32,
-    pub timed_out: bool,
+    #[serde(flatten)]
+    pub usage: DaemonUsage,
     /// Share of the run during which some task on the machine waited for a CPU
     /// (/proc/pressure/cpu): how contended the machine was.
     pub cpu_pressure_pct: Option<f64>,
@@ -109,37 +100,29 @@ pub fn run_udp(
     run: u32,
 ) -> Result<UdpRunReport> {
     let lines_offered: u64 = slices.iter().map(|s| s.lines).sum();
-    let check_seq = !a.d.no_check_seq;
-    let mut sink = Sink::for_run(check_seq, a.d.sink_threads)?;
     let port = free_udp_port()?;
     let target: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    let dir = make_run_dir(run)?;
-    let config_path = dir.join("lineship.toml");
-    let input = udp_input_section(port, &a.receive_buffer, a.workers);
     let log_level = a.d.log_level.as_deref().unwrap_or("info");
-    let config = render_config(
-        &a.d.config(sink.addr(), log_level, &input),
-        &dir.join("state"),
-    );
-    write_config(&config_path, &config)?;
+    let setup = RunSetup::new(&a.d, run, log_level, |_| {
+        Ok(udp_input_section(port, &a.receive_buffer, a.workers))
+    })?;
+    let sink = &setup.sink;
 
     let net_before = NetCounters::read();
     let (pressure_before, t_run) = (cpu_pressure_us(), Instant::now());
-    let (cpu_before, sink_cpu_before) = (process_cpu_s(), sink_cpu_s());
-    let mut daemon = spawn_measured(lineship, &config_path, &[], Stdio::null(), Stdio::piped())?;
-    let log = Arc::new(Mutex::new(DaemonLog::default()));
-    let log_reader = match daemon.helper.stderr.take() {
-        Some(err) => spawn_log_reader(err, log.clone()),
-        None => bail!("no stderr pipe from the helper"),
-    };
+    let cpu = HarnessCpu::start();
+    let mut logged = Logged::spawn(lineship, &setup.config)?;
 
     // Everything between start and stop; the daemon is stopped and reaped whatever happens.
     let t_spawn = Instant::now();
     let phase = (|| -> Result<SendPhase> {
         let mut bound_at: Option<Instant> = None;
         loop {
-            ensure!(!daemon.has_exited(), "lineship exited before it was ready");
-            let started = log.lock().unwrap().started;
+            ensure!(
+                !logged.daemon.has_exited(),
+                "lineship exited before it was ready"
+            );
+            let started = logged.started();
             if bound_at.is_none() && proc_udp_port(port).len() >= a.workers as usize {
                 bound_at = Some(Instant::now());
             }
@@ -162,34 +145,24 @@ pub fn run_udp(
             a.send_batch,
         )?;
         let sent: u64 = senders.iter().map(|s| s.lines).sum();
-        // Wait for the sink to see everything, or to stop making progress.
-        let idle = Duration::from_secs_f64(a.idle_secs.max(0.1));
-        let deadline = Instant::now() + Duration::from_secs(a.d.timeout_secs);
-        let (mut last, mut last_change) = (0, Instant::now());
-        loop {
-            let seen = sink.lines();
-            if seen >= sent || Instant::now() >= deadline || daemon.has_exited() {
-                break;
-            }
-            if seen != last {
-                (last, last_change) = (seen, Instant::now());
-            } else if last_change.elapsed() >= idle {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_sink(
+            sink,
+            &mut logged.daemon,
+            sent,
+            Duration::from_secs_f64(a.idle_secs.max(0.1)),
+            Instant::now() + Duration::from_secs(a.d.timeout_secs),
+            Duration::from_millis(20),
+            || {},
+        );
         Ok(SendPhase {
             t0,
             senders,
             sockets: proc_udp_port(port),
-            daemon_threads: threads_cpu_s(daemon.pid),
+            daemon_threads: threads_cpu_s(logged.daemon.pid),
         })
     })();
-    daemon.signal(libc::SIGTERM);
-    let exit = daemon.wait(Duration::from_secs(a.d.timeout_secs));
-    let _ = log_reader.join();
-    let harness_cpu_s = process_cpu_s() - cpu_before;
-    let sink_cpu_s = sink_cpu_s() - sink_cpu_before;
+    let (exit, daemon_counters) = logged.stop(Duration::from_secs(a.d.timeout_secs));
+    let (harness_cpu_s, sink_cpu_s) = cpu.since();
     let net = NetCounters::read().since(&net_before);
     let cpu_pressure_pct = match (pressure_before, cpu_pressure_us()) {
         (Some(b), Some(a)) => Some(rate(
@@ -198,13 +171,8 @@ pub fn run_udp(
         )),
         _ => None,
     };
-    sink.stop_progress();
     let snap = sink.fake.counts(Some((a.gen.start, lines_offered)));
-    if a.d.keep_config {
-        eprintln!("kept {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    setup.finish(&a.d);
     let exit = exit?;
     let SendPhase {
         t0,
@@ -212,7 +180,6 @@ pub fn run_udp(
         sockets,
         daemon_threads,
     } = phase?;
-    let daemon_counters = DaemonCounters::from_log(&log.lock().unwrap());
 
     let sum = |f: fn(&SenderStats) -> u64| senders.iter().map(f).sum::<u64>();
     let lines_sent = sum(|s| s.lines);
@@ -223,8 +190,8 @@ pub fn run_udp(
         .fake
         .last_write_at()
         .map_or(0.0, |t| t.saturating_duration_since(t0).as_secs_f64());
-    let lost = snap.seq.and_then(|s| s.lost);
-    let dup = snap.seq.map(|s| s.dup);
+    let delivery = Delivery::of(&snap, lines_offered);
+    let Delivery { lost, dup, .. } = delivery;
     let lost_n = lost.unwrap_or_else(|| lines_offered.saturating_sub(snap.lines));
     let socket_drops: u64 = sockets.iter().map(|s| s.drops).sum();
     let mut loss_causes = Vec::new();
@@ -258,7 +225,8 @@ pub fn run_udp(
             loss_causes.push("no counter explains it".into());
         }
     }
-    let ok = lost_n == 0 && dup.unwrap_or(0) == 0 && exit.exit_code == 0 && !exit.timed_out;
+    let usage = DaemonUsage::of(&exit, lines_sent);
+    let ok = lost_n == 0 && dup.unwrap_or(0) == 0 && usage.clean_exit();
     Ok(UdpRunReport {
         run,
         offered_lines_per_sec: offered,
@@ -272,19 +240,10 @@ pub fn run_udp(
         send_max_lag_ms: senders.iter().map(|s| s.max_lag_ns).max().unwrap_or(0) as f64 / 1e6,
         send_late_wakeups: sum(|s| s.late_wakeups),
         sender_limited: send_lines_per_sec < offered * SENDER_LIMITED_SHARE,
-        lines_received: snap.lines,
-        lost,
-        dup,
+        delivery,
         end_to_end_s,
         drain_s: (end_to_end_s - send_s).max(0.0),
-        daemon_cpu_s: exit.cpu_s(),
-        daemon_cpu_user_s: exit.cpu_user_s,
-        daemon_cpu_sys_s: exit.cpu_sys_s,
-        cpu_s_per_million_lines: rate(exit.cpu_s(), lines_sent as f64 / 1e6),
-        peak_rss_mib: exit.peak_rss_kib as f64 / 1024.0,
-        rss_floor_mib: exit.rss_floor_kib as f64 / 1024.0,
-        exit_code: exit.exit_code,
-        timed_out: exit.timed_out,
+        usage,
         cpu_pressure_pct,
         sockets,
         daemon_threads_cpu_s: daemon_threads,
@@ -303,24 +262,12 @@ pub fn run_udp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::DaemonConfig;
+    use crate::daemon::example_config;
 
     #[test]
     fn udp_config_is_valid_toml() {
         let input = udp_input_section(8089, "64MiB", 2);
-        let c = render_config(
-            &DaemonConfig {
-                sink: "127.0.0.1:9".parse().unwrap(),
-                gzip_level: 1,
-                batch_max_lines: 5000,
-                batch_max_bytes: "1MiB",
-                max_in_flight: 4,
-                flush_interval: "200ms",
-                log_level: "info",
-                input_section: &input,
-            },
-            Path::new("/tmp/state"),
-        );
+        let c = example_config("info", &input, "/tmp/state");
         let v: toml::Value = toml::from_str(&c).unwrap();
         let udp = &v["input"]["udp"][0];
         assert_eq!(udp["listen"].as_str(), Some("127.0.0.1:8089"));
