@@ -15,7 +15,8 @@
 //!   generated input. `daemon_log` reads the daemon's log for its start and final counters.
 //! - `stdin`, `tail`, `udp` (with `udp::send`, the paced `sendmmsg` senders, and `udp::proc`,
 //!   the kernel's loss counters): the modes. `selftest` checks generator and sink against each
-//!   other; `report` holds what all of them print alike.
+//!   other. `run` is the scaffolding every mode's run shares (run dir, config, sink, harness CPU,
+//!   waiting for the sink); `report` holds what all of them print alike.
 //!
 //! Subcommands:
 //!

@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::sink::SINK_THREAD;
+
 pub const HELPER_SUBCOMMAND: &str = "exec-measured";
 
 /// How the daemon process ended, from `wait4` in the `exec-measured` helper.
@@ -248,7 +250,7 @@ pub fn process_cpu_s() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// CPU seconds used so far by this process's threads named `sink` (the tokio workers), from
+/// CPU seconds used so far by this process's threads named [`SINK_THREAD`] (the sink's), from
 /// /proc; 0 where that is unavailable.
 pub fn sink_cpu_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -259,7 +261,8 @@ pub fn sink_cpu_s() -> f64 {
     let mut total = 0u64;
     for task in tasks.flatten() {
         let path = task.path();
-        let is_sink = std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "sink");
+        let is_sink =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == SINK_THREAD);
         let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
             continue;
         };
