@@ -3,6 +3,8 @@
 //!
 //! Invariant: the `reason` labels are stable, since metrics and log fields carry them.
 
+use super::class::is_ctrl;
+
 /// Why a line was rejected. `at` is the byte offset in the line (after CR stripping) where the
 /// problem was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,5 +86,14 @@ impl LineError {
             | LineError::TimestampOutOfRange { at }
             | LineError::SeriesKeyTooLong { at } => Some(at),
         }
+    }
+}
+
+/// The error for a token that stopped at `i` on something other than the expected separator.
+#[inline(always)]
+pub(super) fn stop_error(line: &[u8], i: usize, otherwise: LineError) -> LineError {
+    match line.get(i) {
+        Some(&b) if is_ctrl(b) => LineError::ControlChar { at: i },
+        _ => otherwise,
     }
 }
