@@ -8,16 +8,17 @@
 //! `check` only ever says "valid" (with the timestamp [`check_line_full`] would give) or "not
 //! sure"; every rejection, with its reason and offset, comes from the full validator.
 //!
-//! [`check_line_full`]: super::check_line_full
+//! [`check_line_full`]: super::check::check_line_full
 //!
 //! All of the fast path's `unsafe` is here: SSE2 intrinsics (part of the x86_64 baseline) and
 //! AVX2 ones behind a runtime feature check; each block says why it is sound.
 
 use std::arch::x86_64::*;
 
+use super::check::is_reserved_tag_key;
 use super::class::skip_spaces;
 use super::value::{eight_digits, field_value, parse_eight_digits, MAX_NANOS};
-use super::{is_reserved_tag_key, Checked, Precision};
+use super::{Checked, Precision};
 
 pub(super) const MAX_LEN: usize = 512;
 const WORDS: usize = MAX_LEN / 64;
@@ -238,7 +239,7 @@ impl Odd {
     }
 }
 
-/// `Some` only for a line [`super::check_line_full`] accepts, with the same result.
+/// `Some` only for a line [`super::check::check_line_full`] accepts, with the same result.
 #[inline(always)]
 pub(super) fn check(line: &[u8], precision: Precision) -> Option<Checked> {
     let n = line.len();
