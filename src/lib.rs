@@ -22,6 +22,7 @@ pub mod config;
 pub mod input;
 pub mod line;
 pub mod output;
+pub mod precision;
 pub mod queue;
 pub mod reject;
 pub mod reload;
