@@ -4,28 +4,27 @@
 //! With `when_full = "block"` a full spool blocks this thread, which fills the channel, which
 //! pushes back on the inputs.
 //!
-//! Shutdown: when `stop` closes, it keeps draining the channel until every input has hung up
-//! or it stayed empty for a short grace period, seals everything and exits; dropping its
-//! batch sender tells the sender that no more batches come.
+//! Shutdown: the inputs stop when `cancel` is cancelled and drop their senders; the batcher
+//! drains the channel until the last sender is gone (or, if an input is wedged, until the
+//! shutdown deadline), seals everything and exits; dropping its batch sender tells the sender
+//! that no more batches come. Once `cancel` is cancelled, nothing waits for spool space or
+//! memory any more.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, RecvTimeoutError};
+use crossbeam_channel::select;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::queue::ChunkRx;
-use tokio::sync::mpsc;
 
 use crate::batch::{AckRouter, Batch, Builder, Encoder, Limits, RawBatch};
 use crate::output::MemoryGate;
 use crate::spool::{Appended, Spool};
 use crate::telemetry::Stats;
 use crate::watchdog::{Stage, BEAT_EVERY};
-
-/// After stop, how long the channel must stay empty before the batcher stops waiting for
-/// inputs that have not hung up yet (e.g. stdin blocked in `read`).
-const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// How long spool writes must work before an episode of failures is over.
 const SPOOL_QUIET: Duration = Duration::from_secs(10);
@@ -41,7 +40,10 @@ pub struct SpoolTrouble {
 
 pub struct Batcher {
     pub chunks: ChunkRx,
-    pub stop: Receiver<()>,
+    /// Cancelled when shutdown begins.
+    pub cancel: CancellationToken,
+    /// The shutdown deadline, once shutdown began.
+    pub deadline: watch::Receiver<Option<Instant>>,
     pub limits: Limits,
     pub gzip_level: u32,
     pub out: mpsc::UnboundedSender<Batch>,
@@ -66,7 +68,6 @@ impl Batcher {
         let mut builder = Builder::new(self.limits);
         let mut encoder = Encoder::new(self.gzip_level);
         let mut sealed: Vec<RawBatch> = Vec::new();
-        let mut stopping = false;
         loop {
             self.stats.progress.beat(Stage::Batcher);
             self.release_hold_if_delivering();
@@ -81,25 +82,27 @@ impl Batcher {
             let timeout = builder.next_deadline().map_or(BEAT_EVERY, |d| {
                 d.saturating_duration_since(now).min(BEAT_EVERY)
             });
-            if stopping {
-                match self.chunks.recv_timeout(STOP_GRACE) {
-                    Ok(c) => builder.push(c, Instant::now(), &mut sealed),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                select! {
-                    recv(self.chunks.select_handle()) -> msg => match msg {
-                        Ok(c) => builder.push(self.chunks.taken(c), Instant::now(), &mut sealed),
-                        Err(_) => break, // every input hung up
-                    },
-                    recv(self.stop) -> _ => stopping = true,
-                    default(timeout) => builder.poll(Instant::now(), &mut sealed),
+            select! {
+                recv(self.chunks.select_handle()) -> msg => match msg {
+                    Ok(c) => builder.push(self.chunks.taken(c), Instant::now(), &mut sealed),
+                    Err(_) => break, // every input hung up
+                },
+                default(timeout) => {
+                    builder.poll(Instant::now(), &mut sealed);
+                    if self.past_deadline() {
+                        tracing::warn!("an input did not stop by the shutdown deadline; sealing what arrived and not waiting for it any longer");
+                        break;
+                    }
                 }
             }
-            self.emit(&mut encoder, &mut sealed, stopping);
+            self.emit(&mut encoder, &mut sealed);
         }
         builder.flush_all(&mut sealed);
-        self.emit(&mut encoder, &mut sealed, true);
+        self.emit(&mut encoder, &mut sealed);
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.borrow().is_some_and(|d| Instant::now() >= d)
     }
 
     /// While spool writes fail, inputs that can wait are held; once the output delivers again,
@@ -152,7 +155,7 @@ impl Batcher {
         self.spool_trouble.set(t);
     }
 
-    fn emit(&self, encoder: &mut Encoder, sealed: &mut Vec<RawBatch>, stopping: bool) {
+    fn emit(&self, encoder: &mut Encoder, sealed: &mut Vec<RawBatch>) {
         for raw in sealed.drain(..) {
             let batch = encoder.encode(raw);
             self.stats.batches_sealed.fetch_add(1, Relaxed);
@@ -168,7 +171,7 @@ impl Batcher {
             // sender or the server is not a wedge, so it counts as progress.
             let give_up = || {
                 self.stats.progress.beat(Stage::Batcher);
-                stopping || stop_closed(&self.stop)
+                self.cancel.is_cancelled()
             };
             let res = self.spool.append(&batch, give_up);
             self.spool_write_result(res.as_ref().err());
@@ -208,11 +211,4 @@ impl Batcher {
             );
         }
     }
-}
-
-fn stop_closed(stop: &Receiver<()>) -> bool {
-    matches!(
-        stop.try_recv(),
-        Err(crossbeam_channel::TryRecvError::Disconnected)
-    )
 }

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             }
             // Run as the service user (ExecStartPre), this catches a state_dir it cannot use.
             if settings.state_dir.is_dir() {
-                if let Err(e) = lineship::service::check_state_dir_writable(&settings.state_dir) {
+                if let Err(e) = lineship::state_dir::check_writable(&settings.state_dir) {
                     eprintln!("warning: {e:#}");
                 }
             }

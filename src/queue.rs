@@ -31,6 +31,12 @@ use crossbeam_channel::{
 
 use crate::batch::Chunk;
 
+/// Chunks queued between the inputs and the batcher (small UDP reads make many small chunks).
+pub const MAX_CHUNKS: usize = 1024;
+/// Bytes of checked lines queued between the inputs and the batcher: about 200 ms of UDP input
+/// at 1M lines/s, and the bound that keeps memory flat when the inputs outrun the batcher.
+/// stdin and tail may fill only a quarter of it ([`WAITING_SHARE`]).
+pub const MAX_BYTES: usize = 16 << 20;
 /// Upper bound on one wait of a blocked sender; a missed wake-up costs at most this.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 /// Blocking senders may fill `max_bytes / WAITING_SHARE` of the queue.

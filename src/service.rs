@@ -1,7 +1,6 @@
 //! Running as a service: what `run` does around the pipeline so that systemd and an operator
 //! can trust what lineship says about itself.
 //!
-//! - [`check_state_dir_writable`]: a clear startup error instead of a confusing later one.
 //! - [`Service::prepare`] (before the pipeline starts): binds `[telemetry] listen` (a bind
 //!   failure is a startup error naming the key) and installs the SIGHUP handler, so a SIGHUP
 //!   never kills the process (its default action).
@@ -12,12 +11,10 @@
 //! - Dropping the `Service` stops its tasks (the telemetry endpoint serves until `run` ends,
 //!   so a drain can be watched).
 
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
@@ -31,29 +28,6 @@ use crate::watchdog;
 
 /// Stall limit for `/health` when systemd's watchdog is off.
 const HEALTH_STALL_LIMIT: Duration = Duration::from_secs(10);
-
-/// Fails with a clear message unless this process can create files in `dir`.
-pub fn check_state_dir_writable(dir: &Path) -> anyhow::Result<()> {
-    let probe = dir.join(format!(".lineship-write-test.{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => {
-            // SAFETY: geteuid has no preconditions.
-            let uid = unsafe { libc::geteuid() };
-            bail!(
-                "state_dir {} is not writable by this process (uid {uid}): {e}. The spool, dead letters and checkpoints live there: fix its owner/permissions (under systemd, StateDirectory=lineship creates it for the service user) or point state_dir at a writable directory",
-                dir.display()
-            )
-        }
-    }
-}
 
 pub struct Service {
     notifier: Option<Arc<Notifier>>,

@@ -6,14 +6,14 @@ mod common;
 
 use std::net::UdpSocket;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lineship::batch::{Chunk, Dest};
 use lineship::config::{InputFormat, LineSettings};
 use lineship::input::udp::recv::Worker;
-use lineship::input::Intake;
+use lineship::input::{CancellationToken, Intake};
 use lineship::line::Precision;
 use lineship::queue::{ChunkRx, ChunkTx};
 use lineship::reject::DeadLetter;
@@ -28,7 +28,7 @@ const T: Duration = Duration::from_secs(30);
 
 struct Loop {
     stats: Arc<InputStats>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
     rx: ChunkRx,
     _dir: tempfile::TempDir,
@@ -42,7 +42,7 @@ impl Loop {
         slot_bytes: usize,
         hold_bytes: usize,
         (tx, rx): (ChunkTx, ChunkRx),
-        stop: Arc<AtomicBool>,
+        stop: CancellationToken,
     ) -> Loop {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(InputStats::new("udp:test"));
@@ -82,7 +82,7 @@ impl Loop {
     /// Stops the loop and asserts that it returns promptly.
     fn stop(self) -> (Arc<InputStats>, ChunkRx) {
         let asked = Instant::now();
-        self.stop.store(true, Relaxed);
+        self.stop.cancel();
         assert!(
             eventually(Duration::from_secs(2), || self.thread.is_finished()),
             "the receive loop did not stop within 2 s of being asked"
@@ -137,7 +137,7 @@ fn truncated_datagram_is_counted_and_keeps_only_complete_lines() {
         64,
         0,
         lineship::queue::channel(16, 1 << 30),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     );
     let client = client_for(addr);
     // Three complete 19-byte lines (57 bytes), then a line the 64-byte buffer cuts at
@@ -170,14 +170,7 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
     let (tx, rx) = lineship::queue::channel(1, 1 << 30);
     // Fill the channel before the loop starts: every chunk it makes finds it full.
     fill(&tx, b"filler 1i\n");
-    let l = Loop::start(
-        sock,
-        64,
-        1500,
-        0,
-        (tx, rx),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let l = Loop::start(sock, 64, 1500, 0, (tx, rx), CancellationToken::new());
     let client = client_for(addr);
     for i in 0..5 {
         let d = format!("m v={i}i 1\nm v={i}i 2\nm v={i}i 3\n");
@@ -207,14 +200,7 @@ fn full_channel_holds_a_bounded_amount_and_sends_it_when_there_is_room() {
     let (tx, rx) = lineship::queue::channel(1, 1 << 30);
     fill(&tx, b"filler 1i\n");
     // Each datagram is 3 lines of 9 bytes: the 64-byte hold takes two datagrams, not three.
-    let l = Loop::start(
-        sock,
-        64,
-        1500,
-        64,
-        (tx, rx),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let l = Loop::start(sock, 64, 1500, 64, (tx, rx), CancellationToken::new());
     let client = client_for(addr);
     for i in 0..3 {
         let d = format!("m v={i}i 1\nm v={i}i 2\nm v={i}i 3\n");
@@ -249,14 +235,7 @@ fn queue_full_in_bytes_drops_and_counts_even_with_free_slots() {
     // Room for 1,024 chunks but only 100 bytes, all taken by the filler.
     let (tx, rx) = lineship::queue::channel(1024, 100);
     fill(&tx, &[b'#'; 100]);
-    let l = Loop::start(
-        sock,
-        64,
-        1500,
-        0,
-        (tx, rx),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let l = Loop::start(sock, 64, 1500, 0, (tx, rx), CancellationToken::new());
     let client = client_for(addr);
     client
         .send_to(
@@ -304,7 +283,7 @@ fn kernel_drops_are_counted_exactly() {
         2048,
         0,
         lineship::queue::channel(1024, 1 << 30),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     );
     // Wait until the queued datagrams are read, then send one more: it carries the drop
     // count in its SO_RXQ_OVFL message (and /proc/net/udp tells the idle loop anyway).
@@ -353,7 +332,7 @@ fn kernel_drops_after_the_last_datagram_are_found_through_proc() {
         2048,
         0,
         lineship::queue::channel(1024, 1 << 30),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     );
     assert!(
         eventually(Duration::from_secs(10), || l.stats.datagrams.load(Relaxed)
@@ -377,7 +356,7 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
         2048,
         0,
         lineship::queue::channel(16, 1 << 30),
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     );
     std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
@@ -394,13 +373,15 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
             .send_to(format!("m v={i}i {i}").as_bytes(), addr)
             .unwrap();
     }
+    let stopped = CancellationToken::new();
+    stopped.cancel();
     let l = Loop::start(
         sock,
         64,
         2048,
         0,
         lineship::queue::channel(16, 1 << 30),
-        Arc::new(AtomicBool::new(true)),
+        stopped,
     );
     let (stats, rx) = l.stop();
     let (lines, _) = chunk_text(&rx);

@@ -4,11 +4,17 @@
 //! reads; it frames, normalises and checks each line, appends the good ones to a chunk buffer
 //! and deals with the bad ones (count, rate-limited warning, dead-letter copy). A bad line
 //! never affects its neighbours.
+//!
+//! How inputs start and stop: see [`lifecycle`] ([`open`], [`Opened::start`], [`Running`]).
 
+mod lifecycle;
 pub mod stdin;
 pub mod tail;
 pub mod text;
 pub mod udp;
+
+pub use lifecycle::{open, Links, Opened, Running, Sources};
+pub use tokio_util::sync::CancellationToken;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -2,22 +2,82 @@
 //! (the pipe is the buffer).
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
-use super::Intake;
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{Intake, Links};
+use crate::config::StdinSettings;
 use crate::line::Framer;
 use crate::queue::ChunkTx;
 
 const READ_BUF: usize = 256 << 10;
 
-/// Reads `reader` to EOF (or until `stop`), sending one chunk per read. Returns when done.
+/// The stdin thread's sender, which shutdown can take away while the thread is blocked in
+/// `read`: a pipe that nobody closes must not keep the pipeline open (the batcher ends when
+/// every input's sender is gone).
+#[derive(Clone)]
+pub struct Detachable(Arc<Mutex<Option<ChunkTx>>>);
+
+impl Detachable {
+    pub fn new(tx: ChunkTx) -> Self {
+        Detachable(Arc::new(Mutex::new(Some(tx))))
+    }
+
+    /// A sender for one wait or send; `None` once detached.
+    fn get(&self) -> Option<ChunkTx> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the sender (a send in progress keeps its own clone until it returns).
+    pub fn detach(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Starts the stdin input's thread. The returned receiver resolves when it has read everything
+/// it will (EOF, a read error, or cancellation). The thread is never joined: at a shutdown
+/// before EOF it may stay blocked in `read` until the process exits, having dropped its sender.
+pub fn start(
+    settings: &StdinSettings,
+    reader: Box<dyn Read + Send>,
+    max_line_bytes: usize,
+    links: &Links,
+) -> anyhow::Result<oneshot::Receiver<()>> {
+    let intake = Intake::new(
+        &settings.line,
+        max_line_bytes,
+        links.stats.register_input("stdin"),
+        links.dead_letter.clone(),
+    );
+    let tx = Detachable::new(links.chunks.clone());
+    let (done_tx, done_rx) = oneshot::channel();
+    let (thread_tx, cancel) = (tx.clone(), links.cancel.clone());
+    std::thread::Builder::new()
+        .name("lineship-stdin".into())
+        .spawn(move || {
+            run(reader, intake, max_line_bytes, thread_tx, cancel);
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the stdin thread")?;
+    let cancel = links.cancel.clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        tx.detach();
+    });
+    Ok(done_rx)
+}
+
+/// Reads `reader` to EOF (or until `cancel`), sending one chunk per read. Returns when done.
 pub fn run(
     mut reader: Box<dyn Read + Send>,
     mut intake: Intake,
     max_line_bytes: usize,
-    tx: ChunkTx,
-    stop: Arc<AtomicBool>,
+    tx: Detachable,
+    cancel: CancellationToken,
 ) {
     let mut framer = if intake.is_text() {
         Framer::raw(max_line_bytes)
@@ -28,8 +88,10 @@ pub fn run(
     let mut out = Vec::with_capacity(READ_BUF + READ_BUF / 4);
     loop {
         // While nothing read now could be delivered or spooled, leave it in the pipe.
-        tx.wait_while_held(|| stop.load(Relaxed));
-        if stop.load(Relaxed) {
+        if let Some(tx) = tx.get() {
+            tx.wait_while_held(|| cancel.is_cancelled());
+        }
+        if cancel.is_cancelled() {
             break;
         }
         let n = match reader.read(&mut buf) {
@@ -45,27 +107,29 @@ pub fn run(
         let stamp = intake.stamp_now();
         framer.feed(&buf[..n], |l| intake.line(l, stamp, &mut out));
         if !send(&mut intake, &mut out, &tx) {
+            tx.detach();
             return;
         }
     }
     let stamp = intake.stamp_now();
     framer.finish(|l| intake.line(l, stamp, &mut out));
     send(&mut intake, &mut out, &tx);
+    tx.detach();
 }
 
 /// Sends the accepted lines in `out`, blocking while the channel is full. Returns false when the
 /// pipeline is gone.
-fn send(intake: &mut Intake, out: &mut Vec<u8>, tx: &ChunkTx) -> bool {
+fn send(intake: &mut Intake, out: &mut Vec<u8>, tx: &Detachable) -> bool {
     let Some(chunk) = intake.take_chunk(out, READ_BUF + READ_BUF / 4) else {
         return true;
     };
     let lines = chunk.lines;
-    match tx.send(chunk) {
-        Ok(()) => {
+    match tx.get().map(|tx| tx.send(chunk)) {
+        Some(Ok(())) => {
             intake.count_sent(lines);
             true
         }
-        Err(_) => {
+        Some(Err(_)) | None => {
             tracing::error!(lines, "the pipeline shut down before these stdin lines could be queued; they were not accepted");
             false
         }

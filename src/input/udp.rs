@@ -32,8 +32,6 @@ pub mod recv;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -41,10 +39,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::UdpSettings;
-use crate::input::Intake;
-use crate::queue::ChunkTx;
-use crate::reject::DeadLetter;
-use crate::telemetry::InputStats;
+use crate::input::{Intake, Links};
 
 /// Sockets handed to the process (systemd socket activation, or a test through
 /// `Io::udp_sockets`), waiting to be claimed by the UDP input whose `listen` equals their local
@@ -196,16 +191,14 @@ impl Opened {
         &self.settings.name
     }
 
-    /// Starts one receive thread per socket. On error, the threads already started are told
-    /// to stop through `stop` by the caller.
-    pub fn spawn(
+    /// Starts one receive thread per socket. On error, the threads already started stop when
+    /// `links.cancel` is cancelled.
+    pub fn start(
         self,
-        stats: Arc<InputStats>,
-        dead_letter: Arc<DeadLetter>,
         max_line_bytes: usize,
-        tx: ChunkTx,
-        stop: Arc<AtomicBool>,
+        links: &Links,
     ) -> std::io::Result<Vec<JoinHandle<()>>> {
+        let stats = links.stats.register_input(self.name());
         let mut threads = Vec::with_capacity(self.sockets.len());
         for (i, (socket, drops_baseline)) in self.sockets.into_iter().enumerate() {
             let worker = recv::Worker {
@@ -214,10 +207,10 @@ impl Opened {
                     &self.settings.line,
                     max_line_bytes,
                     stats.clone(),
-                    dead_letter.clone(),
+                    links.dead_letter.clone(),
                 ),
-                tx: tx.clone(),
-                stop: stop.clone(),
+                tx: links.chunks.clone(),
+                stop: links.cancel.clone(),
                 slots: recv::SLOTS,
                 slot_bytes: recv::SLOT_BYTES,
                 hold_bytes: recv::HOLD_BYTES,

@@ -13,7 +13,7 @@
 //! reads nothing more, and the file is the buffer. Delivery: the checkpoint only advances past
 //! lines whose batch was acknowledged, so after `kill -9` reading resumes at or before the
 //! first undelivered line (at-least-once). Idle cost: with inotify a thread wakes every
-//! [`IDLE_WAKE`] to check the stop flag, and looks at every file only every
+//! [`IDLE_WAKE`] to check for cancellation, and looks at every file only every
 //! [`SAFETY_POLL`]; 1,000 idle files cost a few `fstat`s per second.
 
 pub mod checkpoint;
@@ -25,18 +25,24 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use anyhow::Context;
+use crossbeam_channel::RecvTimeoutError;
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::Store;
 pub use tailer::{AckInbox, Closed, Config, Tailer};
 
-use crate::queue::ChunkTx;
+use super::text::TextFormat;
+use super::{Intake, Links};
+use crate::config::{InputFormat, Settings};
+use crate::queue::{self, ChunkTx};
 
 /// How often the globs are rescanned without any event.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
@@ -49,17 +55,6 @@ pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
 pub const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// Checkpoint writes while offsets move, at most this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// What a tail thread shares with the rest of the agent.
-pub struct Links {
-    pub tx: ChunkTx,
-    /// Set when shutdown begins: stop reading.
-    pub stop: Arc<AtomicBool>,
-    /// Bumped on SIGHUP: rescan the globs now.
-    pub rescan: Arc<AtomicU64>,
-    /// Disconnected once the sender has finished (no more acks will come).
-    pub pipeline_done: Receiver<()>,
-}
 
 /// Raises the soft limit on open files to the hard limit (every open tailed file holds a
 /// descriptor, and systemd's default soft limit is 1,024) and returns each tail input's
@@ -76,20 +71,95 @@ pub fn descriptor_budgets(configured: &[Option<usize>]) -> Vec<usize> {
     budgets
 }
 
-/// Starts the thread of one tail input; `tailer` must have been [`Tailer::start`]ed.
-pub fn spawn(tailer: Tailer, links: Links) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("lineship-tail".into())
-        .spawn(move || run(tailer, links))
+/// Starts the `[[input.tail]]` inputs: builds their tailers, makes their first scans one input
+/// after another in config order (so inputs with overlapping paths resume the same files on
+/// every start; off the runtime's threads, as it reads files and checkpoints) and starts one
+/// thread per input.
+pub async fn start(settings: &Settings, links: &Links) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    if settings.inputs.tail.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inputs = &settings.inputs.tail;
+    let budgets = descriptor_budgets(&inputs.iter().map(|t| t.max_open_files).collect::<Vec<_>>());
+    let store = Arc::new(Store::open(&settings.state_dir, inputs.len())?);
+    let agent = &settings.agent;
+    let mut tailers = Vec::new();
+    for (i, t) in inputs.iter().enumerate() {
+        let intake = Intake::new(
+            &t.line,
+            agent.max_line_bytes,
+            links.stats.register_input(t.name.clone()),
+            links.dead_letter.clone(),
+        );
+        let inbox = Arc::new(AckInbox::default());
+        let to_inbox = inbox.clone();
+        links.acks.register(i as u32, move |a| to_inbox.push(a));
+        let cfg = Config {
+            input: i as u32,
+            globs: t.paths.clone(),
+            from_beginning: t.from_beginning,
+            max_line_bytes: agent.max_line_bytes,
+            // A quarter of a batch: never split across batches, batches stay >= 3/4 full. At
+            // most a quarter of what a waiting input may queue, so several tail inputs share
+            // the queue.
+            chunk_lines: (agent.batch_max_lines / 4).clamp(1, u32::MAX as usize) as u32,
+            chunk_bytes: (agent.batch_max_bytes / 4)
+                .clamp(1, queue::MAX_BYTES / queue::WAITING_SHARE / 4),
+            orphan_grace: t.rotate_wait,
+            checkpoint_every: CHECKPOINT_EVERY,
+            text: (t.line.format == InputFormat::Text).then(|| TextFormat::new(&t.line)),
+            max_open_files: budgets[i],
+        };
+        tailers.push(
+            Tailer::new(cfg, intake, store.clone(), inbox)
+                .with_context(|| format!("config key `input.tail[{i}].paths`"))?,
+        );
+    }
+    let tailers = tokio::task::spawn_blocking(move || {
+        for tailer in &mut tailers {
+            tailer.start(Instant::now());
+        }
+        tailers
+    })
+    .await
+    .context("the first scan of the tail inputs failed")?;
+    let mut threads = Vec::new();
+    for tailer in tailers {
+        let thread = Thread {
+            tx: links.chunks.clone(),
+            cancel: links.cancel.clone(),
+            reloads: links.reloads.clone(),
+            pipeline_done: links.pipeline_done.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("lineship-tail".into())
+                .spawn(move || run(tailer, thread))
+                .context("cannot start a tail thread")?,
+        );
+    }
+    Ok(threads)
 }
 
-fn run(mut tailer: Tailer, links: Links) {
-    let Links {
+/// What a tail thread shares with the rest of the agent.
+struct Thread {
+    tx: ChunkTx,
+    /// Cancelled when shutdown begins: stop reading (and drop `tx`).
+    cancel: CancellationToken,
+    /// Changes on SIGHUP: rescan the globs now.
+    reloads: watch::Receiver<u64>,
+    /// Cancelled once the sender has finished and the spool made its last sync (no more acks
+    /// will come).
+    pipeline_done: CancellationToken,
+}
+
+fn run(mut tailer: Tailer, thread: Thread) {
+    let Thread {
         tx,
-        stop,
-        rescan,
+        cancel,
+        mut reloads,
         pipeline_done,
-    } = links;
+    } = thread;
     let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
     let mut watcher = match notify::recommended_watcher(move |r| {
         let _ = ev_tx.send(r);
@@ -104,12 +174,10 @@ fn run(mut tailer: Tailer, links: Links) {
     let mut watched_scan = u64::MAX;
 
     let (mut last_rescan, mut last_poll) = (Instant::now(), Instant::now());
-    let mut hups = rescan.load(Relaxed);
-    while !stop.load(Relaxed) {
+    while !cancel.is_cancelled() {
         let now = Instant::now();
-        let h = rescan.load(Relaxed);
-        if h != hups {
-            hups = h;
+        if reloads.has_changed().unwrap_or(false) {
+            reloads.borrow_and_update();
             tracing::info!(input = %tailer.name(), "SIGHUP: rescanning the tail globs");
             tailer.request_rescan();
         }
@@ -156,12 +224,11 @@ fn run(mut tailer: Tailer, links: Links) {
         if tailer.all_acked() {
             break;
         }
-        if let Err(RecvTimeoutError::Disconnected) =
-            pipeline_done.recv_timeout(Duration::from_millis(50))
-        {
+        if pipeline_done.is_cancelled() {
             tailer.apply_acks();
             break;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
     tailer.finish(Instant::now());
 }

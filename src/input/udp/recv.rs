@@ -25,12 +25,12 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
 use nix::sys::socket::{setsockopt, sockopt};
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::Chunk;
 use crate::input::Intake;
@@ -70,7 +70,7 @@ pub struct Worker {
     pub socket: socket2::Socket,
     pub intake: Intake,
     pub tx: ChunkTx,
-    pub stop: Arc<AtomicBool>,
+    pub stop: CancellationToken,
     /// Datagrams per read ([`SLOTS`] in the daemon).
     pub slots: usize,
     /// Bytes per datagram buffer ([`SLOT_BYTES`] in the daemon).
@@ -111,7 +111,7 @@ impl Worker {
         };
         let flags = libc::MSG_WAITFORONE | libc::MSG_TRUNC;
         let mut alive = true;
-        while alive && !self.stop.load(Relaxed) {
+        while alive && !self.stop.is_cancelled() {
             match bufs.recv(fd, flags) {
                 Ok(n) => {
                     alive = self.process(&bufs, n, &mut st);
