@@ -212,3 +212,113 @@ impl Batcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{Chunk, Dest};
+    use crate::config::{FsyncPolicy, SpoolSettings, WhenFull};
+    use crate::line::Precision;
+    use crate::queue::ChunkTx;
+
+    struct Run {
+        thread: std::thread::JoinHandle<()>,
+        tx: ChunkTx,
+        cancel: CancellationToken,
+        deadline: watch::Sender<Option<Instant>>,
+        out: mpsc::UnboundedReceiver<Batch>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn start() -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let settings = SpoolSettings {
+            max_size: 1 << 20,
+            when_full: WhenFull::DropNewest,
+            fsync: FsyncPolicy::Never,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let spool = Arc::new(Spool::open(dir.path(), &settings, stats.spool.clone()).unwrap());
+        let (tx, chunks) = crate::queue::channel(16, 1 << 20);
+        let (out_tx, out) = mpsc::unbounded_channel();
+        let (deadline, deadline_rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let thread = Batcher {
+            chunks,
+            cancel: cancel.clone(),
+            deadline: deadline_rx,
+            limits: Limits {
+                max_lines: 1000,
+                max_bytes: 1 << 20,
+                // Only the drain seals.
+                flush_interval: Duration::from_secs(3600),
+            },
+            gzip_level: 1,
+            out: out_tx,
+            memory: Arc::new(MemoryGate::new(1 << 20)),
+            spool,
+            spooled: Default::default(),
+            acks: Default::default(),
+            stats,
+            spool_trouble: Default::default(),
+        }
+        .spawn()
+        .unwrap();
+        Run {
+            thread,
+            tx,
+            cancel,
+            deadline,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn chunk() -> Chunk {
+        Chunk {
+            dest: Dest::new("b", Precision::Ns),
+            data: b"m v=1i 1\n".to_vec(),
+            lines: 1,
+            ack: None,
+        }
+    }
+
+    fn ends_within(thread: &std::thread::JoinHandle<()>, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while !thread.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.is_finished()
+    }
+
+    #[test]
+    fn ends_when_the_last_input_drops_its_sender_and_seals_what_it_holds() {
+        let mut r = start();
+        let second = r.tx.clone();
+        r.tx.send(chunk()).unwrap();
+        r.cancel.cancel();
+        drop(r.tx);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            !r.thread.is_finished(),
+            "an input still holds a sender: no quiet spell ends the batcher"
+        );
+        second.send(chunk()).unwrap();
+        drop(second);
+        assert!(ends_within(&r.thread, Duration::from_secs(5)));
+        let batch = r.out.try_recv().expect("the drain sealed one batch");
+        assert_eq!(batch.lines, 2);
+    }
+
+    #[test]
+    fn an_input_that_never_lets_go_is_not_waited_for_past_the_deadline() {
+        let mut r = start();
+        r.tx.send(chunk()).unwrap();
+        r.cancel.cancel();
+        r.deadline.send(Some(Instant::now())).unwrap();
+        assert!(ends_within(&r.thread, Duration::from_secs(5)));
+        assert_eq!(r.out.try_recv().unwrap().lines, 1);
+        drop(r.tx);
+    }
+}
