@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{AckRouter, Limits};
 use crate::batcher::Batcher;
 use crate::config::{FsyncPolicy, Settings};
-use crate::output::{MemoryGate, Sender};
+use crate::output::{self, MemoryGate, Sender};
 use crate::queue::{self, ChunkTx};
 use crate::reject::DeadLetter;
 use crate::spool::{Backlog, Spool};
@@ -67,15 +67,15 @@ impl Pipeline {
         let acks = Arc::new(AckRouter::default());
         let (deadline, deadline_rx) = watch::channel(None::<Instant>);
         let spooled = Arc::new(Notify::new());
-        let sender = Arc::new(Sender::new(
-            &settings.output,
-            stats.clone(),
-            dead_letter.clone(),
-            acks.clone(),
-            spool.clone(),
-            spooled.clone(),
-            deadline_rx.clone(),
-        )?);
+        let links = output::Links {
+            stats: stats.clone(),
+            dead_letter: dead_letter.clone(),
+            acks: acks.clone(),
+            spool: spool.clone(),
+            spooled: spooled.clone(),
+            deadline: deadline_rx.clone(),
+        };
+        let sender = Arc::new(Sender::new(&settings.output, links)?);
         let memory = Arc::new(MemoryGate::new(settings.output.memory_limit));
         let (chunks, chunk_rx) = queue::channel(queue::MAX_CHUNKS, queue::MAX_BYTES);
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();

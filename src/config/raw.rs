@@ -145,17 +145,6 @@ pub struct RawInputs {
     pub stdin: RawStdin,
 }
 
-/// Settings every input may override, gathered from an input's table.
-#[derive(Debug, Default, Clone)]
-pub struct RawLineSettings {
-    pub bucket: Option<String>,
-    pub precision: Option<String>,
-    pub stamp_missing_timestamps: Option<bool>,
-    pub format: Option<InputFormat>,
-    pub measurement: Option<String>,
-    pub tags: Option<std::collections::BTreeMap<String, String>>,
-}
-
 /// Declares an input table: its own keys plus the per-input line settings. (serde's `flatten`
 /// cannot be combined with `deny_unknown_fields`, so the shared keys are spelled out by macro.)
 macro_rules! input_table {
@@ -186,6 +175,13 @@ macro_rules! input_table {
         }
     };
 }
+
+input_table!(
+    /// Settings every input may override, gathered from an input's table (the keys every
+    /// input table has, and nothing else).
+    #[derive(Default, Clone)]
+    RawLineSettings {}
+);
 
 input_table!(RawUdp {
     pub listen: String,

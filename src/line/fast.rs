@@ -74,6 +74,36 @@ impl Seps {
         self.rest &= self.rest - 1;
         p
     }
+
+    /// Consumes separators up to the next '=' (a '"' is ordinary there) and returns its
+    /// position: the end of a tag or field key. `None` at any other separator or the end.
+    #[inline(always)]
+    fn key_end(&mut self, line: &[u8]) -> Option<usize> {
+        loop {
+            let p = self.pop();
+            match line.get(p) {
+                Some(b'"') => continue,
+                Some(b'=') => return Some(p),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Consumes separators up to the next ',' or ' ' (a '"' is ordinary there, and a '=' too
+    /// with `eq_ordinary`) and returns its position: the end of the measurement or of a tag
+    /// value. `None` at any other separator or the end.
+    #[inline(always)]
+    fn name_end(&mut self, line: &[u8], eq_ordinary: bool) -> Option<usize> {
+        loop {
+            let p = self.pop();
+            match line.get(p) {
+                Some(b'"') => continue,
+                Some(b'=') if eq_ordinary => continue,
+                Some(b',' | b' ') => return Some(p),
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// Fills `bits` with the separator bitmap of `line`; returns whether it holds control
@@ -250,28 +280,14 @@ pub(super) fn check(line: &[u8], precision: Precision) -> Option<Checked> {
     let mut seps = Seps::classify(line)?;
 
     // Measurement: '=' and '"' are ordinary characters in it.
-    let mut q = loop {
-        let q = seps.pop();
-        match line.get(q) {
-            Some(b'=' | b'"') => continue,
-            Some(b',' | b' ') => break q,
-            _ => return None,
-        }
-    };
+    let mut q = seps.name_end(line, true)?;
 
     // Tag set. '"' is ordinary in keys and values.
     let mut keys = [(0u16, 0u16); 16];
     let mut nkeys = 0;
     while line[q] == b',' {
         let ks = q + 1;
-        let ke = loop {
-            let p = seps.pop();
-            match line.get(p) {
-                Some(b'"') => continue,
-                Some(b'=') => break p,
-                _ => return None,
-            }
-        };
+        let ke = seps.key_end(line)?;
         if ke == ks || nkeys == keys.len() {
             return None;
         }
@@ -289,14 +305,7 @@ pub(super) fn check(line: &[u8], precision: Precision) -> Option<Checked> {
         keys[nkeys] = (ks as u16, ke as u16);
         nkeys += 1;
         let vs = ke + 1;
-        q = loop {
-            let p = seps.pop();
-            match line.get(p) {
-                Some(b'"') => continue,
-                Some(b',' | b' ') => break p,
-                _ => return None,
-            }
-        };
+        q = seps.name_end(line, false)?;
         if q == vs {
             return None;
         }
@@ -310,14 +319,7 @@ pub(super) fn check(line: &[u8], precision: Precision) -> Option<Checked> {
     }
     loop {
         let ks = i;
-        let ke = loop {
-            let p = seps.pop();
-            match line.get(p) {
-                Some(b'"') => continue,
-                Some(b'=') => break p,
-                _ => return None,
-            }
-        };
+        let ke = seps.key_end(line)?;
         if ke == ks {
             return None;
         }

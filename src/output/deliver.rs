@@ -19,9 +19,9 @@ impl Sender {
         if let Some(first) = left.first_mut() {
             first.acks = acks;
         }
-        let sp = self.spool.clone();
-        let stats = self.stats.clone();
-        let router = self.acks.clone();
+        let sp = self.links.spool.clone();
+        let stats = self.links.stats.clone();
+        let router = self.links.acks.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // One error line for all the batches a full disk refuses, not one per batch.
             let mut failed: Option<(std::io::Error, u64)> = None;
@@ -70,7 +70,7 @@ impl Sender {
                 let wait = match sent {
                     Ok(reply) => {
                         closed_resends_left = self.settings.max_in_flight + 1;
-                        self.stats.count_request(&reply.status.to_string());
+                        self.links.stats.count_request(&reply.status.to_string());
                         if reply.status == 500 {
                             consecutive_500 += 1;
                         } else {
@@ -79,11 +79,13 @@ impl Sender {
                         match classify(reply.status) {
                             Verdict::Delivered => {
                                 self.reachable(&reply);
-                                self.stats
+                                self.links
+                                    .stats
                                     .lines_delivered
                                     .fetch_add(batch.lines as u64, Relaxed);
-                                self.stats.batches_delivered.fetch_add(1, Relaxed);
-                                self.stats
+                                self.links.stats.batches_delivered.fetch_add(1, Relaxed);
+                                self.links
+                                    .stats
                                     .bytes_sent
                                     .fetch_add(batch.body.len() as u64, Relaxed);
                                 return Ok(());
@@ -104,8 +106,12 @@ impl Sender {
                                     message = %reply.message,
                                     "server kept part of a batch and dropped the rest (partial write); not retried"
                                 );
-                                self.stats.lines_partial_dropped.fetch_add(dropped, Relaxed);
-                                self.stats
+                                self.links
+                                    .stats
+                                    .lines_partial_dropped
+                                    .fetch_add(dropped, Relaxed);
+                                self.links
+                                    .stats
                                     .lines_delivered
                                     .fetch_add(batch.lines as u64 - dropped, Relaxed);
                                 return Ok(());
@@ -146,14 +152,14 @@ impl Sender {
                         // without `Connection: close`): not news about the server, so no log
                         // line, health change or backoff; writes are idempotent.
                         closed_resends_left -= 1;
-                        self.stats.count_request(e.class());
-                        self.stats.retries.fetch_add(1, Relaxed);
+                        self.links.stats.count_request(e.class());
+                        self.links.stats.retries.fetch_add(1, Relaxed);
                         tracing::debug!(error = %e, "the server closed the connection under the request; resending it on a new one");
                         continue;
                     }
                     Err(e) => {
                         consecutive_500 = 0;
-                        self.stats.count_request(e.class());
+                        self.links.stats.count_request(e.class());
                         self.failing(e.class(), &e.to_string());
                         None
                     }
@@ -162,7 +168,7 @@ impl Sender {
                     self.last_try_failed.store(true, Relaxed);
                     return Err(vec![batch]);
                 }
-                self.stats.retries.fetch_add(1, Relaxed);
+                self.links.stats.retries.fetch_add(1, Relaxed);
                 let delay = self.gate.lock().unwrap().failed(
                     Instant::now(),
                     epoch,
@@ -233,19 +239,20 @@ impl Sender {
     pub(super) fn dead_letter_batch(&self, batch: &Batch, reply: &Reply) {
         let reason = format!("http {}: {}", reply.status, reply.message);
         match batch::decode(batch) {
-            Ok(data) => self.dead_letter.write("output", &reason, &data),
+            Ok(data) => self.links.dead_letter.write("output", &reason, &data),
             Err(e) => {
                 tracing::error!(error = %e, "cannot decode a refused batch for the dead-letter file")
             }
         }
-        self.stats
+        self.links
+            .stats
             .lines_dead_lettered
             .fetch_add(batch.lines as u64, Relaxed);
         tracing::error!(
             status = reply.status,
             lines = batch.lines,
             message = %reply.message,
-            dead_letter = %self.dead_letter.path().display(),
+            dead_letter = %self.links.dead_letter.path().display(),
             "server refused lines for good; they were written to the dead-letter file"
         );
     }

@@ -75,7 +75,7 @@ impl Sender {
 
     /// [`Sender::healthy`] if `when` holds for the current health (checked under its lock).
     pub(super) fn healthy_if(&self, status: u16, what: &str, when: impl FnOnce(&Health) -> bool) {
-        let mut h = self.stats.health.lock().unwrap();
+        let mut h = self.links.stats.health.lock().unwrap();
         if !when(&h) {
             return;
         }
@@ -112,7 +112,7 @@ impl Sender {
         by_probe: bool,
         when: impl FnOnce(&Health) -> bool,
     ) {
-        let mut h = self.stats.health.lock().unwrap();
+        let mut h = self.links.stats.health.lock().unwrap();
         if !when(&h) {
             return;
         }

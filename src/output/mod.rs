@@ -40,19 +40,26 @@ use retry::Gate;
 
 pub use memory::MemoryGate;
 
+/// What an output shares with the rest of the agent.
+pub struct Links {
+    pub stats: Arc<Stats>,
+    pub dead_letter: Arc<DeadLetter>,
+    /// Where acknowledgements of delivered (or dead-lettered) lines go.
+    pub acks: Arc<AckRouter>,
+    /// This output's spool.
+    pub spool: Arc<Spool>,
+    /// Woken when the batcher spools a batch.
+    pub spooled: Arc<tokio::sync::Notify>,
+    /// Set when shutdown begins: retries stop at this instant.
+    pub deadline: watch::Receiver<Option<Instant>>,
+}
+
 /// Everything a delivery needs, shared by all in-flight requests of one output.
 pub struct Sender {
     client: Client,
     settings: OutputSettings,
     gate: Mutex<Gate>,
-    stats: Arc<Stats>,
-    dead_letter: Arc<DeadLetter>,
-    acks: Arc<AckRouter>,
-    spool: Arc<Spool>,
-    /// Woken when the batcher spools a batch.
-    spooled: Arc<tokio::sync::Notify>,
-    /// Set when shutdown begins: retries stop at this instant.
-    deadline: watch::Receiver<Option<Instant>>,
+    links: Links,
     /// When the last write request ended (any outcome); the health probe runs only when
     /// writes have been idle for a while.
     last_write: Mutex<Option<Instant>>,
@@ -103,25 +110,12 @@ enum Work {
 }
 
 impl Sender {
-    pub fn new(
-        settings: &OutputSettings,
-        stats: Arc<Stats>,
-        dead_letter: Arc<DeadLetter>,
-        acks: Arc<AckRouter>,
-        spool: Arc<Spool>,
-        spooled: Arc<tokio::sync::Notify>,
-        deadline: watch::Receiver<Option<Instant>>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(settings: &OutputSettings, links: Links) -> anyhow::Result<Self> {
         Ok(Sender {
             client: Client::new(settings)?,
             settings: settings.clone(),
             gate: Mutex::new(Gate::new(Instant::now())),
-            stats,
-            dead_letter,
-            acks,
-            spool,
-            spooled,
-            deadline,
+            links,
             last_write: Mutex::new(None),
             writes_in_flight: AtomicUsize::new(0),
             last_try_failed: AtomicBool::new(false),
@@ -148,19 +142,23 @@ impl Sender {
             while tasks.try_join_next().is_some() {}
             // Beat while waiting for a slot too: slots held by retries are not a wedge.
             let permit = loop {
-                self.stats.progress.beat(Stage::Sender);
+                self.links.stats.progress.beat(Stage::Sender);
                 tokio::select! {
                     p = slots.clone().acquire_owned() => break p.expect("semaphore is never closed"),
                     _ = tokio::time::sleep(BEAT_EVERY) => {}
                 }
             };
-            self.stats.progress.beat(Stage::Sender);
-            let past_deadline = self.deadline.borrow().is_some_and(|d| Instant::now() >= d);
+            self.links.stats.progress.beat(Stage::Sender);
+            let past_deadline = self
+                .links
+                .deadline
+                .borrow()
+                .is_some_and(|d| Instant::now() >= d);
             // Nothing can be sent before the deadline: spooled records stay where they are.
             let hopeless = past_deadline || self.gives_up_at_gate();
             let mut work = None;
-            if !hopeless && self.spool.has_pending() {
-                let sp = self.spool.clone();
+            if !hopeless && self.links.spool.has_pending() {
+                let sp = self.links.spool.clone();
                 if let Ok(Some((id, b))) = tokio::task::spawn_blocking(move || sp.next()).await {
                     work = Some(Work::Spooled(id, b));
                 }
@@ -168,7 +166,7 @@ impl Sender {
             let work = match work {
                 Some(w) => w,
                 None if !rx_open => {
-                    if hopeless || !self.spool.has_pending() {
+                    if hopeless || !self.links.spool.has_pending() {
                         break;
                     }
                     continue;
@@ -181,7 +179,7 @@ impl Sender {
                             continue;
                         }
                     },
-                    _ = self.spooled.notified() => continue,
+                    _ = self.links.spooled.notified() => continue,
                     // Re-check the deadline and the spool now and then.
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                 },
@@ -195,14 +193,14 @@ impl Sender {
                         match me.clone().deliver(batch).await {
                             // Handled for good (delivered, dead-lettered or partially kept):
                             // inputs may forget these lines.
-                            Ok(()) => me.acks.ack(&acks),
+                            Ok(()) => me.links.acks.ack(&acks),
                             Err(left) => me.spool_undelivered(left, acks).await,
                         }
                         memory.release(size);
                     }
                     Work::Spooled(id, batch) => {
                         let ok = me.clone().deliver(batch).await.is_ok();
-                        let sp = me.spool.clone();
+                        let sp = me.links.spool.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             if ok {
                                 sp.ack(id)
@@ -221,7 +219,7 @@ impl Sender {
     }
 
     fn request_timeout(&self) -> Duration {
-        match *self.deadline.borrow() {
+        match *self.links.deadline.borrow() {
             Some(dl) => self
                 .settings
                 .timeout
@@ -233,14 +231,14 @@ impl Sender {
 
     /// Whether a delivery starting now would give up at the gate (see [`Sender::wait_gate`]).
     fn gives_up_at_gate(&self) -> bool {
-        let Some(dl) = *self.deadline.borrow() else {
+        let Some(dl) = *self.links.deadline.borrow() else {
             return false;
         };
         self.last_try_failed.load(Relaxed) && self.gate.lock().unwrap().open_at() > dl
     }
 
     async fn wait_gate(&self) -> Go {
-        let mut deadline = self.deadline.clone();
+        let mut deadline = self.links.deadline.clone();
         loop {
             let open_at = self.gate.lock().unwrap().open_at();
             let now = Instant::now();

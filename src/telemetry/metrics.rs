@@ -100,6 +100,36 @@ fn family(
     Ok(())
 }
 
+/// A number of [`Stats`] exported as is.
+struct StatMetric {
+    name: &'static str,
+    help: &'static str,
+    gauge: bool,
+    get: fn(&Stats) -> u64,
+}
+
+/// The plain counters and gauges of [`Stats`] (those with labels are built in `encode`):
+/// name, help, gauge (or counter), value.
+#[rustfmt::skip]
+const STAT_METRICS: &[StatMetric] = &[
+    StatMetric { name: "lineship_lines_delivered", gauge: false, get: |s| s.lines_delivered.load(Relaxed), help: "Lines the server accepted (2xx, or kept in a 422 partial write)." },
+    StatMetric { name: "lineship_lines_dead_lettered", gauge: false, get: |s| s.lines_dead_lettered.load(Relaxed), help: "Lines the server refused for good (400 down to one line, 413 single line, other 4xx), written to the dead-letter file." },
+    StatMetric { name: "lineship_lines_partial_dropped", gauge: false, get: |s| s.lines_partial_dropped.load(Relaxed), help: "Lines the server reported dropped in a 422 partial write." },
+    StatMetric { name: "lineship_lines_undelivered", gauge: false, get: |s| s.lines_undelivered.load(Relaxed), help: "Lines lost: neither delivered nor spooled (e.g. the spool could not be written at shutdown)." },
+    StatMetric { name: "lineship_batches_sealed", gauge: false, get: |s| s.batches_sealed.load(Relaxed), help: "Batches sealed and compressed by the batcher." },
+    StatMetric { name: "lineship_batches_delivered", gauge: false, get: |s| s.batches_delivered.load(Relaxed), help: "Batches the server accepted." },
+    StatMetric { name: "lineship_bytes_sent", gauge: false, get: |s| s.bytes_sent.load(Relaxed), help: "Request body bytes (compressed) of delivered batches." },
+    StatMetric { name: "lineship_retries", gauge: false, get: |s| s.retries.load(Relaxed), help: "Write attempts that failed and were retried after a backoff." },
+    StatMetric { name: "lineship_spool_dropped_lines", gauge: false, get: |s| s.spool.dropped_lines.load(Relaxed), help: "Lines the spool discarded at its size cap (when_full)." },
+    StatMetric { name: "lineship_spool_corrupt_records", gauge: false, get: |s| s.spool.corrupt_records.load(Relaxed), help: "Damaged spool records skipped at recovery or replay (their lines are lost)." },
+    StatMetric { name: "lineship_spool_corrupt_lines", gauge: false, get: |s| s.spool.corrupt_lines.load(Relaxed), help: "Lines in damaged spool records, where the spool could count them (they are lost)." },
+    StatMetric { name: "lineship_queue_bytes", gauge: true, get: |s| s.queue_bytes.load(Relaxed), help: "Bytes of checked lines queued between the inputs and the batcher (at most 16 MiB)." },
+    StatMetric { name: "lineship_memory_bytes", gauge: true, get: |s| s.memory_bytes.load(Relaxed), help: "Bytes of sealed, compressed batches held in memory for the sender (at most output.memory_limit)." },
+    StatMetric { name: "lineship_spool_bytes", gauge: true, get: |s| s.spool.bytes.load(Relaxed), help: "Bytes of spool segment files on disk." },
+    StatMetric { name: "lineship_spool_records", gauge: true, get: |s| s.spool.records.load(Relaxed), help: "Spooled batches not yet delivered." },
+    StatMetric { name: "lineship_spool_lines", gauge: true, get: |s| s.spool.lines.load(Relaxed), help: "Lines in spooled batches not yet delivered." },
+];
+
 impl Collector for StatsCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = &self.stats;
@@ -155,48 +185,13 @@ impl Collector for StatsCollector {
             }),
         )?;
 
-        counter(
-            e,
-            "lineship_lines_delivered",
-            "Lines the server accepted (2xx, or kept in a 422 partial write).",
-            s.lines_delivered.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_lines_dead_lettered",
-            "Lines the server refused for good (400 down to one line, 413 single line, other 4xx), written to the dead-letter file.",
-            s.lines_dead_lettered.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_lines_partial_dropped",
-            "Lines the server reported dropped in a 422 partial write.",
-            s.lines_partial_dropped.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_lines_undelivered",
-            "Lines lost: neither delivered nor spooled (e.g. the spool could not be written at shutdown).",
-            s.lines_undelivered.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_batches_sealed",
-            "Batches sealed and compressed by the batcher.",
-            s.batches_sealed.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_batches_delivered",
-            "Batches the server accepted.",
-            s.batches_delivered.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_bytes_sent",
-            "Request body bytes (compressed) of delivered batches.",
-            s.bytes_sent.load(Relaxed),
-        )?;
+        for m in STAT_METRICS {
+            if m.gauge {
+                gauge(e, m.name, m.help, (m.get)(s))?;
+            } else {
+                counter(e, m.name, m.help, (m.get)(s))?;
+            }
+        }
         let requests: Vec<(Labels, u64)> = s
             .requests
             .lock()
@@ -211,43 +206,7 @@ impl Collector for StatsCollector {
             false,
             &requests,
         )?;
-        counter(
-            e,
-            "lineship_retries",
-            "Write attempts that failed and were retried after a backoff.",
-            s.retries.load(Relaxed),
-        )?;
 
-        gauge(
-            e,
-            "lineship_queue_bytes",
-            "Bytes of checked lines queued between the inputs and the batcher (at most 16 MiB).",
-            s.queue_bytes.load(Relaxed),
-        )?;
-        gauge(
-            e,
-            "lineship_memory_bytes",
-            "Bytes of sealed, compressed batches held in memory for the sender (at most output.memory_limit).",
-            s.memory_bytes.load(Relaxed),
-        )?;
-        gauge(
-            e,
-            "lineship_spool_bytes",
-            "Bytes of spool segment files on disk.",
-            s.spool.bytes.load(Relaxed),
-        )?;
-        gauge(
-            e,
-            "lineship_spool_records",
-            "Spooled batches not yet delivered.",
-            s.spool.records.load(Relaxed),
-        )?;
-        gauge(
-            e,
-            "lineship_spool_lines",
-            "Lines in spooled batches not yet delivered.",
-            s.spool.lines.load(Relaxed),
-        )?;
         if let Some(spool) = &self.spool {
             let age = spool
                 .backlog()
@@ -265,24 +224,6 @@ impl Collector for StatsCollector {
                 age.as_secs_f64(),
             )?;
         }
-        counter(
-            e,
-            "lineship_spool_dropped_lines",
-            "Lines the spool discarded at its size cap (when_full).",
-            s.spool.dropped_lines.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_spool_corrupt_records",
-            "Damaged spool records skipped at recovery or replay (their lines are lost).",
-            s.spool.corrupt_records.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "lineship_spool_corrupt_lines",
-            "Lines in damaged spool records, where the spool could count them (they are lost).",
-            s.spool.corrupt_lines.load(Relaxed),
-        )?;
 
         let healthy = s.health.lock().unwrap().ok;
         gauge(
