@@ -12,6 +12,7 @@
 //! - `telemetry.rs`: the daemon's `/metrics` and `/health` endpoint ([`telemetry_addr`], [`get`],
 //!   [`scrape`]).
 //! - `udp.rs` (`common::udp`): polling and loopback sockets for the UDP test files.
+//! - `service.rs` (`common::service`): config, daemon and lines for the service test files.
 //! - `tail.rs` (`common::tail`): config, writers and delivery checks for the tail test files.
 //! - This file: small codecs the others share (flate2 gzip, percent-encoding).
 //!
@@ -24,6 +25,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod lineship;
+pub mod service;
 pub mod tail;
 mod telemetry;
 pub mod udp;
