@@ -20,8 +20,9 @@ use super::cursor::{read_cursor, Cursor};
 use super::loss::{self, Found, Loss};
 use super::record::Seq;
 use super::scan::scan_segment_file;
+use super::segment::{Rec, RecState, Segment};
+use super::SegmentScan;
 use super::SpoolStats;
-use super::{Rec, RecState, Segment, SegmentScan};
 use crate::statefile;
 
 pub(super) struct Recovered {

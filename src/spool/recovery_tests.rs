@@ -2,10 +2,18 @@
 //! garbage, segments cut short, zeroed or emptied in the middle, and a drained spool giving its
 //! space back. Every loss must be counted exactly, and nothing outside the spool touched.
 
+use std::fs;
+use std::io::Write;
 use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
 
+use super::sync::PROGRESS_EVERY;
 use super::*;
-use crate::batch::{Dest, Encoding};
+use crate::batch::{Ack, Batch, Dest, Encoding};
+use crate::config::{FsyncPolicy, SpoolSettings, WhenFull};
 use crate::line::Precision;
 
 fn settings(max_size: u64) -> SpoolSettings {

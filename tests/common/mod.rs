@@ -12,6 +12,8 @@
 //! - `telemetry.rs`: the daemon's `/metrics` and `/health` endpoint ([`telemetry_addr`], [`get`],
 //!   [`scrape`]).
 //! - `udp.rs` (`common::udp`): polling and loopback sockets for the UDP test files.
+//! - `service.rs` (`common::service`): config, daemon and lines for the service test files.
+//! - `tail.rs` (`common::tail`): config, writers and delivery checks for the tail test files.
 //! - This file: small codecs the others share (flate2 gzip, percent-encoding).
 //!
 //! Invariants: every server binds 127.0.0.1 on a port the kernel picked (never a fixed port);
@@ -23,6 +25,8 @@
 #![allow(dead_code, unused_imports)]
 
 mod lineship;
+pub mod service;
+pub mod tail;
 mod telemetry;
 pub mod udp;
 mod victoria_metrics;

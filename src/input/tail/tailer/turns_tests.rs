@@ -10,12 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{AckInbox, Config, Store, Tailer};
 use crate::batch::Chunk;
-use crate::config::{InputFormat, LineSettings};
 use crate::input::tail::fds;
-use crate::input::Intake;
-use crate::line::Precision;
-use crate::reject::DeadLetter;
-use crate::telemetry::InputStats;
+use crate::input::tail::tests::lp_intake;
 
 struct Rig {
     _tmp: tempfile::TempDir,
@@ -42,16 +38,7 @@ fn rig(files: usize, max_open_files: usize) -> Rig {
         f.set_modified(t0 - Duration::from_secs(60 * i as u64))
             .unwrap();
     }
-    let settings = LineSettings {
-        bucket: "b".into(),
-        precision: Precision::Ns,
-        stamp_missing: false,
-        format: InputFormat::Lp,
-        measurement: "log".into(),
-        tags: vec![],
-    };
-    let dl = Arc::new(DeadLetter::open(&state, 1 << 20).unwrap());
-    let intake = Intake::new(&settings, 1000, Arc::new(InputStats::new("tail[0]")), dl);
+    let intake = lp_intake(&state);
     let store = Arc::new(Store::open(&state, 1).unwrap());
     let inbox = Arc::new(AckInbox::default());
     let cfg = Config {

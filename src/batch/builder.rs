@@ -1,8 +1,6 @@
-//! Pure batching: chunks of checked lines in, sealed batches out, plus the gzip step.
-//!
-//! [`Builder`] keeps one open batch per destination (bucket, precision) and seals it when it
-//! reaches `max_lines` or `max_bytes` (uncompressed), or when `flush_interval` has passed since
-//! its first line. It never looks at a clock: callers pass `now`.
+//! [`Builder`]: one open batch per destination (bucket, precision), sealed when it reaches
+//! `max_lines` or `max_bytes` (uncompressed), or when `flush_interval` has passed since its first
+//! line. It never looks at a clock: callers pass `now`.
 //!
 //! Invariants (property-tested below): the concatenation of all sealed bodies for a destination
 //! equals the concatenation of its chunks; no sealed batch is empty; no batch exceeds either
@@ -10,86 +8,10 @@
 //! `max_line_bytes` below `batch_max_bytes`, so that cannot happen in the daemon).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::line::Precision;
-
-/// Where a batch goes: one bucket at one precision.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Dest {
-    pub bucket: Arc<str>,
-    pub precision: Precision,
-}
-
-impl Dest {
-    pub fn new(bucket: &str, precision: Precision) -> Self {
-        Dest {
-            bucket: Arc::from(bucket),
-            precision,
-        }
-    }
-}
-
-/// Acknowledgement token of a tail input: once the lines of the chunk carrying it are delivered
-/// (or durably spooled), the file `file` may be checkpointed at `offset`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ack {
-    pub input: u32,
-    pub file: u64,
-    pub offset: u64,
-}
-
-/// Routes acknowledgements of delivered batches back to the inputs that asked for them
-/// (by `Ack::input`). Inputs that need acks register a handler before the pipeline starts.
-#[derive(Default)]
-pub struct AckRouter {
-    routes: std::sync::RwLock<HashMap<u32, AckHandler>>,
-}
-
-type AckHandler = Box<dyn Fn(Ack) + Send + Sync>;
-
-impl AckRouter {
-    pub fn register(&self, input: u32, handler: impl Fn(Ack) + Send + Sync + 'static) {
-        self.routes
-            .write()
-            .unwrap()
-            .insert(input, Box::new(handler));
-    }
-
-    /// Called once a batch's lines are delivered, dead-lettered or durably stored.
-    pub fn ack(&self, acks: &[Ack]) {
-        if acks.is_empty() {
-            return;
-        }
-        let routes = self.routes.read().unwrap();
-        for a in acks {
-            if let Some(h) = routes.get(&a.input) {
-                h(*a);
-            }
-        }
-    }
-}
-
-/// One channel message: many complete, checked, `\n`-terminated lines for one destination.
-#[derive(Debug)]
-pub struct Chunk {
-    pub dest: Dest,
-    pub data: Vec<u8>,
-    pub lines: u32,
-    pub ack: Option<Ack>,
-}
-
-/// A sealed, not yet encoded batch.
-#[derive(Debug)]
-pub struct RawBatch {
-    pub dest: Dest,
-    pub data: Vec<u8>,
-    pub lines: u32,
-    pub acks: Vec<Ack>,
-}
+use super::lines::fitting_prefix;
+use super::{Ack, Chunk, Dest, RawBatch};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -228,144 +150,11 @@ fn seal(dest: Dest, o: Open) -> RawBatch {
         acks: o.acks,
     }
 }
-
-/// The longest prefix of whole lines of `data` holding at most `max_lines` lines and
-/// `max_bytes` bytes: (bytes, lines). `lines` is how many lines `data` holds; when that differs
-/// from its count of `\n` bytes, some line carries a newline inside a quoted string value, and
-/// line ends are found with the framer (rare, and only when a chunk must be split).
-fn fitting_prefix(data: &[u8], lines: u32, max_lines: usize, max_bytes: usize) -> (usize, u32) {
-    let mut end = 0;
-    let mut taken = 0u32;
-    let mut take = |line_end: usize| {
-        if taken as usize >= max_lines || line_end > max_bytes {
-            return false;
-        }
-        end = line_end;
-        taken += 1;
-        true
-    };
-    if memchr::memchr_iter(b'\n', data).count() == lines as usize {
-        for i in memchr::memchr_iter(b'\n', data) {
-            if !take(i + 1) {
-                break;
-            }
-        }
-    } else {
-        let mut framer = crate::line::Framer::new(usize::MAX / 4);
-        let base = data.as_ptr() as usize;
-        let mut ends = Vec::new();
-        framer.feed(data, |l| {
-            if let Ok(l) = l {
-                ends.push(l.as_ptr() as usize - base + l.len() + 1);
-            }
-        });
-        for e in ends {
-            if !take(e) {
-                break;
-            }
-        }
-    }
-    (end, taken)
-}
-
-/// How a body is encoded on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-}
-
-/// A sealed, encoded batch ready to send. `body` is cheap to clone for retries.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub dest: Dest,
-    pub body: Bytes,
-    pub encoding: Encoding,
-    pub lines: u32,
-    /// Uncompressed size.
-    pub raw_len: usize,
-    pub acks: Vec<Ack>,
-}
-
-/// Compresses sealed batches. One per thread: it owns libdeflate's compressor state and a
-/// scratch buffer, so the worst-case output size is not allocated (and page-faulted) per batch.
-pub struct Encoder {
-    compressor: Option<libdeflater::Compressor>,
-    scratch: Vec<u8>,
-}
-
-impl Encoder {
-    /// `level` 0 means identity (no compression); 1..=12 are libdeflate's gzip levels.
-    pub fn new(level: u32) -> Self {
-        let compressor = (level > 0).then(|| {
-            let lvl = libdeflater::CompressionLvl::new(level as i32).unwrap_or_default();
-            libdeflater::Compressor::new(lvl)
-        });
-        Encoder {
-            compressor,
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Encodes the data of `raw` (the lines are not changed).
-    pub fn encode(&mut self, raw: RawBatch) -> Batch {
-        let raw_len = raw.data.len();
-        let (body, encoding) = match &mut self.compressor {
-            None => (Bytes::from(raw.data), Encoding::Identity),
-            Some(c) => (
-                Bytes::from(gzip(c, &raw.data, &mut self.scratch)),
-                Encoding::Gzip,
-            ),
-        };
-        Batch {
-            dest: raw.dest,
-            body,
-            encoding,
-            lines: raw.lines,
-            raw_len,
-            acks: raw.acks,
-        }
-    }
-}
-
-fn gzip(c: &mut libdeflater::Compressor, data: &[u8], scratch: &mut Vec<u8>) -> Vec<u8> {
-    scratch.resize(c.gzip_compress_bound(data.len()), 0);
-    let n = c
-        .gzip_compress(data, scratch)
-        .expect("output buffer sized by gzip_compress_bound");
-    scratch[..n].to_vec()
-}
-
-/// Decodes a batch body back into its lines (used when a batch must be split).
-pub fn decode(batch: &Batch) -> std::io::Result<Vec<u8>> {
-    match batch.encoding {
-        Encoding::Identity => Ok(batch.body.to_vec()),
-        Encoding::Gzip => {
-            let mut out = vec![0u8; batch.raw_len];
-            let n = libdeflater::Decompressor::new()
-                .gzip_decompress(&batch.body, &mut out)
-                .map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}"))
-                })?;
-            out.truncate(n);
-            Ok(out)
-        }
-    }
-}
-
-/// Some whole lines and their count.
-pub type Lines<'a> = (&'a [u8], u32);
-
-/// Splits the lines of `data` into two halves by line count (both non-empty when `lines >= 2`).
-pub fn split_lines(data: &[u8], lines: u32) -> (Lines<'_>, Lines<'_>) {
-    let half = lines / 2;
-    let (at, _) = fitting_prefix(data, lines, half as usize, usize::MAX);
-    ((&data[..at], half), (&data[at..], lines - half))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::split_lines;
+    use crate::line::Precision;
     use proptest::prelude::*;
 
     fn chunk(dest: &Dest, lines: &[&str]) -> Chunk {
@@ -514,24 +303,6 @@ mod tests {
     }
 
     #[test]
-    fn gzip_round_trip_and_identity() {
-        let d = Dest::new("b", Precision::Ns);
-        let raw = || RawBatch {
-            dest: d.clone(),
-            data: b"m f=1\nm f=2\n".to_vec(),
-            lines: 2,
-            acks: vec![],
-        };
-        let g = Encoder::new(1).encode(raw());
-        assert_eq!(g.encoding, Encoding::Gzip);
-        assert_eq!(&g.body[..2], &[0x1f, 0x8b]);
-        assert_eq!(decode(&g).unwrap(), b"m f=1\nm f=2\n");
-        let i = Encoder::new(0).encode(raw());
-        assert_eq!(i.encoding, Encoding::Identity);
-        assert_eq!(&i.body[..], b"m f=1\nm f=2\n");
-    }
-
-    #[test]
     fn a_newline_inside_a_string_value_never_splits_its_line() {
         let d = Dest::new("b", Precision::Ns);
         let mut b = Builder::new(limits(2, 1 << 20));
@@ -556,12 +327,6 @@ mod tests {
             (a, na, c, nc),
             (&b"m s=\"x\ny\" 1\n"[..], 1, &b"c f=3\n"[..], 1)
         );
-    }
-
-    #[test]
-    fn split_lines_halves() {
-        let ((a, na), (b, nb)) = split_lines(b"1\n2\n3\n", 3);
-        assert_eq!((a, na, b, nb), (&b"1\n"[..], 1, &b"2\n3\n"[..], 2));
     }
 
     proptest! {

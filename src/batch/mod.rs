@@ -1,0 +1,78 @@
+//! Pure batching: chunks of checked lines in, sealed batches out, plus the gzip step.
+//!
+//! - This file: the types that travel — [`Dest`], [`Chunk`], [`RawBatch`], [`Batch`] and its
+//!   [`Encoding`].
+//! - `builder.rs`: [`Builder`] and its [`Limits`], which seal chunks into batches (the
+//!   invariants are stated and property-tested there).
+//! - `encoder.rs`: [`Encoder`] (gzip) and [`decode`].
+//! - `ack.rs`: [`Ack`] tokens and the [`AckRouter`] that hands them back to their inputs.
+//! - `lines.rs`: whole-line prefixes of a body and [`split_lines`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::line::Precision;
+
+mod ack;
+mod builder;
+mod encoder;
+mod lines;
+
+pub use ack::{Ack, AckRouter};
+pub use builder::{Builder, Limits};
+pub use encoder::{decode, Encoder};
+pub use lines::{split_lines, Lines};
+
+/// Where a batch goes: one bucket at one precision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dest {
+    pub bucket: Arc<str>,
+    pub precision: Precision,
+}
+
+impl Dest {
+    pub fn new(bucket: &str, precision: Precision) -> Self {
+        Dest {
+            bucket: Arc::from(bucket),
+            precision,
+        }
+    }
+}
+
+/// One channel message: many complete, checked, `\n`-terminated lines for one destination.
+#[derive(Debug)]
+pub struct Chunk {
+    pub dest: Dest,
+    pub data: Vec<u8>,
+    pub lines: u32,
+    pub ack: Option<Ack>,
+}
+
+/// A sealed, not yet encoded batch.
+#[derive(Debug)]
+pub struct RawBatch {
+    pub dest: Dest,
+    pub data: Vec<u8>,
+    pub lines: u32,
+    pub acks: Vec<Ack>,
+}
+
+/// How a body is encoded on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// A sealed, encoded batch ready to send. `body` is cheap to clone for retries.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub dest: Dest,
+    pub body: Bytes,
+    pub encoding: Encoding,
+    pub lines: u32,
+    /// Uncompressed size.
+    pub raw_len: usize,
+    pub acks: Vec<Ack>,
+}
