@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::recover::segment_path;
 use super::segment::RecState;
@@ -66,12 +67,18 @@ impl Spool {
 
     /// The record was delivered (or dead-lettered): it may be forgotten.
     pub fn ack(&self, id: RecordId) {
+        self.ack_at(id, Instant::now());
+    }
+
+    /// [`Spool::ack`] at `now`, the clock that paces the replay progress written after
+    /// acknowledgements (tests pass their own).
+    pub fn ack_at(&self, id: RecordId, now: Instant) {
         let mut st = self.state.lock().unwrap();
         if let Some(s) = st.segments.iter_mut().find(|s| s.id == id.segment) {
             s.update(id.offset, |_| RecState::Acked);
         }
         self.collect_garbage(&mut st);
-        self.persist_progress(&mut st);
+        self.persist_progress(&mut st, now);
         self.update_gauges(&st);
         self.freed.notify_all();
     }

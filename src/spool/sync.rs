@@ -76,17 +76,20 @@ impl Spool {
     /// After an acknowledgement: replay progress is written at once (without fsync; the
     /// periodic sync makes it durable), so a crash re-sends little more than the requests that
     /// were in flight. At most once per [`PROGRESS_EVERY`].
-    pub(super) fn persist_progress(&self, st: &mut State) {
+    pub(super) fn persist_progress(&self, st: &mut State, now: Instant) {
         let moved = st.persisted_cursor.is_none_or(|p| {
             let c = Self::cursor_now(st);
             (p.segment, p.offset) != (c.segment, c.offset)
         });
         let due = st
             .cursor_written_at
-            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROGRESS_EVERY);
         if moved && due {
-            if let Err(e) = self.persist_cursor(st, false) {
-                tracing::debug!(error = %e, "cannot write the spool cursor now; the next sync retries");
+            match self.persist_cursor(st, false) {
+                Ok(()) => st.cursor_written_at = Some(now),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot write the spool cursor now; the next sync retries")
+                }
             }
         }
     }
