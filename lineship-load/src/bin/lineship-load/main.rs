@@ -50,7 +50,7 @@
 //! `stdin` reports per run: lines sent and received (lost/dup from the seq check), wall time
 //! from the first write to the daemon's exit, lines/s, the daemon's CPU seconds (user + sys) and
 //! CPU seconds per million lines, its peak RSS and exit code, and this tool's own CPU use; then
-//! the medians, compared against the DESIGN.md targets. Its last stdout line is one JSON object
+//! the medians, compared against the targets in the README's Performance table. Its last stdout line is one JSON object
 //! with all of it. The daemon's own output goes to stderr. It exits 0 when every run delivered
 //! every line and the daemon exited 0, 1 otherwise, and 2 when the harness itself failed.
 //!

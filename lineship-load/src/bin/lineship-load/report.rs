@@ -1,4 +1,4 @@
-//! What every mode reports alike: the DESIGN.md targets, the daemon's resource use in a run
+//! What every mode reports alike: the performance targets, the daemon's resource use in a run
 //! ([`DaemonUsage`]), what arrived ([`Delivery`]), medians over runs, the JSON summary's common
 //! part ([`Summary`]), and small formatting helpers.
 
@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::daemon::Settings;
 use crate::measure::DaemonExit;
 
-// Performance targets from DESIGN.md ("stdin → gzip → HTTP sink, end to end" and "CPU cost").
+// The performance targets the README's Performance table names (stdin → gzip → HTTP sink,
+// end to end; CPU cost per line; peak RSS).
 pub const TARGET_LINES_PER_SEC: f64 = 2_000_000.0;
 pub const TARGET_CPU_S_PER_M: f64 = 0.5;
 pub const TARGET_RSS_MIB: f64 = 64.0;
@@ -160,7 +161,7 @@ impl Medians {
     }
 }
 
-/// The CPU and memory targets of DESIGN.md, judged.
+/// The CPU and memory targets (see the README's Performance table), judged.
 pub fn cost_verdicts(cpu_s_per_million_lines: f64, max_peak_rss_mib: f64) -> String {
     format!(
         "{:.3} CPU-s per M lines [{} <= {}], peak RSS max {:.1} MiB [{} <= {}]",

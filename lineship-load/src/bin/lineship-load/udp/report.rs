@@ -7,7 +7,8 @@ use super::run::UdpRunReport;
 use crate::daemon::Settings;
 use crate::report::{cost_verdicts, median, opt_u64, rate};
 
-// DESIGN.md: "UDP (10 lines per datagram) -> HTTP sink: >= 1,000,000 lines/s offered with 0 loss".
+// The README's UDP target: 10 lines per datagram into the HTTP sink, at least 1,000,000 lines/s
+// offered with 0 loss.
 pub const TARGET_UDP_LINES_PER_SEC: f64 = 1_000_000.0;
 
 #[derive(Serialize, Clone, Debug)]
