@@ -70,7 +70,6 @@ pub struct UdpSummary<'a> {
     pub receive_buffer: &'a str,
     pub send_batch: usize,
     pub pace_us: u64,
-    #[serde(flatten)]
     pub repeat: u32,
     #[serde(flatten)]
     pub settings: Settings<'a>,
@@ -149,4 +148,43 @@ pub fn print_udp_medians(runs: &[UdpRunReport], med: &UdpMedians) {
         med.sender_cpu_s,
         med.sink_cpu_s,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_serialises_with_the_settings_beside_its_own_keys() {
+        let s = UdpSummary {
+            tool: "lineship-load",
+            mode: "udp",
+            lines: 10,
+            lines_per_datagram: 10,
+            senders: 2,
+            workers: 1,
+            receive_buffer: "64MiB",
+            send_batch: 64,
+            pace_us: 0,
+            repeat: 3,
+            settings: Settings {
+                gzip_level: 1,
+                batch_max_lines: 5000,
+                batch_max_bytes: "1MiB",
+                max_in_flight: 4,
+                flush_interval: "200ms",
+            },
+            offered_lines_per_sec: Some(1e6),
+            median: None,
+            runs: None,
+            steps: None,
+            max_loss_free_lines_per_sec: None,
+            first_lossy_lines_per_sec: None,
+            ok: true,
+        };
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["repeat"], 3);
+        assert_eq!(v["gzip_level"], 1);
+        assert_eq!(v["offered_lines_per_sec"], 1e6);
+    }
 }
