@@ -42,6 +42,12 @@ pub struct InputStats {
     pub rotations: AtomicU64,
     /// Tail: files that shrank or were rewritten and were read again from 0 (copytruncate).
     pub truncations: AtomicU64,
+    /// TCP: connections open now.
+    pub connections_open: AtomicU64,
+    /// TCP: connections accepted.
+    pub connections: AtomicU64,
+    /// TCP: connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
 }
 
 impl InputStats {
@@ -130,6 +136,27 @@ pub const INPUT_METRICS: &[InputMetric] = &[
         gauge: false,
         inputs: "tail[",
         get: |i| i.truncations.load(Relaxed),
+    },
+    InputMetric {
+        name: "tcp_connections_open",
+        help: "TCP connections open now.",
+        gauge: true,
+        inputs: "tcp:",
+        get: |i| i.connections_open.load(Relaxed),
+    },
+    InputMetric {
+        name: "tcp_connections",
+        help: "TCP connections accepted.",
+        gauge: false,
+        inputs: "tcp:",
+        get: |i| i.connections.load(Relaxed),
+    },
+    InputMetric {
+        name: "tcp_connections_refused",
+        help: "TCP connections closed as soon as they were accepted because max_connections were open.",
+        gauge: false,
+        inputs: "tcp:",
+        get: |i| i.connections_refused.load(Relaxed),
     },
 ];
 
@@ -252,15 +279,26 @@ impl Stats {
     }
 
     /// Logs the periodic summary line.
-    pub fn log_summary(&self) {
-        let h = self.health.lock().unwrap().clone();
-        let has_tail = self
-            .inputs
+    /// Whether an input whose name starts with `prefix` is registered.
+    fn has_input(&self, prefix: &str) -> bool {
+        self.inputs
             .lock()
             .unwrap()
             .iter()
-            .any(|i| i.name.starts_with("tail["));
-        if has_tail {
+            .any(|i| i.name.starts_with(prefix))
+    }
+
+    pub fn log_summary(&self) {
+        let h = self.health.lock().unwrap().clone();
+        if self.has_input("tcp:") {
+            tracing::info!(
+                connections_open = self.inputs_sum(|i| i.connections_open.load(Relaxed)),
+                connections = self.inputs_sum(|i| i.connections.load(Relaxed)),
+                connections_refused = self.inputs_sum(|i| i.connections_refused.load(Relaxed)),
+                "tcp summary"
+            );
+        }
+        if self.has_input("tail[") {
             tracing::info!(
                 files_open = self.inputs_sum(|i| i.files_open.load(Relaxed)),
                 rotations = self.inputs_sum(|i| i.rotations.load(Relaxed)),

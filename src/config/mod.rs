@@ -31,7 +31,8 @@ pub use secret::{
 };
 pub use settings::{
     AgentSettings, FsyncPolicy, InputFormat, InputSettings, LineSettings, LogFormat,
-    OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, UdpSettings, WhenFull,
+    OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, TcpSettings, UdpSettings,
+    WhenFull,
 };
 
 /// An error about one key, named as `table.key` (`input.udp[0].listen`).

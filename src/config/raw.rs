@@ -142,6 +142,8 @@ pub struct RawInputs {
     #[serde(default)]
     pub tail: Vec<RawTail>,
     #[serde(default)]
+    pub tcp: Vec<RawTcp>,
+    #[serde(default)]
     pub stdin: RawStdin,
 }
 
@@ -214,6 +216,23 @@ input_table!(RawTail {
 /// disk space for long.
 fn default_rotate_wait() -> Duration {
     Duration::from_secs(60)
+}
+
+input_table!(RawTcp {
+    pub listen: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+});
+
+fn default_max_connections() -> u64 {
+    256
+}
+/// Agents that forward over TCP keep their connection open and write every few seconds; a
+/// peer that went away without a FIN is noticed within this.
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 input_table!(

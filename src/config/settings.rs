@@ -91,6 +91,19 @@ pub struct UdpSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct TcpSettings {
+    pub name: String,
+    /// The config table, e.g. `input.tcp[0]`, for errors that should name the key.
+    pub key: String,
+    pub listen: SocketAddr,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    pub line: LineSettings,
+}
+
+#[derive(Debug, Clone)]
 pub struct TailSettings {
     pub name: String,
     pub paths: Vec<String>,
@@ -113,6 +126,7 @@ pub struct StdinSettings {
 pub struct InputSettings {
     pub udp: Vec<UdpSettings>,
     pub tail: Vec<TailSettings>,
+    pub tcp: Vec<TcpSettings>,
     pub stdin: Option<StdinSettings>,
 }
 

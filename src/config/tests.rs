@@ -77,6 +77,19 @@ fn bad_values_name_their_key() {
             "input.stdin.precision",
         ),
         ("[[input.udp]]\nlisten = \"nope\"\n", "input.udp[0].listen"),
+        ("[[input.tcp]]\nlisten = \"nope\"\n", "input.tcp[0].listen"),
+        (
+            "[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\nmax_connections = 0\n",
+            "input.tcp[0].max_connections",
+        ),
+        (
+            "[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\nidle_timeout = \"0s\"\n",
+            "input.tcp[0].idle_timeout",
+        ),
+        (
+            "[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\nworkers = 2\n",
+            "workers",
+        ),
         ("[telemetry]\nlisten = \"x\"\n", "telemetry.listen"),
         (
             "[[input.tail]]\npaths = [\"/x\"]\nrotate_wait = \"soon\"\n",

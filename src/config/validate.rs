@@ -118,15 +118,7 @@ impl RawConfig {
         let mut inputs = InputSettings::default();
         for (i, u) in self.input.udp.into_iter().enumerate() {
             let key = format!("input.udp[{i}]");
-            let listen: SocketAddr = u.listen.parse().map_err(|e| {
-                key_err(
-                    &format!("{key}.listen"),
-                    format!(
-                        "{e}: {:?} is not an address like \"127.0.0.1:8089\" or \"[::1]:8089\"",
-                        u.listen
-                    ),
-                )
-            })?;
+            let listen = parse_listen(&key, &u.listen, 8089)?;
             limits::count(&format!("{key}.workers"), u.workers, 1, 64)?;
             // The kernel takes an int and doubles it.
             limits::size(&format!("{key}.receive_buffer"), u.receive_buffer, 0, GIB)?;
@@ -178,6 +170,30 @@ impl RawConfig {
                 max_open_files,
             });
         }
+        for (i, t) in self.input.tcp.into_iter().enumerate() {
+            let key = format!("input.tcp[{i}]");
+            let listen = parse_listen(&key, &t.listen, 8094)?;
+            limits::count(
+                &format!("{key}.max_connections"),
+                t.max_connections,
+                1,
+                65_536,
+            )?;
+            limits::duration(
+                &format!("{key}.idle_timeout"),
+                t.idle_timeout,
+                Zero::Refused,
+                DAY,
+            )?;
+            inputs.tcp.push(TcpSettings {
+                name: format!("tcp:{listen}"),
+                key: key.clone(),
+                listen,
+                max_connections: t.max_connections as usize,
+                idle_timeout: t.idle_timeout,
+                line: defaults.resolve(&key, t.line())?,
+            });
+        }
         // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.
         let stdin_line = defaults.resolve("input.stdin", self.input.stdin.line())?;
         if self.input.stdin.enabled || force_stdin {
@@ -204,6 +220,18 @@ impl RawConfig {
             telemetry_listen,
         })
     }
+}
+
+/// `KEY.listen` as a socket address.
+fn parse_listen(key: &str, listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    listen.parse().map_err(|e| {
+        key_err(
+            &format!("{key}.listen"),
+            format!(
+                "{e}: {listen:?} is not an address like \"127.0.0.1:{port}\" or \"[::1]:{port}\""
+            ),
+        )
+    })
 }
 
 struct LineDefaults<'a> {

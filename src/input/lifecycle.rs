@@ -19,7 +19,7 @@ use anyhow::Context;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{stdin, tail, udp};
+use super::{stdin, tail, tcp, udp};
 use crate::batch::AckRouter;
 use crate::config::Settings;
 use crate::queue::ChunkTx;
@@ -58,13 +58,18 @@ pub struct Links {
 pub struct Opened {
     stdin: Option<Box<dyn Read + Send>>,
     udp: Vec<udp::Opened>,
+    tcp: Vec<tcp::Opened>,
 }
 
 /// Binds (or claims from systemd) the sockets of every configured input.
 pub fn open(settings: &Settings, sources: Sources) -> anyhow::Result<Opened> {
     let inputs = &settings.inputs;
-    if inputs.stdin.is_none() && inputs.udp.is_empty() && inputs.tail.is_empty() {
-        anyhow::bail!("no input is configured: add an [[input.udp]] or [[input.tail]] table, or enable [input.stdin] (or pass --stdin)");
+    if inputs.stdin.is_none()
+        && inputs.udp.is_empty()
+        && inputs.tail.is_empty()
+        && inputs.tcp.is_empty()
+    {
+        anyhow::bail!("no input is configured: add an [[input.udp]], [[input.tcp]] or [[input.tail]] table, or enable [input.stdin] (or pass --stdin)");
     }
     let mut inherited = match sources.udp_sockets {
         Some(socks) => udp::Inherited::new(socks)?,
@@ -76,11 +81,16 @@ pub fn open(settings: &Settings, sources: Sources) -> anyhow::Result<Opened> {
         .map(|u| udp::open(u, &mut inherited))
         .collect::<anyhow::Result<Vec<_>>>()?;
     inherited.close_unclaimed();
+    let tcp = inputs
+        .tcp
+        .iter()
+        .map(tcp::open)
+        .collect::<anyhow::Result<_>>()?;
     let stdin = inputs
         .stdin
         .as_ref()
         .map(|_| sources.stdin.unwrap_or_else(|| Box::new(std::io::stdin())));
-    Ok(Opened { stdin, udp })
+    Ok(Opened { stdin, udp, tcp })
 }
 
 impl Opened {
@@ -97,6 +107,12 @@ impl Opened {
                     .start(max_line_bytes, &links)
                     .context("cannot start a UDP receive thread")?;
                 running.threads.extend(threads);
+            }
+            for tcp in self.tcp {
+                let thread = tcp
+                    .start(max_line_bytes, &links)
+                    .context("cannot start a TCP accept thread")?;
+                running.threads.push(thread);
             }
             running.threads.extend(tail::start(settings, &links).await?);
             Ok(())

@@ -10,6 +10,7 @@
 mod lifecycle;
 pub mod stdin;
 pub mod tail;
+pub mod tcp;
 pub mod text;
 pub mod udp;
 
@@ -177,6 +178,24 @@ impl Intake {
             lines,
             ack: None,
         })
+    }
+
+    /// Sends the accepted lines in `buf` as one chunk with a blocking send (it waits while the
+    /// queue is full; see [`crate::queue`]) and counts them. `Err` with the line count when the
+    /// pipeline is gone: those lines were not accepted.
+    pub fn send_blocking(
+        &mut self,
+        buf: &mut Vec<u8>,
+        capacity: usize,
+        tx: &crate::queue::ChunkTx,
+    ) -> Result<(), u32> {
+        let Some(chunk) = self.take_chunk(buf, capacity) else {
+            return Ok(());
+        };
+        let lines = chunk.lines;
+        tx.send(chunk).map_err(|_| lines)?;
+        self.count_sent(lines);
+        Ok(())
     }
 
     /// Counts a chunk that made it onto the channel.

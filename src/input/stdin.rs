@@ -120,16 +120,15 @@ pub fn run(
 /// Sends the accepted lines in `out`, blocking while the channel is full. Returns false when the
 /// pipeline is gone.
 fn send(intake: &mut Intake, out: &mut Vec<u8>, tx: &Detachable) -> bool {
-    let Some(chunk) = intake.take_chunk(out, READ_BUF + READ_BUF / 4) else {
-        return true;
+    let sent = match tx.get() {
+        Some(tx) => intake.send_blocking(out, READ_BUF + READ_BUF / 4, &tx),
+        None => intake
+            .take_chunk(out, READ_BUF + READ_BUF / 4)
+            .map_or(Ok(()), |c| Err(c.lines)),
     };
-    let lines = chunk.lines;
-    match tx.get().map(|tx| tx.send(chunk)) {
-        Some(Ok(())) => {
-            intake.count_sent(lines);
-            true
-        }
-        Some(Err(_)) | None => {
+    match sent {
+        Ok(()) => true,
+        Err(lines) => {
             tracing::error!(lines, "the pipeline shut down before these stdin lines could be queued; they were not accepted");
             false
         }

@@ -11,6 +11,8 @@ use super::class::is_ctrl;
 pub enum LineError {
     #[error("line is longer than max_line_bytes")]
     TooLong,
+    #[error("the connection closed in the middle of the line (no newline after it)")]
+    Truncated,
     #[error("line is not valid UTF-8")]
     InvalidUtf8 { at: usize },
     #[error("line contains a control character outside a string field value")]
@@ -48,6 +50,7 @@ impl LineError {
     pub fn reason(self) -> &'static str {
         match self {
             LineError::TooLong => "too_long",
+            LineError::Truncated => "truncated",
             LineError::InvalidUtf8 { .. } => "invalid_utf8",
             LineError::ControlChar { .. } => "control_char",
             LineError::BadMeasurement { .. } => "bad_measurement",
@@ -69,7 +72,7 @@ impl LineError {
     /// Byte offset in the line where the problem was found, when known.
     pub fn offset(self) -> Option<usize> {
         match self {
-            LineError::TooLong => None,
+            LineError::TooLong | LineError::Truncated => None,
             LineError::InvalidUtf8 { at }
             | LineError::ControlChar { at }
             | LineError::BadMeasurement { at }

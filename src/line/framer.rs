@@ -322,6 +322,18 @@ impl Framer {
         self.discarding = false;
     }
 
+    /// End of a stream that was cut off (a connection closed mid-line): the incomplete last
+    /// line, if any, is handed to `f` instead of being emitted as a line (an overlong one being
+    /// discarded was reported already). The framer is then ready for a new stream.
+    pub fn abandon(&mut self, f: impl FnOnce(&[u8])) {
+        if !self.discarding && !self.partial.is_empty() {
+            f(&self.partial);
+        }
+        self.partial.clear();
+        self.scan = Scan::Start;
+        self.discarding = false;
+    }
+
     /// Bytes currently held for an incomplete line.
     pub fn pending(&self) -> usize {
         self.partial.len()

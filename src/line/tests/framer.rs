@@ -27,6 +27,23 @@ fn framer_splits_lines_zero_copy() {
 }
 
 #[test]
+fn abandon_hands_over_the_incomplete_last_line_instead_of_emitting_it() {
+    let mut framer = Framer::new(100);
+    let mut lines = Vec::new();
+    framer.feed(b"a f=1\nb f=", |r| lines.push(r.unwrap().to_vec()));
+    let mut cut = Vec::new();
+    framer.abandon(|p| cut = p.to_vec());
+    assert_eq!(lines, [b"a f=1".to_vec()]);
+    assert_eq!(cut, b"b f=");
+    assert_eq!(framer.pending(), 0);
+    // Nothing pending, or an overlong line already reported: nothing to hand over.
+    framer.abandon(|_| panic!("nothing pending"));
+    let mut framer = Framer::new(4);
+    framer.feed(b"toolong", |r| assert!(r.is_err()));
+    framer.abandon(|_| panic!("the overlong line was reported already"));
+}
+
+#[test]
 fn framer_joins_across_feeds() {
     assert_eq!(
         frame(b"cpu,h=a f=1 1\ncpu,h=b f=2 2\n", 100, &[3, 9, 14, 20]),
