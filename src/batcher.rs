@@ -181,7 +181,7 @@ impl Batcher {
                     self.spooled.notify_one();
                 }
                 // Dropped as configured: tailed files may move on past these lines.
-                Ok((Appended::DroppedNewest, dropped)) => self.acks.ack(&dropped),
+                Ok((Appended::DroppedNewest, dropped)) => self.acks.dropped(&dropped),
                 // Shutdown: withheld, so tailed lines are read again after the restart.
                 Ok((Appended::GaveUp, _)) => {}
                 Err(_) => {

@@ -157,11 +157,27 @@ impl ChunkTx {
 
     /// Sends without waiting: `Full` when the bytes or the chunk slots are used up.
     pub fn try_send(&self, chunk: Chunk) -> Result<(), TrySendError<Chunk>> {
+        self.try_send_within(chunk, self.budget.max_bytes, false)
+    }
+
+    /// Sends without waiting, as an input that could wait would: within the waiting senders'
+    /// share of bytes, and `Full` while they are held. For inputs that answer "try again
+    /// later" instead of waiting (HTTP).
+    pub fn try_send_waiting(&self, chunk: Chunk) -> Result<(), TrySendError<Chunk>> {
+        self.try_send_within(chunk, self.budget.max_bytes / WAITING_SHARE, true)
+    }
+
+    fn try_send_within(
+        &self,
+        chunk: Chunk,
+        limit: usize,
+        held_is_full: bool,
+    ) -> Result<(), TrySendError<Chunk>> {
         if self.budget.receiver_gone.load(SeqCst) {
             return Err(TrySendError::Disconnected(chunk));
         }
         let n = chunk.data.len();
-        if !self.budget.try_reserve(n, self.budget.max_bytes) {
+        if (held_is_full && self.budget.held.load(SeqCst)) || !self.budget.try_reserve(n, limit) {
             return Err(TrySendError::Full(chunk));
         }
         self.tx
@@ -181,6 +197,28 @@ impl ChunkTx {
             let guard = self.budget.lock.lock().unwrap_or_else(|e| e.into_inner());
             let _ = self.budget.freed.wait_timeout(guard, WAIT_SLICE);
         }
+    }
+}
+
+/// A sender that shutdown can take away from an input that may not notice the cancellation
+/// for a while (stdin blocked in `read` on a pipe nobody closes, HTTP connections that stay
+/// open): the batcher ends when every input's sender is gone.
+#[derive(Clone)]
+pub struct Detachable(Arc<Mutex<Option<ChunkTx>>>);
+
+impl Detachable {
+    pub fn new(tx: ChunkTx) -> Self {
+        Detachable(Arc::new(Mutex::new(Some(tx))))
+    }
+
+    /// A sender for one wait or send; `None` once detached.
+    pub fn get(&self) -> Option<ChunkTx> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the sender (a send in progress keeps its own clone until it returns).
+    pub fn detach(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -274,6 +312,31 @@ mod tests {
         rx.recv().unwrap();
         rx.recv().unwrap();
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn try_send_waiting_keeps_to_the_waiting_share_and_to_a_hold() {
+        let (tx, rx) = channel(100, 1000);
+        tx.try_send_waiting(chunk(250)).unwrap();
+        assert!(matches!(
+            tx.try_send_waiting(chunk(1)),
+            Err(TrySendError::Full(_))
+        ));
+        tx.try_send(chunk(1)).unwrap();
+        rx.recv().unwrap();
+        rx.recv().unwrap();
+        rx.hold_waiting(true);
+        assert!(matches!(
+            tx.try_send_waiting(chunk(1)),
+            Err(TrySendError::Full(_))
+        ));
+        rx.hold_waiting(false);
+        tx.try_send_waiting(chunk(1)).unwrap();
+        drop(rx);
+        assert!(matches!(
+            tx.try_send_waiting(chunk(1)),
+            Err(TrySendError::Disconnected(_))
+        ));
     }
 
     #[test]

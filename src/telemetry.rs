@@ -42,12 +42,14 @@ pub struct InputStats {
     pub rotations: AtomicU64,
     /// Tail: files that shrank or were rewritten and were read again from 0 (copytruncate).
     pub truncations: AtomicU64,
-    /// TCP: connections open now.
+    /// TCP, HTTP: connections open now.
     pub connections_open: AtomicU64,
-    /// TCP: connections accepted.
+    /// TCP, HTTP: connections accepted.
     pub connections: AtomicU64,
-    /// TCP: connections closed at once because `max_connections` were open.
+    /// TCP, HTTP: connections closed at once because `max_connections` were open.
     pub connections_refused: AtomicU64,
+    /// HTTP: requests answered, by status.
+    pub answers: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl InputStats {
@@ -136,6 +138,20 @@ pub const INPUT_METRICS: &[InputMetric] = &[
         gauge: false,
         inputs: "tail[",
         get: |i| i.truncations.load(Relaxed),
+    },
+    InputMetric {
+        name: "http_connections_open",
+        help: "HTTP connections open now.",
+        gauge: true,
+        inputs: "http:",
+        get: |i| i.connections_open.load(Relaxed),
+    },
+    InputMetric {
+        name: "http_connections_refused",
+        help: "HTTP connections closed as soon as they were accepted because max_connections were open.",
+        gauge: false,
+        inputs: "http:",
+        get: |i| i.connections_refused.load(Relaxed),
     },
     InputMetric {
         name: "tcp_connections_open",
@@ -279,6 +295,21 @@ impl Stats {
     }
 
     /// Logs the periodic summary line.
+    /// HTTP answers of every input by status, as `204=10,400=1`.
+    fn http_answers(&self) -> String {
+        let mut total: BTreeMap<u16, u64> = BTreeMap::new();
+        for i in self.inputs.lock().unwrap().iter() {
+            for (status, n) in i.answers.lock().unwrap().iter() {
+                *total.entry(*status).or_default() += n;
+            }
+        }
+        total
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Whether an input whose name starts with `prefix` is registered.
     fn has_input(&self, prefix: &str) -> bool {
         self.inputs
@@ -296,6 +327,13 @@ impl Stats {
                 connections = self.inputs_sum(|i| i.connections.load(Relaxed)),
                 connections_refused = self.inputs_sum(|i| i.connections_refused.load(Relaxed)),
                 "tcp summary"
+            );
+        }
+        if self.has_input("http:") {
+            tracing::info!(
+                connections_open = self.inputs_sum(|i| i.connections_open.load(Relaxed)),
+                answers_by_status = %self.http_answers(),
+                "http summary"
             );
         }
         if self.has_input("tail[") {

@@ -1,10 +1,12 @@
-//! Acknowledgements: the token a tail input attaches to a chunk, and the router that hands it
-//! back to that input once the chunk's lines are delivered or durably spooled.
+//! Acknowledgements: the token an input (tail, HTTP) attaches to a chunk, and the router that
+//! hands it back to that input once the chunk's lines are delivered or durably spooled (or
+//! dropped as configured).
 
 use std::collections::HashMap;
 
-/// Acknowledgement token of a tail input: once the lines of the chunk carrying it are delivered
-/// (or durably spooled), the file `file` may be checkpointed at `offset`.
+/// Acknowledgement token: once the lines of the chunk carrying it are delivered (or durably
+/// spooled), input `input` hears of it. For a tail input, the file `file` may be checkpointed
+/// at `offset`; for an HTTP input, `file` is the request and `offset` the chunk's number in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
     pub input: u32,
@@ -19,10 +21,19 @@ pub struct AckRouter {
     routes: std::sync::RwLock<HashMap<u32, AckHandler>>,
 }
 
-type AckHandler = Box<dyn Fn(Ack) + Send + Sync>;
+/// What became of the lines an [`Ack`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Delivered, dead-lettered (refused for good by the server) or durably spooled.
+    Kept,
+    /// Dropped as configured (`when_full = "drop_newest"` with a full spool).
+    Dropped,
+}
+
+type AckHandler = Box<dyn Fn(Ack, Fate) + Send + Sync>;
 
 impl AckRouter {
-    pub fn register(&self, input: u32, handler: impl Fn(Ack) + Send + Sync + 'static) {
+    pub fn register(&self, input: u32, handler: impl Fn(Ack, Fate) + Send + Sync + 'static) {
         self.routes
             .write()
             .unwrap()
@@ -31,13 +42,22 @@ impl AckRouter {
 
     /// Called once a batch's lines are delivered, dead-lettered or durably stored.
     pub fn ack(&self, acks: &[Ack]) {
+        self.route(acks, Fate::Kept);
+    }
+
+    /// Called when a batch's lines were dropped as configured.
+    pub fn dropped(&self, acks: &[Ack]) {
+        self.route(acks, Fate::Dropped);
+    }
+
+    fn route(&self, acks: &[Ack], fate: Fate) {
         if acks.is_empty() {
             return;
         }
         let routes = self.routes.read().unwrap();
         for a in acks {
             if let Some(h) = routes.get(&a.input) {
-                h(*a);
+                h(*a, fate);
             }
         }
     }

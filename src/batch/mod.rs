@@ -19,7 +19,7 @@ mod builder;
 mod encoder;
 mod lines;
 
-pub use ack::{Ack, AckRouter};
+pub use ack::{Ack, AckRouter, Fate};
 pub use builder::{Builder, Limits};
 pub use encoder::{decode, Encoder};
 pub use lines::{split_lines, Lines};

@@ -30,9 +30,9 @@ pub use secret::{
     read_token_file, secret_file_warnings, world_readable_warning, Secret, TokenSource, TOKEN_ENV,
 };
 pub use settings::{
-    AgentSettings, FsyncPolicy, InputFormat, InputSettings, LineSettings, LogFormat,
-    OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, TcpSettings, UdpSettings,
-    WhenFull,
+    AckMode, AgentSettings, FsyncPolicy, HttpSettings, InputFormat, InputSettings, LineSettings,
+    LogFormat, OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, TcpSettings,
+    UdpSettings, WhenFull,
 };
 
 /// An error about one key, named as `table.key` (`input.udp[0].listen`).

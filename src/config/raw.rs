@@ -144,6 +144,8 @@ pub struct RawInputs {
     #[serde(default)]
     pub tcp: Vec<RawTcp>,
     #[serde(default)]
+    pub http: Vec<RawHttp>,
+    #[serde(default)]
     pub stdin: RawStdin,
 }
 
@@ -225,6 +227,35 @@ input_table!(RawTcp {
     #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
 });
+
+input_table!(RawHttp {
+    pub listen: String,
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ack: super::AckMode,
+    #[serde(default = "default_ack_timeout", deserialize_with = "de_duration")]
+    pub ack_timeout: Duration,
+    #[serde(default = "default_max_body_size", deserialize_with = "de_size")]
+    pub max_body_size: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    #[serde(default = "default_read_timeout", deserialize_with = "de_duration")]
+    pub read_timeout: Duration,
+});
+
+/// Client libraries time a write out after 10 s by default; answering 503 before that lets
+/// them retry instead of giving up.
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(8)
+}
+fn default_max_body_size() -> u64 {
+    32 << 20
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 fn default_max_connections() -> u64 {
     256

@@ -103,6 +103,37 @@ pub struct TcpSettings {
     pub line: LineSettings,
 }
 
+/// When an HTTP write is answered 204.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Once every line of the request is delivered or durably in the spool.
+    #[default]
+    Durable,
+    /// As soon as the lines are in the pipeline.
+    Queued,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub name: String,
+    /// The config table, e.g. `input.http[0]`, for errors that should name the key.
+    pub key: String,
+    pub listen: SocketAddr,
+    /// The tokens a client may present (none: no authentication, loopback only).
+    pub tokens: Vec<Secret>,
+    pub ack: AckMode,
+    pub ack_timeout: Duration,
+    /// Largest request body, counted after decompression.
+    pub max_body_size: usize,
+    pub max_connections: usize,
+    /// Bound on reading a request's headers, and its body.
+    pub read_timeout: Duration,
+    /// A `bucket` configured on the input: every request goes there, whatever it asks.
+    pub force_bucket: Option<String>,
+    pub line: LineSettings,
+}
+
 #[derive(Debug, Clone)]
 pub struct TailSettings {
     pub name: String,
@@ -127,6 +158,7 @@ pub struct InputSettings {
     pub udp: Vec<UdpSettings>,
     pub tail: Vec<TailSettings>,
     pub tcp: Vec<TcpSettings>,
+    pub http: Vec<HttpSettings>,
     pub stdin: Option<StdinSettings>,
 }
 

@@ -79,6 +79,26 @@ fn bad_values_name_their_key() {
         ("[[input.udp]]\nlisten = \"nope\"\n", "input.udp[0].listen"),
         ("[[input.tcp]]\nlisten = \"nope\"\n", "input.tcp[0].listen"),
         (
+            "[[input.http]]\nlisten = \"0.0.0.0:8086\"\n",
+            "input.http[0].tokens",
+        ),
+        (
+            "[[input.http]]\nlisten = \"127.0.0.1:8086\"\ntokens = [\"a b\"]\n",
+            "input.http[0].tokens",
+        ),
+        (
+            "[[input.http]]\nlisten = \"127.0.0.1:8086\"\ntoken_file = \"/nonexistent/tokens\"\n",
+            "input.http[0].token_file",
+        ),
+        (
+            "[[input.http]]\nlisten = \"127.0.0.1:8086\"\nack = \"eventually\"\n",
+            "ack",
+        ),
+        (
+            "[[input.http]]\nlisten = \"127.0.0.1:8086\"\nmax_body_size = 0\n",
+            "input.http[0].max_body_size",
+        ),
+        (
             "[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\nmax_connections = 0\n",
             "input.tcp[0].max_connections",
         ),

@@ -14,7 +14,7 @@ use super::limits::{self, Zero, DAY, GIB, HOUR, MIB, TIB};
 use super::raw::{RawConfig, RawLineSettings, RawOutput};
 use super::secret::resolve_token;
 use super::settings::*;
-use super::{key_err, FsyncPolicy, InputFormat};
+use super::{key_err, FsyncPolicy, InputFormat, Secret};
 use crate::line::Precision;
 
 impl RawConfig {
@@ -194,6 +194,51 @@ impl RawConfig {
                 line: defaults.resolve(&key, t.line())?,
             });
         }
+        for (i, h) in self.input.http.into_iter().enumerate() {
+            let key = format!("input.http[{i}]");
+            let listen = parse_listen(&key, &h.listen, 8086)?;
+            limits::count(
+                &format!("{key}.max_connections"),
+                h.max_connections,
+                1,
+                65_536,
+            )?;
+            limits::size(&format!("{key}.max_body_size"), h.max_body_size, 1, GIB)?;
+            let timeout =
+                |k: &str, d| limits::duration(&format!("{key}.{k}"), d, Zero::Refused, HOUR);
+            timeout("ack_timeout", h.ack_timeout)?;
+            timeout("read_timeout", h.read_timeout)?;
+            let mut tokens = Vec::new();
+            for t in h.tokens.iter() {
+                limits::token(t).map_err(|e| key_err(&format!("{key}.tokens"), e))?;
+                tokens.push(Secret::new(t.clone()));
+            }
+            if let Some(f) = &h.token_file {
+                tokens.extend(
+                    read_token_lines(f).map_err(|e| key_err(&format!("{key}.token_file"), e))?,
+                );
+            }
+            if tokens.is_empty() && !listen.ip().is_loopback() {
+                bail!(key_err(
+                    &format!("{key}.tokens"),
+                    format!("{listen} is reachable from other hosts: set tokens (or token_file) so that only clients holding one can write, or listen on 127.0.0.1")
+                ));
+            }
+            let force_bucket = h.bucket.clone();
+            inputs.http.push(HttpSettings {
+                name: format!("http:{listen}"),
+                key: key.clone(),
+                listen,
+                tokens,
+                ack: h.ack,
+                ack_timeout: h.ack_timeout,
+                max_body_size: to_usize(&format!("{key}.max_body_size"), h.max_body_size)?,
+                max_connections: h.max_connections as usize,
+                read_timeout: h.read_timeout,
+                force_bucket,
+                line: defaults.resolve(&key, h.line())?,
+            });
+        }
         // Resolved even when disabled, so a bad key is reported before someone needs `--stdin`.
         let stdin_line = defaults.resolve("input.stdin", self.input.stdin.line())?;
         if self.input.stdin.enabled || force_stdin {
@@ -220,6 +265,29 @@ impl RawConfig {
             telemetry_listen,
         })
     }
+}
+
+/// The tokens of a token file, one per line (blank lines and `#` comments skipped).
+fn read_token_lines(path: &Path) -> Result<Vec<Secret>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}; check the path and that this user may read it",
+            path.display()
+        )
+    })?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        limits::token(t).map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+        tokens.push(Secret::new(t));
+    }
+    if tokens.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(tokens)
 }
 
 /// `KEY.listen` as a socket address.

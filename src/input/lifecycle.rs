@@ -19,7 +19,7 @@ use anyhow::Context;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{stdin, tail, tcp, udp};
+use super::{http, stdin, tail, tcp, udp};
 use crate::batch::AckRouter;
 use crate::config::Settings;
 use crate::queue::ChunkTx;
@@ -59,6 +59,7 @@ pub struct Opened {
     stdin: Option<Box<dyn Read + Send>>,
     udp: Vec<udp::Opened>,
     tcp: Vec<tcp::Opened>,
+    http: Vec<http::Opened>,
 }
 
 /// Binds (or claims from systemd) the sockets of every configured input.
@@ -68,8 +69,9 @@ pub fn open(settings: &Settings, sources: Sources) -> anyhow::Result<Opened> {
         && inputs.udp.is_empty()
         && inputs.tail.is_empty()
         && inputs.tcp.is_empty()
+        && inputs.http.is_empty()
     {
-        anyhow::bail!("no input is configured: add an [[input.udp]], [[input.tcp]] or [[input.tail]] table, or enable [input.stdin] (or pass --stdin)");
+        anyhow::bail!("no input is configured: add an [[input.udp]], [[input.tcp]], [[input.http]] or [[input.tail]] table, or enable [input.stdin] (or pass --stdin)");
     }
     let mut inherited = match sources.udp_sockets {
         Some(socks) => udp::Inherited::new(socks)?,
@@ -86,11 +88,21 @@ pub fn open(settings: &Settings, sources: Sources) -> anyhow::Result<Opened> {
         .iter()
         .map(tcp::open)
         .collect::<anyhow::Result<_>>()?;
+    let http_inputs = inputs
+        .http
+        .iter()
+        .map(http::open)
+        .collect::<anyhow::Result<_>>()?;
     let stdin = inputs
         .stdin
         .as_ref()
         .map(|_| sources.stdin.unwrap_or_else(|| Box::new(std::io::stdin())));
-    Ok(Opened { stdin, udp, tcp })
+    Ok(Opened {
+        stdin,
+        udp,
+        tcp,
+        http: http_inputs,
+    })
 }
 
 impl Opened {
@@ -114,6 +126,9 @@ impl Opened {
                     .context("cannot start a TCP accept thread")?;
                 running.threads.push(thread);
             }
+            for (i, http) in self.http.into_iter().enumerate() {
+                running.tasks.push(http.start(i, settings, &links)?);
+            }
             running.threads.extend(tail::start(settings, &links).await?);
             Ok(())
         }
@@ -133,6 +148,8 @@ impl Opened {
 #[derive(Default)]
 pub struct Running {
     threads: Vec<JoinHandle<()>>,
+    /// Inputs that run on the runtime (HTTP).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Resolves when the stdin input has read everything it will.
     stdin_done: Option<oneshot::Receiver<()>>,
 }
@@ -153,6 +170,11 @@ impl Running {
     /// acknowledgements, after `pipeline_done`). The stdin thread is not waited for: it may be
     /// blocked in `read` on a pipe nobody closes, with its sender already dropped.
     pub async fn join(self) {
+        for t in self.tasks {
+            if t.await.is_err() {
+                tracing::error!("an input task panicked");
+            }
+        }
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {

@@ -7,6 +7,7 @@
 //!
 //! How inputs start and stop: see [`lifecycle`] ([`open`], [`Opened::start`], [`Running`]).
 
+pub mod http;
 mod lifecycle;
 pub mod stdin;
 pub mod tail;
@@ -45,6 +46,9 @@ pub struct Intake {
     text: Option<Vec<u8>>,
     /// Lines accepted into the current chunk buffer.
     pending_lines: u32,
+    /// While `Some`, every rejection is also kept here (the HTTP input names them in its
+    /// answer): why, and the start of the line.
+    reported: Option<Vec<(LineError, String)>>,
 }
 
 impl Intake {
@@ -68,7 +72,30 @@ impl Intake {
             text: (line.format == InputFormat::Text)
                 .then(|| text::TextFormat::new(line).prefix(None)),
             pending_lines: 0,
+            reported: None,
         }
+    }
+
+    /// Sends the following lines to `bucket` with timestamps in `precision` (the HTTP input
+    /// sets them per request).
+    pub fn set_destination(&mut self, bucket: &str, precision: crate::line::Precision) {
+        self.opts.precision = precision;
+        if &*self.dest.bucket != bucket || self.dest.precision != precision {
+            self.dest = Dest::new(bucket, precision);
+        }
+    }
+
+    /// Keeps every following rejection for [`Intake::take_reported`] too (`on`), or stops.
+    pub fn report_rejections(&mut self, on: bool) {
+        self.reported = on.then(Vec::new);
+    }
+
+    /// The rejections kept since the last call: why, and the start of the line.
+    pub fn take_reported(&mut self) -> Vec<(LineError, String)> {
+        self.reported
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether lines are raw text to wrap (`format = "text"`) rather than line protocol.
@@ -128,6 +155,11 @@ impl Intake {
         self.opts.precision.timestamp(SystemTime::now())
     }
 
+    /// Lines accepted into the current chunk buffer so far.
+    pub fn pending_lines(&self) -> u32 {
+        self.pending_lines
+    }
+
     /// Counts a line the input built itself into the current chunk (`format = "text"`).
     pub fn accept_built(&mut self) {
         self.pending_lines += 1;
@@ -136,6 +168,9 @@ impl Intake {
     /// Counts, logs and dead-letters one bad line.
     pub fn reject(&mut self, line: &[u8], err: LineError) {
         self.stats.add_invalid(err.reason(), 1);
+        if let Some(r) = self.reported.as_mut() {
+            r.push((err, excerpt(line)));
+        }
         reject::record(&self.stats.name, err.reason(), line, &mut self.rejected);
         if self.rejected.len() >= REJECTED_FLUSH_BYTES {
             self.flush_rejected();

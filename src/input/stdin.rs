@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::sync::oneshot;
@@ -12,31 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Intake, Links};
 use crate::config::StdinSettings;
 use crate::line::Framer;
-use crate::queue::ChunkTx;
+use crate::queue::Detachable;
 
 const READ_BUF: usize = 256 << 10;
-
-/// The stdin thread's sender, which shutdown can take away while the thread is blocked in
-/// `read`: a pipe that nobody closes must not keep the pipeline open (the batcher ends when
-/// every input's sender is gone).
-#[derive(Clone)]
-pub struct Detachable(Arc<Mutex<Option<ChunkTx>>>);
-
-impl Detachable {
-    pub fn new(tx: ChunkTx) -> Self {
-        Detachable(Arc::new(Mutex::new(Some(tx))))
-    }
-
-    /// A sender for one wait or send; `None` once detached.
-    fn get(&self) -> Option<ChunkTx> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Drops the sender (a send in progress keeps its own clone until it returns).
-    pub fn detach(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
 
 /// Starts the stdin input's thread. The returned receiver resolves when it has read everything
 /// it will (EOF, a read error, or cancellation). The thread is never joined: at a shutdown

@@ -184,6 +184,25 @@ impl Collector for StatsCollector {
                     .collect()
             }),
         )?;
+        let answers: Vec<(Labels, u64)> = inputs
+            .iter()
+            .flat_map(|i| {
+                let by_status = i.answers.lock().unwrap().clone();
+                by_status.into_iter().map(|(status, n)| {
+                    (
+                        vec![("input", i.name.clone()), ("status", status.to_string())],
+                        n,
+                    )
+                })
+            })
+            .collect();
+        family(
+            e,
+            "lineship_http_requests",
+            "Requests the HTTP inputs answered, by input and status.",
+            false,
+            &answers,
+        )?;
 
         for m in STAT_METRICS {
             if m.gauge {

@@ -93,7 +93,8 @@ pub async fn start(settings: &Settings, links: &Links) -> anyhow::Result<Vec<Joi
         );
         let inbox = Arc::new(AckInbox::default());
         let to_inbox = inbox.clone();
-        links.acks.register(i as u32, move |a| to_inbox.push(a));
+        // Dropped lines are passed too: the file may move on past them (when_full says so).
+        links.acks.register(i as u32, move |a, _| to_inbox.push(a));
         let cfg = Config {
             input: i as u32,
             globs: t.paths.clone(),
