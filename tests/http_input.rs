@@ -365,7 +365,16 @@ fn bad_requests_are_answered_with_a_clear_reason() {
     assert_eq!(post(addr, "/api/v2/write?bucket=b", b"m v=1i 1\n").0, 204);
     assert_eq!(fake.accepted_lines(), ["m v=1i 1"]);
     d.terminate();
-    assert_eq!(d.wait(T).code, Some(0));
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0));
+    // Logged with the peer, rate-limited: one line for the whole burst.
+    let refused: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("http request refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", out.stderr);
+    assert!(refused[0].contains("peer=127.0.0.1:"), "{}", refused[0]);
 }
 
 #[test]

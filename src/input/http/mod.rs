@@ -191,7 +191,11 @@ async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(e) = served {
-                tracing::debug!(input = %shared.settings.name, %peer, error = %e, "http connection ended with an error");
+                // Malformed HTTP, a header that did not arrive within read_timeout, a client
+                // that went away mid-request: the connection is closed, nothing else is hurt.
+                shared.warn_rate_limited(|suppressed| {
+                    tracing::warn!(input = %shared.settings.name, %peer, error = %e, suppressed, "closed an HTTP connection: the client sent something that is not HTTP/1.1, or too slowly");
+                });
             }
             shared.stats.connections_open.fetch_sub(1, Relaxed);
             drop(permit);
@@ -220,11 +224,9 @@ impl Shared {
         let response = match self.answer(req).await {
             Ok(r) => r,
             Err(refusal) => {
-                if refusal.status >= 500 || refusal.status == 401 || refusal.status == 413 {
-                    self.warn_rate_limited(|suppressed| {
-                        tracing::warn!(input = %self.settings.name, %peer, status = refusal.status, reason = %refusal.message, suppressed, "http request refused");
-                    });
-                }
+                self.warn_rate_limited(|suppressed| {
+                    tracing::warn!(input = %self.settings.name, %peer, status = refusal.status, reason = %refusal.message, suppressed, "http request refused");
+                });
                 refusal_response(&refusal)
             }
         };
