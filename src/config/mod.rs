@@ -32,7 +32,7 @@ pub use secret::{
 pub use settings::{
     AckMode, AgentSettings, FsyncPolicy, HttpSettings, InputFormat, InputSettings, LineSettings,
     LogFormat, OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, TcpSettings,
-    UdpSettings, WhenFull,
+    TlsFiles, UdpSettings, WhenFull,
 };
 
 /// An error about one key, named as `table.key` (`input.udp[0].listen`).

@@ -222,6 +222,8 @@ fn default_rotate_wait() -> Duration {
 
 input_table!(RawTcp {
     pub listen: String,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
     #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
@@ -230,6 +232,8 @@ input_table!(RawTcp {
 
 input_table!(RawHttp {
     pub listen: String,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     #[serde(default)]
     pub tokens: Vec<String>,
     pub token_file: Option<PathBuf>,

@@ -96,11 +96,19 @@ pub struct TcpSettings {
     /// The config table, e.g. `input.tcp[0]`, for errors that should name the key.
     pub key: String,
     pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
     /// Connections beyond this are closed as soon as they are accepted.
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     pub line: LineSettings,
+}
+
+/// A listener's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// When an HTTP write is answered 204.
@@ -120,6 +128,7 @@ pub struct HttpSettings {
     /// The config table, e.g. `input.http[0]`, for errors that should name the key.
     pub key: String,
     pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
     /// The tokens a client may present (none: no authentication, loopback only).
     pub tokens: Vec<Secret>,
     pub ack: AckMode,

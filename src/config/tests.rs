@@ -83,6 +83,14 @@ fn bad_values_name_their_key() {
             "input.http[0].tokens",
         ),
         (
+            "[[input.http]]\nlisten = \"127.0.0.1:8086\"\ntls_cert_file = \"/c.pem\"\n",
+            "input.http[0].tls_key_file",
+        ),
+        (
+            "[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\ntls_key_file = \"/k.pem\"\n",
+            "input.tcp[0].tls_cert_file",
+        ),
+        (
             "[[input.http]]\nlisten = \"127.0.0.1:8086\"\ntokens = [\"a b\"]\n",
             "input.http[0].tokens",
         ),

@@ -187,6 +187,7 @@ impl RawConfig {
             )?;
             inputs.tcp.push(TcpSettings {
                 name: format!("tcp:{listen}"),
+                tls: tls_files(&key, t.tls_cert_file.clone(), t.tls_key_file.clone())?,
                 key: key.clone(),
                 listen,
                 max_connections: t.max_connections as usize,
@@ -227,6 +228,7 @@ impl RawConfig {
             let force_bucket = h.bucket.clone();
             inputs.http.push(HttpSettings {
                 name: format!("http:{listen}"),
+                tls: tls_files(&key, h.tls_cert_file.clone(), h.tls_key_file.clone())?,
                 key: key.clone(),
                 listen,
                 tokens,
@@ -288,6 +290,26 @@ fn read_token_lines(path: &Path) -> Result<Vec<Secret>, String> {
         return Err(format!("{} holds no token", path.display()));
     }
     Ok(tokens)
+}
+
+/// `KEY.tls_cert_file` and `KEY.tls_key_file`: both or neither.
+fn tls_files(
+    key: &str,
+    cert: Option<PathBuf>,
+    private: Option<PathBuf>,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (cert, private) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (Some(_), None) => Err(key_err(
+            &format!("{key}.tls_key_file"),
+            "tls_cert_file is set: set tls_key_file to its private key too",
+        )),
+        (None, Some(_)) => Err(key_err(
+            &format!("{key}.tls_cert_file"),
+            "tls_key_file is set: set tls_cert_file to its certificate chain too",
+        )),
+    }
 }
 
 /// `KEY.listen` as a socket address.

@@ -13,6 +13,7 @@ pub mod stdin;
 pub mod tail;
 pub mod tcp;
 pub mod text;
+pub mod tls;
 pub mod udp;
 
 pub use lifecycle::{open, Links, Opened, Running, Sources};

@@ -19,7 +19,7 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Opened {
     settings: TcpSettings,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Binds the listening socket of one TCP input.
@@ -58,14 +59,19 @@ pub fn open(s: &TcpSettings) -> anyhow::Result<Opened> {
     socket2::SockRef::from(&listener)
         .set_read_timeout(Some(WAKE))
         .context("cannot set a timeout on the TCP listening socket")?;
+    let tls = match &s.tls {
+        Some(files) => Some(super::tls::server_config(&s.key, files)?),
+        None => None,
+    };
     let local = listener.local_addr().unwrap_or(s.listen);
-    tracing::info!(input = %s.name, listen = %local, max_connections = s.max_connections, "tcp input listening");
+    tracing::info!(input = %s.name, listen = %local, tls = tls.is_some(), max_connections = s.max_connections, "tcp input listening");
     if !local.ip().is_loopback() {
         tracing::warn!(input = %s.name, listen = %local, "the tcp input listens beyond this host and has no authentication: anyone who can reach the port can write; restrict it with a firewall, or listen on 127.0.0.1");
     }
     Ok(Opened {
         settings: s.clone(),
         listener,
+        tls,
     })
 }
 
@@ -85,6 +91,8 @@ impl Opened {
             stats: links.stats.register_input(self.name()),
             settings: self.settings,
             listener: self.listener,
+            tls: self.tls,
+            errors: Arc::new(Mutex::new(RateLimited::new(WARN_EVERY))),
             max_line_bytes,
             tx: links.chunks.clone(),
             cancel: links.cancel.clone(),
@@ -99,6 +107,9 @@ impl Opened {
 struct Acceptor {
     settings: TcpSettings,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connection errors (a failed TLS handshake) are logged at most every few seconds.
+    errors: Arc<Mutex<RateLimited>>,
     max_line_bytes: usize,
     tx: ChunkTx,
     cancel: CancellationToken,
@@ -155,6 +166,8 @@ impl Acceptor {
     ) -> std::io::Result<JoinHandle<()>> {
         let conn = Connection {
             stream,
+            tls: self.tls.clone(),
+            errors: self.errors.clone(),
             peer,
             intake: Intake::new(
                 &self.settings.line,
@@ -191,6 +204,8 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 struct Connection {
     stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    errors: Arc<Mutex<RateLimited>>,
     peer: SocketAddr,
     intake: Intake,
     max_line_bytes: usize,
@@ -206,6 +221,23 @@ impl Connection {
             tracing::warn!(input = %name, peer = %self.peer, error = %e, "cannot set a read timeout on a TCP connection; closing it");
             return;
         }
+        let stream = match self.stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(input = %name, peer = %self.peer, error = %e, "cannot use a TCP connection; closing it");
+                return;
+            }
+        };
+        let mut reader: Box<dyn Read> = match self.tls.clone() {
+            None => Box::new(stream),
+            Some(config) => match rustls::ServerConnection::new(config) {
+                Ok(conn) => Box::new(rustls::StreamOwned::new(conn, stream)),
+                Err(e) => {
+                    tracing::warn!(input = %name, peer = %self.peer, error = %e, "cannot start TLS on a TCP connection; closing it");
+                    return;
+                }
+            },
+        };
         let mut framer = if self.intake.is_text() {
             Framer::raw(self.max_line_bytes)
         } else {
@@ -220,7 +252,7 @@ impl Connection {
             if self.cancel.is_cancelled() {
                 break "shutdown";
             }
-            match self.stream.read(&mut buf) {
+            match reader.read(&mut buf) {
                 Ok(0) => break "closed by the peer",
                 Ok(n) => {
                     last_data = Instant::now();
@@ -238,6 +270,13 @@ impl Connection {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // rustls: not TLS, a failed handshake, a corrupt record.
+                    if let Some(suppressed) = self.errors.lock().unwrap().check(Instant::now()) {
+                        tracing::warn!(input = %name, peer = %self.peer, error = %e, suppressed, "closed a TCP connection: TLS failed; the client must speak TLS and trust this listener's certificate");
+                    }
+                    break "TLS failed";
+                }
                 Err(_) => break "reset",
             }
         };

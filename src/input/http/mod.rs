@@ -62,6 +62,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Opened {
     settings: HttpSettings,
     listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds the listening socket of one HTTP input.
@@ -79,11 +80,18 @@ pub fn open(s: &HttpSettings) -> anyhow::Result<Opened> {
         )
     })?;
     listener.set_nonblocking(true)?;
+    let tls = match &s.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(super::tls::server_config(
+            &s.key, files,
+        )?)),
+        None => None,
+    };
     let local = listener.local_addr().unwrap_or(s.listen);
-    tracing::info!(input = %s.name, listen = %local, ack = ?s.ack, tokens = s.tokens.len(), "http input listening");
+    tracing::info!(input = %s.name, listen = %local, tls = tls.is_some(), ack = ?s.ack, tokens = s.tokens.len(), "http input listening");
     Ok(Opened {
         settings: s.clone(),
         listener,
+        tls,
     })
 }
 
@@ -138,12 +146,15 @@ impl Opened {
             warn: Mutex::new(RateLimited::new(WARN_EVERY)),
         });
         let (cancel, done) = (links.cancel.clone(), links.pipeline_done.clone());
-        Ok(tokio::spawn(serve(listener, shared, cancel, done)))
+        Ok(tokio::spawn(serve(
+            listener, self.tls, shared, cancel, done,
+        )))
     }
 }
 
 async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     pipeline_done: CancellationToken,
@@ -177,25 +188,26 @@ async fn serve(
             });
             continue;
         };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         connections.spawn(async move {
             shared.stats.connections_open.fetch_add(1, Relaxed);
-            let s = shared.clone();
-            let service = service_fn(move |req| {
-                let s = s.clone();
-                async move { Ok::<_, Infallible>(s.handle(req, peer).await) }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.settings.read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                // Malformed HTTP, a header that did not arrive within read_timeout, a client
-                // that went away mid-request: the connection is closed, nothing else is hurt.
-                shared.warn_rate_limited(|suppressed| {
-                    tracing::warn!(input = %shared.settings.name, %peer, error = %e, suppressed, "closed an HTTP connection: the client sent something that is not HTTP/1.1, or too slowly");
-                });
+            match tls {
+                None => shared.serve_connection(stream, peer).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        shared.settings.read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(tls_stream)) => shared.serve_connection(tls_stream, peer).await,
+                        Ok(Err(e)) => shared.warn_rate_limited(|suppressed| {
+                            tracing::warn!(input = %shared.settings.name, %peer, error = %e, suppressed, "TLS handshake failed; the client must speak TLS (https://) and trust this listener's certificate");
+                        }),
+                        Err(_) => shared.warn_rate_limited(|suppressed| {
+                            tracing::warn!(input = %shared.settings.name, %peer, suppressed, "TLS handshake did not finish within read_timeout");
+                        }),
+                    }
+                }
             }
             shared.stats.connections_open.fetch_sub(1, Relaxed);
             drop(permit);
@@ -210,6 +222,30 @@ async fn serve(
 }
 
 impl Shared {
+    /// Serves HTTP/1.1 requests on one connection (plain or TLS) until it closes.
+    async fn serve_connection<S>(self: &Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = self.clone();
+        let service = service_fn(move |req| {
+            let s = s.clone();
+            async move { Ok::<_, Infallible>(s.handle(req, peer).await) }
+        });
+        let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.read_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(e) = served {
+            // Malformed HTTP, a header that did not arrive within read_timeout, a client that
+            // went away mid-request: the connection is closed, nothing else is hurt.
+            self.warn_rate_limited(|suppressed| {
+                tracing::warn!(input = %self.settings.name, %peer, error = %e, suppressed, "closed an HTTP connection: the client sent something that is not HTTP/1.1, or too slowly");
+            });
+        }
+    }
+
     fn warn_rate_limited(&self, log: impl FnOnce(u64)) {
         if let Some(suppressed) = self.warn.lock().unwrap().check(Instant::now()) {
             log(suppressed);
