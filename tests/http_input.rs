@@ -408,6 +408,21 @@ fn slow_clients_are_cut_off_after_read_timeout() {
         assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     }
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // A keep-alive connection left idle after its request does not hold its slot for ever.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let _ = idle.read_to_end(&mut got);
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 204"));
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "an idle keep-alive connection stayed open {:?}",
+        t.elapsed()
+    );
     assert_eq!(post(addr, "/api/v2/write?bucket=b", b"m v=1i 1\n").0, 204);
     d.terminate();
     assert_eq!(d.wait(T).code, Some(0));

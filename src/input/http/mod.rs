@@ -393,6 +393,9 @@ impl Shared {
         let deadline = ingest::deadline(started, self.settings.ack_timeout);
         let durable = self.settings.ack == AckMode::Durable;
         let (id, done) = self.waiters.register(chunks.len());
+        // However this request ends (answered, timed out, or dropped because the client went
+        // away), its entry goes.
+        let _forget = Forget(&self.waiters, id);
         if durable {
             for (k, c) in chunks.iter_mut().enumerate() {
                 c.ack = Some(Ack {
@@ -401,17 +404,11 @@ impl Shared {
                     offset: k as u64,
                 });
             }
-        } else {
-            self.waiters.forget(id);
         }
-        let give_up = |why: &str| {
-            self.waiters.forget(id);
-            unavailable(why)
-        };
         for (k, mut chunk) in chunks.into_iter().enumerate() {
             loop {
                 let Some(tx) = self.tx.get() else {
-                    return Err(give_up("lineship is shutting down"));
+                    return Err(unavailable("lineship is shutting down"));
                 };
                 let lines = chunk.lines;
                 match tx.try_send_waiting(chunk) {
@@ -420,13 +417,13 @@ impl Shared {
                         break;
                     }
                     Err(TrySendError::Disconnected(_)) => {
-                        return Err(give_up("lineship is shutting down"))
+                        return Err(unavailable("lineship is shutting down"))
                     }
                     Err(TrySendError::Full(c)) => {
                         // Nothing of the request is in yet: answer now rather than hold the
                         // connection. Once part of it is in, wait a little for the rest.
                         if k == 0 || Instant::now() >= deadline {
-                            return Err(give_up("the pipeline is full (the server is slow or down and the spool cannot take more)"));
+                            return Err(unavailable("the pipeline is full (the server is slow or down and the spool cannot take more)"));
                         }
                         chunk = c;
                         drop(tx);
@@ -444,13 +441,19 @@ impl Shared {
                 "the spool is full and dropped lines of this request (when_full = \"drop_newest\")",
             )),
             Ok(Err(_)) => Err(unavailable("lineship is shutting down")),
-            Err(_) => {
-                self.waiters.forget(id);
-                Err(unavailable(
-                    "the lines were not delivered or durably spooled within ack_timeout",
-                ))
-            }
+            Err(_) => Err(unavailable(
+                "the lines were not delivered or durably spooled within ack_timeout",
+            )),
         }
+    }
+}
+
+/// Forgets a waiting request when dropped.
+struct Forget<'a>(&'a Waiters, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 
