@@ -363,3 +363,26 @@ fn connections_closed_after_each_answer_cost_no_error_and_no_data() {
     );
     assert!(fake.connections() >= 100, "one connection per answer");
 }
+
+/// A server that answers slower than the time left before the shutdown deadline: the writes
+/// the deadline cuts short go to the spool without an ERROR about the server (it did nothing
+/// wrong; a loaded machine answers late too).
+#[test]
+fn writes_cut_short_by_the_shutdown_deadline_are_spooled_without_blaming_the_server() {
+    let fake = FakeInflux::start();
+    fake.set_response_delay(Duration::from_secs(6));
+    let dir = tempfile::tempdir().unwrap();
+    // shutdown_timeout is 3 s, the output timeout 10 s: every write at the drain is cut short.
+    let cfg = config(dir.path(), &fake.url(), "10s");
+    let mut d = start(&cfg);
+    d.write_stdin(&join(&lines(3000)));
+    d.close_stdin();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(75), "kept in the spool\n{}", out.stderr);
+    assert!(
+        !out.stderr.contains("writes are failing"),
+        "the deadline is not the server's failure:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("kept in the spool"), "{}", out.stderr);
+}

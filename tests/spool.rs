@@ -216,9 +216,14 @@ fn a_zeroed_middle_segment_is_counted_exactly_and_fails_verify() {
 
 /// Replay progress is kept as records are delivered: each `kill -9` during the replay of a
 /// spool re-sends about one `max_in_flight` window, not everything since the last sync.
+/// `LINESHIP_REPLAY_LINES` sizes the spool (200,000 lines by default; the README's figure for
+/// 1,000,000 comes from `LINESHIP_REPLAY_LINES=1000000`).
 #[test]
 fn kill_9_during_replay_resends_about_one_window() {
-    const N: usize = 200_000;
+    let n: usize = std::env::var("LINESHIP_REPLAY_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     const BATCH: usize = 500;
     const IN_FLIGHT: usize = 4;
     const KILLS: usize = 5;
@@ -230,7 +235,7 @@ fn kill_9_during_replay_resends_about_one_window() {
         &format!("batch_max_lines = {BATCH}\n[output]\nmax_in_flight = {IN_FLIGHT}\n"),
     );
     std::fs::write(&cfg, text).unwrap();
-    let out = run_stdin(&cfg, &lines(0, N), T);
+    let out = run_stdin(&cfg, &lines(0, n), T);
     assert_eq!(out.code, Some(75), "{}", out.stderr);
 
     // Replay at a pace a kill can land in the middle of: 4 writes per 10 ms.
@@ -240,7 +245,7 @@ fn kill_9_during_replay_resends_about_one_window() {
         let mut c = common::lineship_command();
         c.arg("--config").arg(&cfg).arg("--stdin");
         let d = common::Daemon::spawn_with_open_stdin(c);
-        let target = (kill + 1) * N / (KILLS + 2);
+        let target = (kill + 1) * n / (KILLS + 2);
         assert!(
             fake.wait_for_lines(target, T),
             "replay reached {target}: {}",
@@ -255,7 +260,7 @@ fn kill_9_during_replay_resends_about_one_window() {
 
     let accepted = fake.accepted_lines().len();
     let unique = seqs(&fake);
-    let missing: Vec<usize> = (0..N).filter(|i| !unique.contains(i)).take(10).collect();
+    let missing: Vec<usize> = (0..n).filter(|i| !unique.contains(i)).take(10).collect();
     assert!(missing.is_empty(), "lost lines, first {missing:?}");
     let duplicates = accepted - unique.len();
     // In flight at the kill, plus what was acknowledged in the last 2 ms before it.

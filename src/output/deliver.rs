@@ -62,9 +62,12 @@ impl Sender {
                     Go::GiveUp => return Err(vec![batch]),
                 };
                 let epoch = self.gate.lock().unwrap().epoch();
+                let timeout = self.request_timeout();
+                // The shutdown deadline shortened this request's timeout.
+                let cut_short = timeout < self.settings.timeout;
                 let sent = {
                     let _w = InFlight::enter(&self.writes_in_flight);
-                    self.client.send(&batch, self.request_timeout()).await
+                    self.client.send(&batch, timeout).await
                 };
                 *self.last_write.lock().unwrap() = Some(Instant::now());
                 let wait = match sent {
@@ -156,6 +159,17 @@ impl Sender {
                         self.links.stats.retries.fetch_add(1, Relaxed);
                         tracing::debug!(error = %e, "the server closed the connection under the request; resending it on a new one");
                         continue;
+                    }
+                    Err(e) if cut_short && e.class() == "timeout" => {
+                        // Cut off by the shutdown deadline, not news about the server (a busy
+                        // machine can take that long to answer): no log line or health change.
+                        self.links.stats.count_request(e.class());
+                        tracing::debug!(
+                            lines = batch.lines,
+                            "the shutdown deadline cut a write short; its batch goes to the spool"
+                        );
+                        self.last_try_failed.store(true, Relaxed);
+                        return Err(vec![batch]);
                     }
                     Err(e) => {
                         consecutive_500 = 0;
