@@ -89,14 +89,16 @@ impl Opened {
     pub fn start(self, max_line_bytes: usize, links: &Links) -> std::io::Result<JoinHandle<()>> {
         let acceptor = Acceptor {
             stats: links.stats.register_input(self.name()),
-            settings: self.settings,
             listener: self.listener,
-            tls: self.tls,
-            errors: Arc::new(Mutex::new(RateLimited::new(WARN_EVERY))),
-            max_line_bytes,
-            tx: links.chunks.clone(),
-            cancel: links.cancel.clone(),
             dead_letter: links.dead_letter.clone(),
+            shared: Arc::new(Shared {
+                settings: self.settings,
+                tls: self.tls,
+                errors: Mutex::new(RateLimited::new(WARN_EVERY)),
+                max_line_bytes,
+                tx: links.chunks.clone(),
+                cancel: links.cancel.clone(),
+            }),
         };
         std::thread::Builder::new()
             .name("lineship-tcp".into())
@@ -104,15 +106,20 @@ impl Opened {
     }
 }
 
-struct Acceptor {
+/// What the accept thread and every connection of one input share.
+struct Shared {
     settings: TcpSettings,
-    listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Connection errors (a failed TLS handshake) are logged at most every few seconds.
-    errors: Arc<Mutex<RateLimited>>,
+    errors: Mutex<RateLimited>,
     max_line_bytes: usize,
     tx: ChunkTx,
     cancel: CancellationToken,
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    shared: Arc<Shared>,
     dead_letter: Arc<DeadLetter>,
     stats: Arc<InputStats>,
 }
@@ -122,14 +129,14 @@ impl Acceptor {
         let mut conns: Vec<JoinHandle<()>> = Vec::new();
         let mut refused_warn = RateLimited::new(WARN_EVERY);
         let mut error_warn = RateLimited::new(WARN_EVERY);
-        while !self.cancel.is_cancelled() {
+        while !self.shared.cancel.is_cancelled() {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and the like: the pending connection stays queued; try again soon.
                     if let Some(suppressed) = error_warn.check(Instant::now()) {
-                        tracing::warn!(input = %self.settings.name, error = %e, suppressed, "cannot accept a TCP connection; if the error is \"Too many open files\", raise LimitNOFILE= or lower max_connections");
+                        tracing::warn!(input = %self.shared.settings.name, error = %e, suppressed, "cannot accept a TCP connection; if the error is \"Too many open files\", raise LimitNOFILE= or lower max_connections");
                     }
                     std::thread::sleep(WAKE);
                     continue;
@@ -137,24 +144,26 @@ impl Acceptor {
             };
             conns.retain(|c| !c.is_finished());
             self.stats.connections.fetch_add(1, Relaxed);
-            if self.stats.connections_open.load(Relaxed) >= self.settings.max_connections as u64 {
+            if self.stats.connections_open.load(Relaxed)
+                >= self.shared.settings.max_connections as u64
+            {
                 self.stats.connections_refused.fetch_add(1, Relaxed);
                 if let Some(suppressed) = refused_warn.check(Instant::now()) {
-                    tracing::warn!(input = %self.settings.name, %peer, max_connections = self.settings.max_connections, suppressed, "closed a TCP connection at once: max_connections are open; raise input.tcp max_connections if these clients are expected");
+                    tracing::warn!(input = %self.shared.settings.name, %peer, max_connections = self.shared.settings.max_connections, suppressed, "closed a TCP connection at once: max_connections are open; raise input.tcp max_connections if these clients are expected");
                 }
                 continue;
             }
             match self.spawn_connection(stream, peer) {
                 Ok(handle) => conns.push(handle),
                 Err(e) => {
-                    tracing::error!(input = %self.settings.name, %peer, error = %e, "cannot start a thread for a TCP connection; it was closed");
+                    tracing::error!(input = %self.shared.settings.name, %peer, error = %e, "cannot start a thread for a TCP connection; it was closed");
                 }
             }
         }
         drop(self.listener);
         for c in conns {
             if c.join().is_err() {
-                tracing::error!(input = %self.settings.name, "a TCP connection thread panicked");
+                tracing::error!(input = %self.shared.settings.name, "a TCP connection thread panicked");
             }
         }
     }
@@ -166,19 +175,14 @@ impl Acceptor {
     ) -> std::io::Result<JoinHandle<()>> {
         let conn = Connection {
             stream,
-            tls: self.tls.clone(),
-            errors: self.errors.clone(),
             peer,
             intake: Intake::new(
-                &self.settings.line,
-                self.max_line_bytes,
+                &self.shared.settings.line,
+                self.shared.max_line_bytes,
                 self.stats.clone(),
                 self.dead_letter.clone(),
             ),
-            max_line_bytes: self.max_line_bytes,
-            idle_timeout: self.settings.idle_timeout,
-            tx: self.tx.clone(),
-            cancel: self.cancel.clone(),
+            shared: self.shared.clone(),
         };
         self.stats.connections_open.fetch_add(1, Relaxed);
         let stats = self.stats.clone();
@@ -204,14 +208,9 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 struct Connection {
     stream: TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    errors: Arc<Mutex<RateLimited>>,
     peer: SocketAddr,
     intake: Intake,
-    max_line_bytes: usize,
-    idle_timeout: Duration,
-    tx: ChunkTx,
-    cancel: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl Connection {
@@ -228,7 +227,7 @@ impl Connection {
                 return;
             }
         };
-        let mut reader: Box<dyn Read> = match self.tls.clone() {
+        let mut reader: Box<dyn Read> = match self.shared.tls.clone() {
             None => Box::new(stream),
             Some(config) => match rustls::ServerConnection::new(config) {
                 Ok(conn) => Box::new(rustls::StreamOwned::new(conn, stream)),
@@ -239,17 +238,19 @@ impl Connection {
             },
         };
         let mut framer = if self.intake.is_text() {
-            Framer::raw(self.max_line_bytes)
+            Framer::raw(self.shared.max_line_bytes)
         } else {
-            Framer::new(self.max_line_bytes)
+            Framer::new(self.shared.max_line_bytes)
         };
         let mut buf = vec![0u8; READ_BUF];
         let mut out = Vec::with_capacity(READ_BUF + READ_BUF / 4);
         let mut last_data = Instant::now();
         let why = loop {
             // While nothing read now could be delivered or spooled, leave it in the socket.
-            self.tx.wait_while_held(|| self.cancel.is_cancelled());
-            if self.cancel.is_cancelled() {
+            self.shared
+                .tx
+                .wait_while_held(|| self.shared.cancel.is_cancelled());
+            if self.shared.cancel.is_cancelled() {
                 break "shutdown";
             }
             match reader.read(&mut buf) {
@@ -265,14 +266,16 @@ impl Connection {
                     }
                 }
                 Err(e) if is_timeout(&e) => {
-                    if last_data.elapsed() >= self.idle_timeout {
+                    if last_data.elapsed() >= self.shared.settings.idle_timeout {
                         break "idle for idle_timeout";
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     // rustls: not TLS, a failed handshake, a corrupt record.
-                    if let Some(suppressed) = self.errors.lock().unwrap().check(Instant::now()) {
+                    if let Some(suppressed) =
+                        self.shared.errors.lock().unwrap().check(Instant::now())
+                    {
                         tracing::warn!(input = %name, peer = %self.peer, error = %e, suppressed, "closed a TCP connection: TLS failed; the client must speak TLS and trust this listener's certificate");
                     }
                     break "TLS failed";
@@ -291,7 +294,7 @@ impl Connection {
     fn send(&mut self, out: &mut Vec<u8>) -> bool {
         match self
             .intake
-            .send_blocking(out, READ_BUF + READ_BUF / 4, &self.tx)
+            .send_blocking(out, READ_BUF + READ_BUF / 4, &self.shared.tx)
         {
             Ok(()) => true,
             Err(lines) => {
