@@ -77,6 +77,27 @@ pub fn log_fields(line: &str, message: &str) -> Option<Vec<(String, String)>> {
     Some(fields)
 }
 
+/// The start messages of the listening inputs, whose `listen=` field [`DaemonLog::listen_addr`]
+/// reads.
+pub const LISTENING_MESSAGES: [&str; 3] = [
+    "udp input listening",
+    "http input listening",
+    "tcp input listening",
+];
+
+impl DaemonLog {
+    /// The address the (last logged) listening input bound, from its `listen=` field.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listening
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k == "listen")?
+            .1
+            .parse()
+            .ok()
+    }
+}
+
 /// What the daemon's log said, collected from its stderr.
 #[derive(Default)]
 pub struct DaemonLog {
@@ -87,7 +108,7 @@ pub struct DaemonLog {
     pub errors: u64,
 }
 
-/// Copies the daemon's output to our stderr, noting the lines `udp` needs.
+/// Copies the daemon's output to our stderr, noting the lines the modes need (started, listening, summary).
 pub fn spawn_log_reader(
     out: std::process::ChildStderr,
     log: Arc<Mutex<DaemonLog>>,
@@ -100,7 +121,7 @@ pub fn spawn_log_reader(
             let mut l = log.lock().unwrap();
             if line.contains(" lineship started") {
                 l.started = true;
-            } else if let Some(f) = log_fields(&line, "udp input listening") {
+            } else if let Some(f) = LISTENING_MESSAGES.iter().find_map(|m| log_fields(&line, m)) {
                 l.listening = Some(f);
             } else if let Some(f) = log_fields(&line, "summary") {
                 l.summary = Some(f);
@@ -176,9 +197,19 @@ mod tests {
         assert_eq!(c.udp_truncated, Some(0));
         assert_eq!(c.receive_buffer_applied, Some(134217728));
         assert_eq!(c.error_lines, 2);
+        assert_eq!(log.listen_addr(), Some("127.0.0.1:34673".parse().unwrap()));
         let f = log.summary.unwrap();
         let status = f.iter().find(|(k, _)| k == "last_status").unwrap();
         assert_eq!(status.1, "connection error: refused");
         assert!(log_fields("INFO something else x=1", "summary").is_none());
+        let http = DaemonLog {
+            listening: log_fields(
+                "2026-12-03T17:20:00.000000Z  INFO http input listening input=http:127.0.0.1:0 listen=127.0.0.1:40123 tls=false ack=Durable tokens=0",
+                "http input listening",
+            ),
+            ..DaemonLog::default()
+        };
+        assert_eq!(http.listen_addr(), Some("127.0.0.1:40123".parse().unwrap()));
+        assert_eq!(DaemonLog::default().listen_addr(), None);
     }
 }

@@ -13,7 +13,10 @@
 //!   through a small helper process (`exec-measured`, hidden), because a child's `ru_maxrss`
 //!   starts at the peak RSS of the process that spawned it, and this one holds all the
 //!   generated input. `daemon_log` reads the daemon's log for its start and final counters.
-//! - `stdin`, `tail`, `udp` (with `udp::send`, the paced `sendmmsg` senders, and `udp::proc`,
+//! - `listen`: what the modes driving a listening input share (an input on 127.0.0.1:0, the
+//!   bound address read from the daemon's `... input listening listen=ADDR` log line).
+//! - `stdin`, `tail`, `http` (with `http::post`, the keep-alive clients, and `http::vmagent`,
+//!   the vmagent comparison), `tcp`, `udp` (with `udp::send`, the paced `sendmmsg` senders, and `udp::proc`,
 //!   the kernel's loss counters): the modes. `selftest` checks generator and sink against each
 //!   other. `run` is the scaffolding every mode's run shares (run dir, config, sink, harness CPU,
 //!   waiting for the sink); `report` holds what all of them print alike.
@@ -33,6 +36,15 @@
 //! target/release/lineship-load udp --rate 1500000 --workers 2 --senders 4 --receive-buffer 16MiB
 //! # step 500k, 750k, 1M, 1.25M, 1.5M lines/s (5M lines each) and report the highest loss-free
 //! target/release/lineship-load udp --find-max
+//!
+//! # HTTP: 4 keep-alive clients POST gzip bodies of 5,000 lines -> [[input.http]] -> sink;
+//! # --vmagent also runs the bodies into /usr/bin/vmagent (-> a local VictoriaMetrics) and
+//! # prints a comparison table
+//! target/release/lineship-load http --lines 5000000 --repeat 3
+//! target/release/lineship-load http --lines 5000000 --repeat 3 --vmagent
+//!
+//! # TCP: 4 connections write their share -> [[input.tcp]] -> sink
+//! target/release/lineship-load tcp --lines 5000000 --repeat 3
 //!
 //! # generator alone, to stdout
 //! target/release/lineship-load gen --lines 1000000 --start 0 --tag-cardinality 1000 > data.lp
@@ -69,6 +81,8 @@
 
 mod daemon;
 mod daemon_log;
+mod http;
+mod listen;
 mod measure;
 mod report;
 mod run;
@@ -76,6 +90,7 @@ mod selftest;
 mod sink;
 mod stdin;
 mod tail;
+mod tcp;
 mod udp;
 
 use std::ffi::OsString;
@@ -86,11 +101,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lineship_load::gen::{GenOpts, LineGen};
 
+use http::HttpArgs;
 use measure::HELPER_SUBCOMMAND;
 use selftest::SelftestArgs;
 use sink::SinkArgs;
 use stdin::StdinArgs;
 use tail::TailArgs;
+use tcp::TcpArgs;
 use udp::UdpArgs;
 
 #[derive(Parser)]
@@ -116,6 +133,11 @@ enum Cmd {
     Udp(UdpArgs),
     /// Benchmark a tailed file -> lineship's tail input -> in-process sink, end to end.
     Tail(TailArgs),
+    /// Benchmark concurrent HTTP clients (gzip bodies) -> lineship's HTTP input -> sink;
+    /// `--vmagent` compares vmagent on the same bodies.
+    Http(HttpArgs),
+    /// Benchmark TCP connections -> lineship's TCP input -> in-process sink, end to end.
+    Tcp(TcpArgs),
     /// Check the generator and the sink against each other; measure the sink's throughput.
     Selftest(SelftestArgs),
     /// Internal: run a command and report its rusage (used by `stdin` and `udp`).
@@ -143,6 +165,8 @@ fn main() -> ExitCode {
         Cmd::Stdin(a) => stdin::cmd_stdin(&a),
         Cmd::Udp(a) => udp::cmd_udp(&a),
         Cmd::Tail(a) => tail::cmd_tail(&a),
+        Cmd::Http(a) => http::cmd_http(&a),
+        Cmd::Tcp(a) => tcp::cmd_tcp(&a),
         Cmd::Selftest(a) => selftest::cmd_selftest(&a),
         Cmd::ExecMeasured { command } => measure::cmd_exec_measured(&command),
     };

@@ -163,14 +163,25 @@ pub fn spawn_measured(
     stdin: Stdio,
     stderr: Stdio,
 ) -> Result<Measured> {
+    let mut args: Vec<OsString> = vec!["--config".into(), config.into()];
+    args.extend(extra.iter().map(OsString::from));
+    spawn_measured_command(lineship, &args, stdin, stderr)
+}
+
+/// Starts `program args...` through the `exec-measured` helper (any program, e.g. vmagent for
+/// `http --vmagent`) and waits for it to say the program was spawned.
+pub fn spawn_measured_command(
+    program: &Path,
+    args: &[OsString],
+    stdin: Stdio,
+    stderr: Stdio,
+) -> Result<Measured> {
     let this = std::env::current_exe().context("locating this executable")?;
     let mut helper = Command::new(this)
         .arg(HELPER_SUBCOMMAND)
         .arg("--")
-        .arg(lineship)
-        .arg("--config")
-        .arg(config)
-        .args(extra)
+        .arg(program)
+        .args(args)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -186,7 +197,7 @@ pub fn spawn_measured(
     else {
         // Closes the helper's stdin before waiting.
         let _ = helper.wait();
-        bail!("could not start {}", lineship.display());
+        bail!("could not start {}", program.display());
     };
     Ok(Measured {
         helper,
