@@ -326,6 +326,22 @@ pub fn threads_cpu_s(pid: libc::pid_t) -> Vec<(String, f64)> {
     by_name
 }
 
+/// CPU seconds (user + sys) so far of process `pid` (all its threads, live or exited), from
+/// /proc/PID/stat; 0 where that is unavailable.
+pub fn pid_cpu_s(pid: libc::pid_t) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / ticks
+}
+
 pub fn thread_cpu_s() -> f64 {
     // SAFETY: zeroed timespec is a valid out-parameter.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };

@@ -71,6 +71,39 @@ impl HarnessCpu {
     }
 }
 
+/// How contended the machine was during a run: the share of wall time during which some task
+/// waited for a CPU (`/proc/pressure/cpu`), from [`CpuPressure::start`] to [`CpuPressure::pct`].
+pub struct CpuPressure {
+    at: Instant,
+    us: Option<u64>,
+}
+
+impl CpuPressure {
+    pub fn start() -> Self {
+        CpuPressure {
+            at: Instant::now(),
+            us: crate::udp::proc::cpu_pressure_us(),
+        }
+    }
+
+    /// Percent of the time since `start` (None where /proc/pressure is unavailable).
+    pub fn pct(&self) -> Option<f64> {
+        let (before, now) = (self.us?, crate::udp::proc::cpu_pressure_us()?);
+        Some(crate::report::rate(
+            now.saturating_sub(before) as f64 / 1e4,
+            self.at.elapsed().as_secs_f64(),
+        ))
+    }
+}
+
+/// The first three fields of /proc/loadavg ("1 5 15 minute load averages"), or "?".
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Waits until the sink has `want` lines, `deadline` passes, the daemon exits, or no new line
 /// arrived for `idle`, polling every `poll` (and calling `on_poll` each time).
 pub fn wait_for_sink(

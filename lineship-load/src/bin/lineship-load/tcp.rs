@@ -20,7 +20,7 @@ use crate::daemon_log::{DaemonCounters, Logged};
 use crate::listen::{input_section, shares, wait_listening};
 use crate::measure::threads_cpu_s;
 use crate::report::{rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary};
-use crate::run::{pregenerate, wait_for_sink, HarnessCpu, RunSetup};
+use crate::run::{load_average, pregenerate, wait_for_sink, CpuPressure, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
 use crate::tail::line_blocks;
 
@@ -68,6 +68,10 @@ pub struct TcpRunReport {
     pub daemon: DaemonCounters,
     pub harness_cpu_s: f64,
     pub sink_cpu_s: f64,
+    /// Share of the run during which some task on the machine waited for a CPU.
+    pub cpu_pressure_pct: Option<f64>,
+    /// /proc/loadavg (1, 5, 15 min) when the run started.
+    pub load_average: String,
     pub sink: Counts,
     pub ok: bool,
 }
@@ -94,7 +98,9 @@ pub fn run_tcp(a: &TcpArgs, lineship: &Path, data: &[u8], run: u32) -> Result<Tc
     let setup = RunSetup::new(&a.d, run, log_level, |_| Ok(input_section("tcp", &[])))?;
     let sink = &setup.sink;
     let parts = shares(data, a.lines, a.connections);
+    let load_average = load_average();
     let cpu = HarnessCpu::start();
+    let pressure = CpuPressure::start();
     let mut logged = Logged::spawn(lineship, &setup.config)?;
     type Phase = (Instant, f64, Vec<String>, Vec<(String, f64)>);
     let phase = (|| -> Result<Phase> {
@@ -127,6 +133,7 @@ pub fn run_tcp(a: &TcpArgs, lineship: &Path, data: &[u8], run: u32) -> Result<Tc
     })();
     let (exit, daemon_counters) = logged.stop(Duration::from_secs(a.d.timeout_secs));
     let (harness_cpu_s, sink_cpu_s) = cpu.since();
+    let cpu_pressure_pct = pressure.pct();
     let snap = sink.fake.counts(Some((a.gen.start, a.lines)));
     setup.finish(&a.d);
     let exit = exit?;
@@ -158,6 +165,8 @@ pub fn run_tcp(a: &TcpArgs, lineship: &Path, data: &[u8], run: u32) -> Result<Tc
         daemon: daemon_counters,
         harness_cpu_s,
         sink_cpu_s,
+        cpu_pressure_pct,
+        load_average,
         sink: snap,
     })
 }
@@ -177,7 +186,7 @@ pub fn cmd_tcp(a: &TcpArgs) -> Result<ExitCode> {
     for run in 1..=a.d.repeat {
         let r = run_tcp(a, &lineship, &data, run)?;
         println!(
-            "run {run}/{}: tcp connections={} {} wall={:.3}s rate={:.0} lines/s (writes done after {:.3}s) {} harness_cpu={:.2}s (sink {:.2}s){}",
+            "run {run}/{}: tcp connections={} {} wall={:.3}s rate={:.0} lines/s (writes done after {:.3}s) {} harness_cpu={:.2}s (sink {:.2}s) cpu_pressure={} load={}{}",
             a.d.repeat,
             r.connections,
             r.delivery,
@@ -187,6 +196,9 @@ pub fn cmd_tcp(a: &TcpArgs) -> Result<ExitCode> {
             r.usage,
             r.harness_cpu_s,
             r.sink_cpu_s,
+            r.cpu_pressure_pct
+                .map_or_else(|| "?".to_string(), |p| format!("{p:.0}%")),
+            r.load_average,
             if r.ok { "" } else { "  << FAILED" },
         );
         for e in &r.write_errors {

@@ -24,7 +24,7 @@ use crate::daemon_log::{DaemonCounters, Logged};
 use crate::listen::{chunks_of_lines, input_section, wait_listening};
 use crate::measure::threads_cpu_s;
 use crate::report::{median, rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary};
-use crate::run::{pregenerate, wait_for_sink, HarnessCpu, RunSetup};
+use crate::run::{load_average, pregenerate, wait_for_sink, CpuPressure, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
 use post::{post_all, Body, PostStats};
 use vmagent::{expected_rows, run_vmagent, VmagentRunReport};
@@ -94,6 +94,10 @@ pub struct HttpRunReport {
     /// CPU of this tool (clients + sink) during the run, and of the sink's threads.
     pub harness_cpu_s: f64,
     pub sink_cpu_s: f64,
+    /// Share of the run during which some task on the machine waited for a CPU.
+    pub cpu_pressure_pct: Option<f64>,
+    /// /proc/loadavg (1, 5, 15 min) when the run started.
+    pub load_average: String,
     pub sink: Counts,
     pub ok: bool,
 }
@@ -109,7 +113,9 @@ pub fn run_http(a: &HttpArgs, lineship: &Path, bodies: &[Body], run: u32) -> Res
     let log_level = a.d.log_level.as_deref().unwrap_or("info");
     let setup = RunSetup::new(&a.d, run, log_level, |_| Ok(http_input_section(&a.ack)))?;
     let sink = &setup.sink;
+    let load_average = load_average();
     let cpu = HarnessCpu::start();
+    let pressure = CpuPressure::start();
     let mut logged = Logged::spawn(lineship, &setup.config)?;
     type Phase = (Instant, PostStats, Vec<(String, f64)>);
     let phase = (|| -> Result<Phase> {
@@ -135,6 +141,7 @@ pub fn run_http(a: &HttpArgs, lineship: &Path, bodies: &[Body], run: u32) -> Res
     })();
     let (exit, daemon_counters) = logged.stop(Duration::from_secs(a.d.timeout_secs));
     let (harness_cpu_s, sink_cpu_s) = cpu.since();
+    let cpu_pressure_pct = pressure.pct();
     let snap = sink.fake.counts(Some((a.gen.start, a.lines)));
     setup.finish(&a.d);
     let exit = exit?;
@@ -168,6 +175,8 @@ pub fn run_http(a: &HttpArgs, lineship: &Path, bodies: &[Body], run: u32) -> Res
         daemon: daemon_counters,
         harness_cpu_s,
         sink_cpu_s,
+        cpu_pressure_pct,
+        load_average,
         sink: snap,
     })
 }
@@ -315,7 +324,7 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
     for run in 1..=a.d.repeat {
         let r = run_http(a, &lineship, &bodies, run)?;
         println!(
-            "run {run}/{}: http clients={} requests={} (503s {}, reconnects {}, given up {}) {} wall={:.3}s rate={:.0} lines/s (all acked after {:.3}s) {} harness_cpu={:.2}s (sink {:.2}s){}",
+            "run {run}/{}: http clients={} requests={} (503s {}, reconnects {}, given up {}) {} wall={:.3}s rate={:.0} lines/s (all acked after {:.3}s) {} harness_cpu={:.2}s (sink {:.2}s) cpu_pressure={} load={}{}",
             a.d.repeat,
             a.clients,
             r.post.requests,
@@ -329,6 +338,9 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
             r.usage,
             r.harness_cpu_s,
             r.sink_cpu_s,
+            r.cpu_pressure_pct
+                .map_or_else(|| "?".to_string(), |p| format!("{p:.0}%")),
+            r.load_average,
             if r.ok { "" } else { "  << FAILED" },
         );
         if !r.post.other_statuses.is_empty() {
@@ -341,7 +353,7 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
         if a.vmagent {
             let v = run_vmagent(a, &bodies, rows_expected, run)?;
             println!(
-                "run {run}/{}: vmagent requests={} (503s {}, reconnects {}, given up {}) accepted={} in {:.3}s rate={:.0} lines/s accepted; VictoriaMetrics rows {}/{}{} seq lost={} dup={} {}{}",
+                "run {run}/{}: vmagent requests={} (503s {}, reconnects {}, given up {}) accepted={} in {:.3}s rate={:.0} lines/s accepted; VictoriaMetrics rows {}/{}{} seq lost={} dup={} {} victoria_metrics_cpu={:.2}s ({:.2}s while timed) cpu_pressure={} load={}{}",
                 a.d.repeat,
                 v.post.requests,
                 v.post.status_503,
@@ -357,6 +369,11 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
                 crate::report::opt_u64(v.lost),
                 crate::report::opt_u64(v.dup),
                 v.usage,
+                v.victoria_metrics_cpu_s,
+                v.victoria_metrics_cpu_accept_s,
+                v.cpu_pressure_pct
+                    .map_or_else(|| "?".to_string(), |p| format!("{p:.0}%")),
+                v.load_average,
                 if v.ok { "" } else { "  << FAILED" },
             );
             if let Some(e) = &v.delivery_error {
@@ -409,6 +426,12 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
         );
         print!("{}", comparison_table(&rows));
         println!("CPU-s/M and peak RSS: the agent process from start to exit (wait4). vmagent's CPU includes forwarding to VictoriaMetrics (remote write); VictoriaMetrics' own CPU is not counted.");
+        println!(
+            "VictoriaMetrics (vmagent's remote-write target, on the same cores) used {} CPU-s per run, {} of it while vmagent was timed; lineship's counting sink used {} CPU-s (in this process).",
+            med_range(&vm_runs.iter().map(|v| v.victoria_metrics_cpu_s).collect::<Vec<_>>(), 2),
+            med_range(&vm_runs.iter().map(|v| v.victoria_metrics_cpu_accept_s).collect::<Vec<_>>(), 2),
+            med_range(&runs.iter().map(|r| r.sink_cpu_s).collect::<Vec<_>>(), 2),
+        );
         if !vm_runs.iter().all(|v| v.ok) {
             println!("FAILED: some vmagent run did not accept, or did not deliver, every line exactly once");
             ok = false;

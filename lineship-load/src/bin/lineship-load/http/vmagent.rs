@@ -24,8 +24,9 @@ use serde::Serialize;
 use super::post::{post_all, Body, PostStats};
 use super::HttpArgs;
 use crate::daemon::make_run_dir;
-use crate::measure::spawn_measured_command;
+use crate::measure::{pid_cpu_s, spawn_measured_command};
 use crate::report::{rate, DaemonUsage, RunOutcome};
+use crate::run::{load_average, CpuPressure};
 
 /// How long to wait for vmagent and VictoriaMetrics to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -185,6 +186,15 @@ pub struct VmagentRunReport {
     pub lost: Option<u64>,
     pub dup: Option<u64>,
     pub delivery_error: Option<String>,
+    /// CPU seconds VictoriaMetrics used (receiving vmagent's remote write, the export), which
+    /// ran on the same cores while vmagent was timed.
+    pub victoria_metrics_cpu_s: f64,
+    /// The part of it used while vmagent was being timed (first request to last 204).
+    pub victoria_metrics_cpu_accept_s: f64,
+    /// Share of the run during which some task on the machine waited for a CPU.
+    pub cpu_pressure_pct: Option<f64>,
+    /// /proc/loadavg (1, 5, 15 min) when the run started.
+    pub load_average: String,
     pub ok: bool,
 }
 
@@ -242,6 +252,8 @@ fn run_in(
     dir: &Path,
 ) -> Result<VmagentRunReport> {
     let lines: u64 = bodies.iter().map(|b| b.lines).sum();
+    let load_average = load_average();
+    let pressure = CpuPressure::start();
     let vm_addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
     let mut vm = KillOnDrop(spawn_logged(
         &a.victoria_metrics_bin,
@@ -274,9 +286,11 @@ fn run_in(
     )?;
 
     // The timed part and the delivery wait; vmagent is stopped and reaped whatever happens.
-    let phase = (|| -> Result<(PostStats, u64, Option<f64>)> {
+    let vm_pid = vm.0.id() as libc::pid_t;
+    let phase = (|| -> Result<(PostStats, u64, Option<f64>, f64)> {
         wait_healthy(agent_addr, "vmagent", || agent.has_exited())?;
         let deadline = Instant::now() + Duration::from_secs(a.d.timeout_secs);
+        let vm_cpu_before = pid_cpu_s(vm_pid);
         let (t0, post) = post_all(
             agent_addr,
             bodies,
@@ -284,6 +298,7 @@ fn run_in(
             Duration::from_millis(a.retry_ms),
             deadline,
         )?;
+        let vm_cpu_accept = pid_cpu_s(vm_pid) - vm_cpu_before;
         let idle = Duration::from_secs_f64(a.idle_secs.max(0.1));
         let (mut rows, mut last_change, mut delivered_s) = (0u64, Instant::now(), None);
         loop {
@@ -302,11 +317,11 @@ fn run_in(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok((post, rows, delivered_s))
+        Ok((post, rows, delivered_s, vm_cpu_accept))
     })();
     agent.signal(libc::SIGTERM);
     let exit = agent.wait(Duration::from_secs(60))?;
-    let (post, rows_inserted, delivered_s) = phase?;
+    let (post, rows_inserted, delivered_s, victoria_metrics_cpu_accept_s) = phase?;
 
     // Make what arrived searchable, then read back every seq.
     let seq = (|| -> Result<SeqSummary> {
@@ -318,6 +333,8 @@ fn run_in(
         scan_export(&body, &mut seqs)?;
         Ok(seqs.summary(Some((a.gen.start, lines))))
     })();
+    let victoria_metrics_cpu_s = pid_cpu_s(vm_pid);
+    let cpu_pressure_pct = pressure.pct();
     vm.0.kill().ok();
     let (seq, delivery_error) = match seq {
         Ok(s) => (Some(s), None),
@@ -345,6 +362,10 @@ fn run_in(
         lost,
         dup,
         delivery_error,
+        victoria_metrics_cpu_s,
+        victoria_metrics_cpu_accept_s,
+        cpu_pressure_pct,
+        load_average,
     })
 }
 

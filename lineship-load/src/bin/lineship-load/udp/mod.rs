@@ -2,7 +2,7 @@
 //! mode, with loss counts; `--find-max` steps the offered rate up and reports the highest
 //! loss-free one.
 
-mod proc;
+pub mod proc;
 mod report;
 mod run;
 mod send;
