@@ -69,6 +69,35 @@ impl fmt::Display for DaemonUsage {
     }
 }
 
+/// A run timed from `t0` to the sink's last write: its wall time, what arrived, and the end to
+/// end rate (0 unless every line arrived).
+pub struct EndToEnd {
+    pub wall_s: f64,
+    pub lines_per_sec: f64,
+    pub delivery: Delivery,
+}
+
+impl EndToEnd {
+    pub fn of(
+        last_write: Option<std::time::Instant>,
+        t0: std::time::Instant,
+        counts: &Counts,
+        lines: u64,
+    ) -> Self {
+        let wall_s = last_write.map_or(0.0, |t| t.saturating_duration_since(t0).as_secs_f64());
+        let delivery = Delivery::of(counts, lines);
+        EndToEnd {
+            wall_s,
+            lines_per_sec: if delivery.complete {
+                rate(lines as f64, wall_s)
+            } else {
+                0.0
+            },
+            delivery,
+        }
+    }
+}
+
 /// What the sink saw of the `expected` lines.
 #[derive(Serialize, Clone, Copy, Debug)]
 pub struct Delivery {

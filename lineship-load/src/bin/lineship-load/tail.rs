@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::daemon::{toml_str, DaemonOpts};
 use crate::daemon_log::{DaemonCounters, Logged};
 use crate::measure::threads_cpu_s;
-use crate::report::{rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary};
+use crate::report::{rate, DaemonUsage, Delivery, EndToEnd, Medians, RunOutcome, Summary};
 use crate::run::{pregenerate, wait_for_sink, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
 
@@ -182,22 +182,18 @@ pub fn run_tail(a: &TailArgs, lineship: &Path, data: &[u8], run: u32) -> Result<
     let exit = exit?;
     let (t0, append_s, startup_s, daemon_threads) = phase?;
 
-    let wall_s = sink
-        .fake
-        .last_write_at()
-        .map_or(0.0, |t| t.saturating_duration_since(t0).as_secs_f64());
-    let delivery = Delivery::of(&snap, a.lines);
+    let EndToEnd {
+        wall_s,
+        lines_per_sec,
+        delivery,
+    } = EndToEnd::of(sink.fake.last_write_at(), t0, &snap, a.lines);
     let usage = DaemonUsage::of(&exit, a.lines);
     Ok(TailRunReport {
         run,
         lines: a.lines,
         bytes: data.len() as u64,
         wall_s,
-        lines_per_sec: if delivery.complete {
-            rate(a.lines as f64, wall_s)
-        } else {
-            0.0
-        },
+        lines_per_sec,
         append_s,
         append_lines_per_sec: append_s.map(|s| rate(a.lines as f64, s)),
         startup_s,

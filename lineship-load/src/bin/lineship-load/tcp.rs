@@ -19,7 +19,7 @@ use crate::daemon::DaemonOpts;
 use crate::daemon_log::{DaemonCounters, Logged};
 use crate::listen::{input_section, shares, wait_listening};
 use crate::measure::threads_cpu_s;
-use crate::report::{rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary};
+use crate::report::{DaemonUsage, Delivery, EndToEnd, Medians, RunOutcome, Summary};
 use crate::run::{load_average, pregenerate, wait_for_sink, CpuPressure, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
 use crate::tail::line_blocks;
@@ -139,11 +139,11 @@ pub fn run_tcp(a: &TcpArgs, lineship: &Path, data: &[u8], run: u32) -> Result<Tc
     let exit = exit?;
     let (t0, write_s, write_errors, daemon_threads) = phase?;
 
-    let wall_s = sink
-        .fake
-        .last_write_at()
-        .map_or(0.0, |t| t.saturating_duration_since(t0).as_secs_f64());
-    let delivery = Delivery::of(&snap, a.lines);
+    let EndToEnd {
+        wall_s,
+        lines_per_sec,
+        delivery,
+    } = EndToEnd::of(sink.fake.last_write_at(), t0, &snap, a.lines);
     let usage = DaemonUsage::of(&exit, a.lines);
     Ok(TcpRunReport {
         run,
@@ -151,11 +151,7 @@ pub fn run_tcp(a: &TcpArgs, lineship: &Path, data: &[u8], run: u32) -> Result<Tc
         bytes: data.len() as u64,
         connections: parts.len(),
         wall_s,
-        lines_per_sec: if delivery.complete {
-            rate(a.lines as f64, wall_s)
-        } else {
-            0.0
-        },
+        lines_per_sec,
         write_s,
         ok: delivery.exact() && usage.clean_exit() && write_errors.is_empty(),
         write_errors,

@@ -23,7 +23,7 @@ use crate::daemon::{toml_str, DaemonOpts};
 use crate::daemon_log::{DaemonCounters, Logged};
 use crate::listen::{chunks_of_lines, input_section, wait_listening};
 use crate::measure::threads_cpu_s;
-use crate::report::{median, rate, DaemonUsage, Delivery, Medians, RunOutcome, Summary};
+use crate::report::{median, DaemonUsage, Delivery, EndToEnd, Medians, RunOutcome, Summary};
 use crate::run::{load_average, pregenerate, wait_for_sink, CpuPressure, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
 use post::{post_all, Body, PostStats};
@@ -147,11 +147,11 @@ pub fn run_http(a: &HttpArgs, lineship: &Path, bodies: &[Body], run: u32) -> Res
     let exit = exit?;
     let (t0, post, daemon_threads) = phase?;
 
-    let wall_s = sink
-        .fake
-        .last_write_at()
-        .map_or(0.0, |t| t.saturating_duration_since(t0).as_secs_f64());
-    let delivery = Delivery::of(&snap, a.lines);
+    let EndToEnd {
+        wall_s,
+        lines_per_sec,
+        delivery,
+    } = EndToEnd::of(sink.fake.last_write_at(), t0, &snap, a.lines);
     let usage = DaemonUsage::of(&exit, a.lines);
     Ok(HttpRunReport {
         run,
@@ -159,11 +159,7 @@ pub fn run_http(a: &HttpArgs, lineship: &Path, bodies: &[Body], run: u32) -> Res
         requests_planned: bodies.len() as u64,
         gzip_bytes: bodies.iter().map(|b| b.gz.len() as u64).sum(),
         wall_s,
-        lines_per_sec: if delivery.complete {
-            rate(a.lines as f64, wall_s)
-        } else {
-            0.0
-        },
+        lines_per_sec,
         ok: delivery.exact()
             && usage.clean_exit()
             && post.lines_acked == a.lines
