@@ -96,6 +96,9 @@ fn every_endpoint_and_precision_reaches_its_destination_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (d, addr) = start(&config(dir.path(), &fake.url(), "", ""));
     let gz = common::gzip(b"m,api=v2 v=1i 1\n");
+    // Two gzip members in one body (RFC 1952 allows it; some clients append): both count.
+    let mut two_members = common::gzip(b"m,api=gz1 v=5i 5\n");
+    two_members.extend(common::gzip(b"m,api=gz2 v=6i 6\n"));
     // (request target, body, headers, bucket and precision expected upstream)
     type Case<'a> = (String, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
@@ -127,6 +130,13 @@ fn every_endpoint_and_precision_reaches_its_destination_byte_for_byte() {
             "d3",
             "ns",
         ),
+        (
+            "/api/v2/write?org=o&bucket=b2m&precision=s".into(),
+            two_members,
+            vec![("Content-Encoding", "gzip")],
+            "b2m",
+            "s",
+        ),
     ];
     for (target, body, headers, bucket, precision) in &cases {
         let (status, _, text) = request(addr, "POST", target, headers, body);
@@ -156,6 +166,8 @@ fn every_endpoint_and_precision_reaches_its_destination_byte_for_byte() {
         "m,api=v1 v=2i 2",
         "m,api=v1u v=3i 3",
         "m,api=v3 v=4i 4",
+        "m,api=gz1 v=5i 5",
+        "m,api=gz2 v=6i 6",
     ] {
         assert!(
             lines.iter().any(|l| l == want),

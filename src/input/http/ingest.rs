@@ -3,7 +3,6 @@
 //! until every chunk is delivered or durably spooled ([`Waiters`]).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
+use super::inflate::{self, InflateError, Inflater};
 use super::request::Refusal;
 use crate::batch::{Ack, Chunk, Fate};
 use crate::input::Intake;
@@ -60,21 +60,21 @@ fn too_large(max: usize) -> Refusal {
     )
 }
 
-/// Decompresses a gzip body, stopping as soon as it passes `max` bytes.
+/// Decompresses a gzip body (one or more members), stopping as soon as it passes `max` bytes.
 pub fn gunzip(raw: &[u8], max: usize) -> Result<Vec<u8>, Refusal> {
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(max));
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Refusal::invalid(format!(
-                "the body is sent with Content-Encoding: gzip but is not a valid gzip stream: {e}"
-            ))
-        })?;
-    if out.len() > max {
-        return Err(too_large(max));
+    thread_local! {
+        static INFLATER: std::cell::RefCell<Inflater> = std::cell::RefCell::new(Inflater::new());
     }
-    Ok(out)
+    INFLATER
+        .with_borrow_mut(|inflater| inflate::gunzip(inflater, raw, max))
+        .map_err(|e| match e {
+            InflateError::TooLarge => too_large(max),
+            InflateError::BadData { at } => Refusal::invalid(format!(
+                "the body is sent with Content-Encoding: gzip but is not a valid gzip stream \
+                 (corrupt, truncated or not gzip at byte {at} of {}): send it plain or as valid gzip",
+                raw.len()
+            )),
+        })
 }
 
 /// One rejected line of a request, as InfluxDB 3 reports partial writes.

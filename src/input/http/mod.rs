@@ -21,6 +21,7 @@
 //! connections are answered 503 for new writes, requests waiting for acknowledgements keep
 //! waiting while the pipeline drains, and the connections are closed once it is done.
 
+pub mod inflate;
 pub mod ingest;
 pub mod request;
 
