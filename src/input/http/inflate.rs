@@ -176,6 +176,18 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_tiny_members_decode_in_order() {
+        let mut body = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..10_000 {
+            let line = format!("m v={i}i\n");
+            body.extend(gz(line.as_bytes(), 1));
+            want.extend_from_slice(line.as_bytes());
+        }
+        assert_eq!(dec(&body, 1 << 26).unwrap(), want);
+    }
+
+    #[test]
     fn a_wrong_size_hint_only_costs_a_retry() {
         // The small last member's trailer is the hint; the first member is far larger.
         let big = vec![b'x'; 3 << 20];
