@@ -85,7 +85,7 @@ pub async fn run(
     };
     let mut running = inputs.start(&settings, links).await?;
     tracing::info!(
-        url = %settings.output.url,
+        urls = %settings.output.urls_text(),
         state_dir = %settings.state_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
         "lineship started"
@@ -145,14 +145,14 @@ pub async fn run(
             lines = report.lines_spooled,
             records = left.records,
             spool = %spool.dir().display(),
-            url = %settings.output.url,
+            urls = %settings.output.urls_text(),
             "not everything was delivered before shutdown; the rest is kept in the spool and the next run delivers it first"
         );
     }
     if report.lines_undelivered > 0 {
         tracing::error!(
             lines = report.lines_undelivered,
-            url = %settings.output.url,
+            urls = %settings.output.urls_text(),
             "lines were neither delivered nor spooled and are LOST; see the errors above"
         );
     }

@@ -99,7 +99,7 @@ impl Service {
             self.notifier.as_deref(),
             &format!(
                 "READY=1\nSTATUS=delivering to {}",
-                settings.output.url.as_str()
+                settings.output.urls_text()
             ),
         );
         if let (Some(n), Some(interval)) = (&self.notifier, self.watchdog) {

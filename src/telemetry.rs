@@ -198,9 +198,44 @@ pub struct Stats {
     /// What the spool counts (it keeps its own counters; telemetry reads them).
     pub spool: Arc<SpoolStats>,
     pub requests: Mutex<BTreeMap<String, u64>>,
+    /// The output's health: healthy while any of its servers accepts writes.
     pub health: Mutex<Health>,
+    /// Each server of the output, in the configured order.
+    pub servers: Mutex<Vec<Arc<ServerStats>>>,
     /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
     pub progress: Arc<Progress>,
+}
+
+/// One server (URL) of the output: what `/health` and `/metrics` show per URL.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub url: String,
+    pub health: Mutex<Health>,
+    /// Taken out of rotation (a write failed, or it refused the token or bucket) until a
+    /// `GET /ping` answers or a write succeeds.
+    pub down: std::sync::atomic::AtomicBool,
+    /// Write requests by outcome, as [`Stats::requests`].
+    pub requests: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ServerStats {
+    pub fn new(url: impl Into<String>) -> Self {
+        ServerStats {
+            url: url.into(),
+            health: Mutex::new(Health::default()),
+            down: Default::default(),
+            requests: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn count_request(&self, outcome: &str) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry(outcome.to_owned())
+            .or_default() += 1;
+    }
 }
 
 /// What the output last saw; `/health` and the summary line report it.
@@ -231,6 +266,12 @@ impl Default for Health {
 }
 
 impl Stats {
+    pub fn register_server(&self, url: impl Into<String>) -> Arc<ServerStats> {
+        let s = Arc::new(ServerStats::new(url));
+        self.servers.lock().unwrap().push(s.clone());
+        s
+    }
+
     pub fn register_input(&self, name: impl Into<String>) -> Arc<InputStats> {
         let s = Arc::new(InputStats::new(name));
         self.inputs.lock().unwrap().push(s.clone());

@@ -30,9 +30,9 @@ pub use secret::{
     read_token_file, secret_file_warnings, world_readable_warning, Secret, TokenSource, TOKEN_ENV,
 };
 pub use settings::{
-    AckMode, AgentSettings, FsyncPolicy, HttpSettings, InputFormat, InputSettings, LineSettings,
-    LogFormat, OutputSettings, Settings, SpoolSettings, StdinSettings, TailSettings, TcpSettings,
-    TlsFiles, UdpSettings, WhenFull,
+    AckMode, AgentSettings, Balance, FsyncPolicy, HttpSettings, InputFormat, InputSettings,
+    LineSettings, LogFormat, OutputSettings, ServerUrl, Settings, SpoolSettings, StdinSettings,
+    TailSettings, TcpSettings, TlsFiles, UdpSettings, WhenFull,
 };
 
 /// An error about one key, named as `table.key` (`input.udp[0].listen`).

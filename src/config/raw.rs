@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{FsyncPolicy, InputFormat, LogFormat, WhenFull};
+use super::{Balance, FsyncPolicy, InputFormat, LogFormat, WhenFull};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +71,9 @@ impl Default for RawAgent {
 #[serde(deny_unknown_fields, default)]
 pub struct RawOutput {
     pub url: String,
+    /// Several servers; `url` is the one-server form (setting both is an error).
+    pub urls: Option<Vec<String>>,
+    pub balance: Balance,
     pub org: String,
     pub bucket: String,
     pub token: Option<String>,
@@ -95,6 +98,8 @@ impl Default for RawOutput {
     fn default() -> Self {
         RawOutput {
             url: String::new(),
+            urls: None,
+            balance: Balance::Failover,
             org: String::new(),
             bucket: String::new(),
             token: None,

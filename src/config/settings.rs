@@ -39,10 +39,10 @@ pub struct AgentSettings {
 
 #[derive(Debug, Clone)]
 pub struct OutputSettings {
-    /// The server's base URL as configured (for logs).
-    pub url: Url,
-    /// `{url}/api/v2/write`, without query.
-    pub write_url: Url,
+    /// The servers, in the configured order (`output.url` is a list of one).
+    pub urls: Vec<ServerUrl>,
+    /// How writes are spread over `urls`.
+    pub balance: Balance,
     pub org: String,
     pub bucket: String,
     pub token: Secret,
@@ -58,6 +58,35 @@ pub struct OutputSettings {
     pub max_retry_after: Duration,
     pub poison_retries: u32,
     pub tls_ca_file: Option<PathBuf>,
+}
+
+impl OutputSettings {
+    /// The URLs for a log line or a status: `http://a:8086/, http://b:8086/`.
+    pub fn urls_text(&self) -> String {
+        let all: Vec<&str> = self.urls.iter().map(|u| u.base.as_str()).collect();
+        all.join(", ")
+    }
+}
+
+/// One server of an output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// The base URL as configured (for logs, metrics and `/health`).
+    pub base: Url,
+    /// `{base}/api/v2/write`, without query.
+    pub write: Url,
+    /// `{base}/ping`, the health probe.
+    pub ping: Url,
+}
+
+/// How an output with several URLs spreads its writes (`output.balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Every write goes to the first healthy URL in order.
+    Failover,
+    /// Writes spread over the healthy URLs, fewest requests in flight first.
+    RoundRobin,
 }
 
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ fn load(text: &str) -> anyhow::Result<Settings> {
 fn minimal_config_gets_design_defaults() {
     let s = load(MINIMAL).unwrap();
     assert_eq!(
-        s.output.write_url.as_str(),
+        s.output.urls[0].write.as_str(),
         "http://localhost:8086/api/v2/write"
     );
     assert_eq!(s.agent.batch_max_lines, 5000);
@@ -49,7 +49,10 @@ fn minimal_config_gets_design_defaults() {
 #[test]
 fn url_path_prefix_is_kept() {
     let s = load(&MINIMAL.replace("http://localhost:8086/", "https://h/influx")).unwrap();
-    assert_eq!(s.output.write_url.as_str(), "https://h/influx/api/v2/write");
+    assert_eq!(
+        s.output.urls[0].write.as_str(),
+        "https://h/influx/api/v2/write"
+    );
 }
 
 #[test]
@@ -353,4 +356,53 @@ fn tail_max_open_files_is_optional_and_positive() {
     assert_eq!(t.inputs.tail[0].max_open_files, Some(100));
     let e = format!("{:#}", tail("max_open_files = 0\n").unwrap_err());
     assert!(e.contains("input.tail[0].max_open_files"), "{e}");
+}
+
+#[test]
+fn several_urls_and_their_errors_name_the_key() {
+    let several = MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        "urls = [\"http://a:8086\", \"https://b/influx\"]\nbalance = \"round_robin\"",
+    );
+    let s = load(&several).unwrap();
+    assert_eq!(s.output.balance, Balance::RoundRobin);
+    let writes: Vec<&str> = s.output.urls.iter().map(|u| u.write.as_str()).collect();
+    assert_eq!(
+        writes,
+        [
+            "http://a:8086/api/v2/write",
+            "https://b/influx/api/v2/write"
+        ]
+    );
+    assert_eq!(s.output.urls[1].ping.as_str(), "https://b/influx/ping");
+    assert_eq!(load(MINIMAL).unwrap().output.balance, Balance::Failover);
+    let err = |text: &str| format!("{:#}", load(text).unwrap_err());
+    let both = MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        "url = \"http://a:8086\"\nurls = [\"http://b:8086\"]",
+    );
+    let e = err(&both);
+    assert!(e.contains("output.urls") && e.contains("output.url"), "{e}");
+    let e = err(&MINIMAL.replace("url = \"http://localhost:8086/\"", "urls = []"));
+    assert!(e.contains("`output.urls`") && e.contains("empty"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        "urls = [\"http://a:8086\", \"ftp://b\"]",
+    ));
+    assert!(e.contains("`output.urls[1]`"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        "urls = [\"http://a:8086\", \"http://a:8086/\"]",
+    ));
+    assert!(e.contains("`output.urls[1]`") && e.contains("twice"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        "urls = [\"http://a:8086\"]\nbalance = \"random\"",
+    ));
+    assert!(e.contains("balance") && e.contains("random"), "{e}");
+    let e = err(&MINIMAL.replace("url = \"http://localhost:8086/\"", ""));
+    assert!(
+        e.contains("`output.url`") && e.contains("output.urls"),
+        "{e}"
+    );
 }

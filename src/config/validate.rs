@@ -395,34 +395,34 @@ fn validate_output(
     o: RawOutput,
     env: &impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<OutputSettings> {
-    if o.url.is_empty() {
-        bail!(key_err(
+    let urls = match (o.url.is_empty(), o.urls) {
+        (false, Some(_)) => bail!(key_err(
+            "output.urls",
+            "is set together with output.url: set one of them (output.urls = [\"http://a:8086\", \"http://b:8086\"] for several servers)"
+        )),
+        (true, None) => bail!(key_err(
             "output.url",
-            "is required, e.g. \"http://localhost:8086\""
-        ));
+            "is required, e.g. \"http://localhost:8086\" (or output.urls for several servers)"
+        )),
+        (true, Some(list)) if list.is_empty() => bail!(key_err(
+            "output.urls",
+            "is empty: list at least one server, e.g. [\"http://localhost:8086\"]"
+        )),
+        (true, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, u)| server_url(&format!("output.urls[{i}]"), u))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (false, None) => vec![server_url("output.url", &o.url)?],
+    };
+    for (i, u) in urls.iter().enumerate() {
+        if let Some(j) = urls[..i].iter().position(|v| v.base == u.base) {
+            bail!(key_err(
+                &format!("output.urls[{i}]"),
+                format!("{} is listed twice (also output.urls[{j}])", u.base)
+            ));
+        }
     }
-    let url = Url::parse(&o.url).map_err(|e| key_err("output.url", format!("{e}: {:?}", o.url)))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        bail!(key_err(
-            "output.url",
-            format!("{:?} must be an http:// or https:// URL with a host", o.url)
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!(key_err(
-            "output.url",
-            "must not have a query or fragment; org and bucket have their own keys"
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        bail!(key_err(
-            "output.url",
-            "must not hold credentials; use output.token or output.token_file"
-        ));
-    }
-    let mut write_url = url.clone();
-    let path = format!("{}/api/v2/write", url.path().trim_end_matches('/'));
-    write_url.set_path(&path);
     if o.org.is_empty() {
         // InfluxDB 2.x needs it; VictoriaMetrics and InfluxDB 3 ignore it, so only warn later.
     }
@@ -472,8 +472,8 @@ fn validate_output(
         None => None,
     };
     Ok(OutputSettings {
-        url,
-        write_url,
+        urls,
+        balance: o.balance,
         org: o.org,
         bucket: o.bucket,
         token,
@@ -488,6 +488,39 @@ fn validate_output(
         max_retry_after: o.max_retry_after,
         poison_retries: o.poison_retries as u32,
         tls_ca_file,
+    })
+}
+
+/// One server's URL, checked; `key` names it in errors.
+fn server_url(key: &str, text: &str) -> anyhow::Result<ServerUrl> {
+    let url = Url::parse(text).map_err(|e| key_err(key, format!("{e}: {text:?}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!(key_err(
+            key,
+            format!("{text:?} must be an http:// or https:// URL with a host")
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!(key_err(
+            key,
+            "must not have a query or fragment; org and bucket have their own keys"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!(key_err(
+            key,
+            "must not hold credentials; use output.token or output.token_file"
+        ));
+    }
+    let with_path = |tail: &str| {
+        let mut u = url.clone();
+        u.set_path(&format!("{}/{tail}", url.path().trim_end_matches('/')));
+        u
+    };
+    Ok(ServerUrl {
+        write: with_path("api/v2/write"),
+        ping: with_path("ping"),
+        base: url,
     })
 }
 

@@ -17,7 +17,7 @@ use reqwest::header::{
 };
 
 use crate::batch::{Batch, Dest, Encoding};
-use crate::config::{OutputSettings, Secret};
+use crate::config::{OutputSettings, Secret, ServerUrl};
 
 use super::retry::parse_retry_after;
 
@@ -75,11 +75,10 @@ impl TransportError {
     }
 }
 
+/// One HTTP client (connection pool) for all the servers of an output.
 pub struct Client {
     http: reqwest::Client,
     settings: OutputSettings,
-    /// `{url}/ping`, the health probe.
-    ping_url: url::Url,
     token: RwLock<Secret>,
 }
 
@@ -116,22 +115,11 @@ impl Client {
             b = b.tls_certs_merge(certs);
         }
         let http = b.build().context("cannot build the HTTP client")?;
-        let mut ping_url = settings.url.clone();
-        ping_url.set_path(&format!(
-            "{}/ping",
-            settings.url.path().trim_end_matches('/')
-        ));
-        ping_url.set_query(None);
         Ok(Client {
             http,
             settings: settings.clone(),
-            ping_url,
             token: RwLock::new(settings.token.clone()),
         })
-    }
-
-    pub fn ping_url(&self) -> &url::Url {
-        &self.ping_url
     }
 
     /// Replaces the token (SIGHUP re-reads `token_file`); the next request uses it.
@@ -139,9 +127,10 @@ impl Client {
         *self.token.write().unwrap() = token;
     }
 
-    /// The write URL for a destination, with `org`, `bucket` and `precision` in the query.
-    pub fn write_url(&self, dest: &Dest) -> url::Url {
-        let mut u = self.settings.write_url.clone();
+    /// The write URL of `server` for a destination, with `org`, `bucket` and `precision` in
+    /// the query.
+    pub fn write_url(&self, server: &ServerUrl, dest: &Dest) -> url::Url {
+        let mut u = server.write.clone();
         {
             let mut q = u.query_pairs_mut();
             if !self.settings.org.is_empty() {
@@ -154,8 +143,12 @@ impl Client {
     }
 
     /// `GET {url}/ping`: whether the server can be reached at all (any HTTP answer counts).
-    pub async fn ping(&self, timeout: Duration) -> Result<Pong, TransportError> {
-        let get = || self.http.get(self.ping_url.clone()).timeout(timeout).send();
+    pub async fn ping(
+        &self,
+        server: &ServerUrl,
+        timeout: Duration,
+    ) -> Result<Pong, TransportError> {
+        let get = || self.http.get(server.ping.clone()).timeout(timeout).send();
         let resp = match get().await.map_err(map_err) {
             // An idle kept-alive connection the server closed just now: not news either.
             Err(e) if e.is_closed_connection() => get().await.map_err(map_err)?,
@@ -173,11 +166,16 @@ impl Client {
     }
 
     /// POSTs one batch. `timeout` bounds the whole request.
-    pub async fn send(&self, batch: &Batch, timeout: Duration) -> Result<Reply, TransportError> {
+    pub async fn send(
+        &self,
+        server: &ServerUrl,
+        batch: &Batch,
+        timeout: Duration,
+    ) -> Result<Reply, TransportError> {
         debug_assert!(!batch.body.is_empty(), "never send an empty body");
         let mut req = self
             .http
-            .post(self.write_url(&batch.dest))
+            .post(self.write_url(server, &batch.dest))
             .timeout(timeout)
             .header(CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(batch.body.clone());

@@ -1,5 +1,5 @@
 //! Delivering one batch, following the status table in the README ("How lineship treats the
-//! server's answers"): retry with the shared backoff gate, bisect on 400 (and on a poisoned
+//! server's answers"): retry on another server or after the server's backoff gate, bisect on 400 (and on a poisoned
 //! 500), split on 413, dead-letter what the server refuses for good, count a 422's dropped
 //! lines; and, past the shutdown deadline, spool what is left.
 
@@ -56,24 +56,26 @@ impl Sender {
             // `max_in_flight` idle ones, so this many reach a new connection.
             let mut closed_resends_left = self.settings.max_in_flight + 1;
             loop {
-                let last_try = match self.wait_gate().await {
+                let (go, at) = self.choose().await;
+                let last_try = match go {
                     Go::Now => false,
                     Go::LastTry => true,
                     Go::GiveUp => return Err(vec![batch]),
                 };
-                let epoch = self.gate.lock().unwrap().epoch();
+                let server = &self.servers[at];
+                let epoch = server.gate.lock().unwrap().epoch();
                 let timeout = self.request_timeout();
                 // The shutdown deadline shortened this request's timeout.
                 let cut_short = timeout < self.settings.timeout;
                 let sent = {
-                    let _w = InFlight::enter(&self.writes_in_flight);
-                    self.client.send(&batch, timeout).await
+                    let _w = InFlight::enter(&server.in_flight);
+                    self.client.send(&server.url, &batch, timeout).await
                 };
-                *self.last_write.lock().unwrap() = Some(Instant::now());
+                *server.last_write.lock().unwrap() = Some(Instant::now());
                 let wait = match sent {
                     Ok(reply) => {
                         closed_resends_left = self.settings.max_in_flight + 1;
-                        self.links.stats.count_request(&reply.status.to_string());
+                        self.count_request(at, &reply.status.to_string());
                         if reply.status == 500 {
                             consecutive_500 += 1;
                         } else {
@@ -81,7 +83,7 @@ impl Sender {
                         }
                         match classify(reply.status) {
                             Verdict::Delivered => {
-                                self.reachable(&reply);
+                                self.reachable(at, &reply);
                                 self.links
                                     .stats
                                     .lines_delivered
@@ -94,11 +96,11 @@ impl Sender {
                                 return Ok(());
                             }
                             Verdict::Bisect | Verdict::Split => {
-                                self.reachable(&reply);
+                                self.reachable(at, &reply);
                                 return self.refused_lines(batch, &reply).await;
                             }
                             Verdict::Partial => {
-                                self.reachable(&reply);
+                                self.reachable(at, &reply);
                                 let dropped = parse_dropped(&reply.message)
                                     .unwrap_or(0)
                                     .min(batch.lines as u64);
@@ -120,12 +122,13 @@ impl Sender {
                                 return Ok(());
                             }
                             Verdict::Reject => {
-                                self.reachable(&reply);
+                                self.reachable(at, &reply);
                                 self.dead_letter_batch(&batch, &reply);
                                 return Ok(());
                             }
                             Verdict::Misconfigured => {
                                 self.failing(
+                                    at,
                                     &reply.status.to_string(),
                                     &self.misconfig_cause(&reply),
                                 );
@@ -143,7 +146,7 @@ impl Sender {
                                 }
                                 let msg =
                                     format!("server answered {}: {}", reply.status, reply.message);
-                                self.failing(&reply.status.to_string(), &msg);
+                                self.failing(at, &reply.status.to_string(), &msg);
                                 reply
                                     .retry_after
                                     .map(|d| d.min(self.settings.max_retry_after))
@@ -155,7 +158,7 @@ impl Sender {
                         // without `Connection: close`): not news about the server, so no log
                         // line, health change or backoff; writes are idempotent.
                         closed_resends_left -= 1;
-                        self.links.stats.count_request(e.class());
+                        self.count_request(at, e.class());
                         self.links.stats.retries.fetch_add(1, Relaxed);
                         tracing::debug!(error = %e, "the server closed the connection under the request; resending it on a new one");
                         continue;
@@ -163,7 +166,7 @@ impl Sender {
                     Err(e) if cut_short && e.class() == "timeout" => {
                         // Cut off by the shutdown deadline, not news about the server (a busy
                         // machine can take that long to answer): no log line or health change.
-                        self.links.stats.count_request(e.class());
+                        self.count_request(at, e.class());
                         tracing::debug!(
                             lines = batch.lines,
                             "the shutdown deadline cut a write short; its batch goes to the spool"
@@ -173,8 +176,8 @@ impl Sender {
                     }
                     Err(e) => {
                         consecutive_500 = 0;
-                        self.links.stats.count_request(e.class());
-                        self.failing(e.class(), &e.to_string());
+                        self.count_request(at, e.class());
+                        self.failing(at, e.class(), &e.to_string());
                         None
                     }
                 };
@@ -183,7 +186,9 @@ impl Sender {
                     return Err(vec![batch]);
                 }
                 self.links.stats.retries.fetch_add(1, Relaxed);
-                let delay = self.gate.lock().unwrap().failed(
+                // Out of rotation: the next try goes to another server that is up, at once.
+                self.servers[at].set_down(true);
+                let delay = self.servers[at].gate.lock().unwrap().failed(
                     Instant::now(),
                     epoch,
                     wait,
@@ -191,9 +196,10 @@ impl Sender {
                     rand::random::<f64>(),
                 );
                 tracing::debug!(
-                    retry_in_ms = delay.as_millis() as u64,
+                    url = %self.servers[at].url.base,
+                    backoff_ms = delay.as_millis() as u64,
                     lines = batch.lines,
-                    "retrying batch"
+                    "retrying batch (at once on another URL if one is up, else after the backoff)"
                 );
             }
         })
@@ -269,6 +275,11 @@ impl Sender {
             dead_letter = %self.links.dead_letter.path().display(),
             "server refused lines for good; they were written to the dead-letter file"
         );
+    }
+
+    fn count_request(&self, at: usize, outcome: &str) {
+        self.links.stats.count_request(outcome);
+        self.servers[at].stats.count_request(outcome);
     }
 
     pub(super) fn misconfig_cause(&self, reply: &Reply) -> String {

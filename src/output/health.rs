@@ -1,6 +1,8 @@
-//! The output's health as writes and the `GET /ping` probe see it: what `/health`, the
-//! summary line and the batcher (which spools while the output fails) read. Failures are
-//! logged when their kind changes, not per retry; a recovery is logged once.
+//! Each server's health as writes and the `GET /ping` probe see it, and the output's: healthy
+//! while any of its servers accepts writes. `/health`, the summary line and the batcher (which
+//! spools while the output fails) read the output's; `/health` and `/metrics` also show each
+//! server's. Failures are logged per server when their kind changes, not per retry; a recovery
+//! is logged once.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -10,129 +12,270 @@ use super::client::Reply;
 use super::{Sender, TRANSPORT_KINDS};
 use crate::telemetry::Health;
 
+/// The shortest sleep of the probe loop while a down server's backoff is about to end.
+const PROBE_MIN_SLEEP: Duration = Duration::from_millis(20);
+
 impl Sender {
-    /// `GET {url}/ping` at start and whenever writes have been idle for `max_backoff` (at
-    /// least 1 s): so an unreachable server is reported (log, `/health`) before the first
-    /// batch, and on an idle host too. Only reachability is judged: a transport error marks
-    /// the output failing (unless a write already found a different problem); an HTTP answer
-    /// clears only a connection failure, or a failure the probe itself found. A write timeout,
-    /// a token, bucket or server error is cleared by a write alone: `/ping` may answer at
-    /// once while writes still time out.
+    /// `GET {url}/ping` for each server: at start and whenever no write has gone to it for
+    /// `max_backoff` (at least 1 s), so an unreachable server is reported (log, `/health`)
+    /// before the first batch, a standby URL that gets no writes is watched, and an idle host
+    /// too. Only reachability is judged: a transport error marks the server failing (unless
+    /// a write already found a different problem); an HTTP answer clears only a connection
+    /// failure, or a failure the probe itself found. A write timeout, a token, bucket or
+    /// server error is cleared by a write alone: `/ping` may answer at once while writes
+    /// still time out.
+    ///
+    /// With several servers, a server out of rotation is also pinged once its backoff has
+    /// passed: an answer below 500 puts it back in rotation (its health turns good with the
+    /// first write it accepts); no answer backs it off again.
     pub(super) async fn probe_health(self: Arc<Self>) {
         let every = self.settings.max_backoff.max(Duration::from_secs(1));
-        let mut first = true;
+        let several = self.servers.len() > 1;
+        let mut first = vec![true; self.servers.len()];
+        let mut last_probe: Vec<Option<Instant>> = vec![None; self.servers.len()];
         loop {
-            let idle = self.writes_in_flight.load(Relaxed) == 0
-                && self
-                    .last_write
-                    .lock()
-                    .unwrap()
-                    .is_none_or(|t| t.elapsed() >= every);
-            if idle {
-                match self.client.ping(self.settings.timeout).await {
+            let mut next = every;
+            for (i, server) in self.servers.iter().enumerate() {
+                let now = Instant::now();
+                if several && server.is_down() {
+                    let open_at = server.open_at();
+                    if open_at > now {
+                        next = next.min(open_at - now);
+                        continue;
+                    }
+                    self.probe_down(i).await;
+                    last_probe[i] = Some(Instant::now());
+                    continue;
+                }
+                let quiet = |t: Option<Instant>| t.is_none_or(|t| t.elapsed() >= every);
+                let idle = server.in_flight.load(Relaxed) == 0
+                    && quiet(*server.last_write.lock().unwrap())
+                    && quiet(last_probe[i]);
+                if !idle {
+                    continue;
+                }
+                last_probe[i] = Some(now);
+                match self.client.ping(&server.url, self.settings.timeout).await {
                     Ok(pong) => {
-                        if first {
+                        if std::mem::take(&mut first[i]) {
                             tracing::info!(
-                                url = %self.settings.url,
+                                url = %server.url.base,
                                 status = pong.status,
                                 version = pong.version.as_deref().unwrap_or("-"),
                                 "output answers GET /ping"
                             );
                         }
                         self.healthy_if(
+                            i,
                             pong.status,
                             "server can be reached again (GET /ping)",
                             |h| !h.ok && (h.last == "connect" || h.by_probe),
                         );
                     }
-                    Err(e) => self.failing_if(
+                    Err(e) => {
+                        first[i] = false;
+                        self.failing_if(
+                            i,
+                            e.class(),
+                            &format!("cannot reach the server (GET {}: {e})", server.url.ping),
+                            true,
+                            |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
+                        )
+                    }
+                }
+            }
+            tokio::time::sleep(next.max(PROBE_MIN_SLEEP)).await;
+        }
+    }
+
+    /// Pings a server that is out of rotation and past its backoff: back in rotation if it
+    /// answers below 500, backed off again if not.
+    async fn probe_down(&self, i: usize) {
+        let server = &self.servers[i];
+        let epoch = server.gate.lock().unwrap().epoch();
+        let answer = self.client.ping(&server.url, self.settings.timeout).await;
+        match answer {
+            Ok(pong) if pong.status < 500 => {
+                tracing::info!(
+                    url = %server.url.base,
+                    status = pong.status,
+                    "URL answers GET /ping again; it is back in rotation"
+                );
+                self.healthy_if(
+                    i,
+                    pong.status,
+                    "server can be reached again (GET /ping)",
+                    |h| !h.ok && (h.last == "connect" || h.by_probe),
+                );
+                server.set_down(false);
+                self.back.notify_waiters();
+            }
+            other => {
+                if let Err(e) = &other {
+                    self.failing_if(
+                        i,
                         e.class(),
-                        &format!(
-                            "cannot reach the server (GET {}: {e})",
-                            self.client.ping_url()
-                        ),
+                        &format!("cannot reach the server (GET {}: {e})", server.url.ping),
                         true,
                         |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
-                    ),
+                    );
                 }
-                first = false;
+                server.gate.lock().unwrap().failed(
+                    Instant::now(),
+                    epoch,
+                    None,
+                    (self.settings.initial_backoff, self.settings.max_backoff),
+                    rand::random::<f64>(),
+                );
             }
-            tokio::time::sleep(every).await;
         }
     }
 
-    /// Records that the server answered a write (so it is reachable); logs the recovery once.
-    pub(super) fn reachable(&self, reply: &Reply) {
-        self.gate.lock().unwrap().succeeded();
+    /// Records that server `i` answered a write (so it is reachable and in rotation); logs the
+    /// recovery once.
+    pub(super) fn reachable(&self, i: usize, reply: &Reply) {
+        let server = &self.servers[i];
+        server.gate.lock().unwrap().succeeded();
+        if server.is_down() {
+            server.set_down(false);
+            self.back.notify_waiters();
+        }
         self.last_try_failed.store(false, Relaxed);
-        self.healthy(reply.status, "server accepts writes again");
+        self.healthy_if(i, reply.status, "server accepts writes again", |_| true);
     }
 
-    /// Marks the output healthy, logging `what` if it was failing.
-    pub(super) fn healthy(&self, status: u16, what: &str) {
-        self.healthy_if(status, what, |_| true);
-    }
-
-    /// [`Sender::healthy`] if `when` holds for the current health (checked under its lock).
-    pub(super) fn healthy_if(&self, status: u16, what: &str, when: impl FnOnce(&Health) -> bool) {
-        let mut h = self.links.stats.health.lock().unwrap();
-        if !when(&h) {
-            return;
+    /// Marks server `i` healthy, logging `what` if it was failing, if `when` holds for its
+    /// current health (checked under its lock).
+    pub(super) fn healthy_if(
+        &self,
+        i: usize,
+        status: u16,
+        what: &str,
+        when: impl FnOnce(&Health) -> bool,
+    ) {
+        let server = &self.servers[i];
+        {
+            let mut h = server.stats.health.lock().unwrap();
+            if !when(&h) {
+                return;
+            }
+            if !h.ok {
+                tracing::info!(
+                    url = %server.url.base,
+                    status,
+                    failing_for_s = h.since_instant.elapsed().as_secs(),
+                    "{what}"
+                );
+                *h = Health {
+                    ok: true,
+                    last: String::new(),
+                    message: String::new(),
+                    since: SystemTime::now(),
+                    since_instant: Instant::now(),
+                    by_probe: false,
+                };
+            }
+            h.last = status.to_string();
         }
-        if !h.ok {
-            tracing::info!(
-                url = %self.settings.url,
-                status,
-                failing_for_s = h.since_instant.elapsed().as_secs(),
-                "{what}"
-            );
-            *h = Health {
-                ok: true,
-                last: String::new(),
-                message: String::new(),
-                since: SystemTime::now(),
-                since_instant: Instant::now(),
-                by_probe: false,
-            };
-        }
-        h.last = status.to_string();
+        self.update_output_health(i);
     }
 
-    /// Records a failure of a write; logs only when the failure kind changes, not per retry.
-    pub(super) fn failing(&self, kind: &str, message: &str) {
-        self.failing_if(kind, message, false, |_| true);
+    /// Records a failure of a write to server `i`; logs only when the failure kind changes,
+    /// not per retry.
+    pub(super) fn failing(&self, i: usize, kind: &str, message: &str) {
+        self.failing_if(i, kind, message, false, |_| true);
     }
 
     /// Records a failure seen by a write or (`by_probe`) by the `GET /ping` probe, if `when`
-    /// holds for the current health (checked under its lock).
+    /// holds for the server's current health (checked under its lock).
     pub(super) fn failing_if(
         &self,
+        i: usize,
         kind: &str,
         message: &str,
         by_probe: bool,
         when: impl FnOnce(&Health) -> bool,
     ) {
-        let mut h = self.links.stats.health.lock().unwrap();
-        if !when(&h) {
+        let server = &self.servers[i];
+        {
+            let mut h = server.stats.health.lock().unwrap();
+            if !when(&h) {
+                return;
+            }
+            if !h.ok && h.last == kind {
+                // A write confirms what the probe saw: from now on only a write clears it.
+                h.by_probe &= by_probe;
+            } else {
+                let others = if self.servers.len() > 1 {
+                    "writes go to the other URLs while one is up, otherwise they are retried with backoff; nothing is dropped"
+                } else {
+                    "retrying with backoff, nothing is dropped"
+                };
+                tracing::error!(
+                    url = %server.url.base,
+                    failure = kind,
+                    "writes are failing: {message}; {others}"
+                );
+                *h = Health {
+                    ok: false,
+                    last: kind.to_owned(),
+                    message: message.to_owned(),
+                    since: SystemTime::now(),
+                    since_instant: Instant::now(),
+                    by_probe,
+                };
+            }
+        }
+        self.update_output_health(i);
+    }
+
+    /// The output's health from its servers': healthy while any is; while none is, the
+    /// failure of the last server to fail. `changed` is the server that just changed: with
+    /// one server, the output's health is that server's.
+    fn update_output_health(&self, changed: usize) {
+        let all: Vec<Health> = self
+            .servers
+            .iter()
+            .map(|s| s.stats.health.lock().unwrap().clone())
+            .collect();
+        let mut out = self.links.stats.health.lock().unwrap();
+        if all.len() == 1 {
+            *out = all[0].clone();
             return;
         }
-        if !h.ok && h.last == kind {
-            // A write confirms what the probe saw: from now on only a write clears it.
-            h.by_probe &= by_probe;
-        } else {
-            tracing::error!(
-                url = %self.settings.url,
-                failure = kind,
-                "writes are failing: {message}; retrying with backoff, nothing is dropped"
-            );
-            *h = Health {
-                ok: false,
-                last: kind.to_owned(),
-                message: message.to_owned(),
-                since: SystemTime::now(),
-                since_instant: Instant::now(),
-                by_probe,
-            };
+        match all.iter().position(|h| h.ok) {
+            Some(i) => {
+                if !out.ok {
+                    tracing::info!(
+                        url = %self.servers[i].url.base,
+                        failing_for_s = out.since_instant.elapsed().as_secs(),
+                        "the output delivers again"
+                    );
+                    *out = all[i].clone();
+                }
+                // The last status of the server that answered last, if it is a healthy one.
+                let i = if all[changed].ok { changed } else { i };
+                out.last = all[i].last.clone();
+            }
+            None => {
+                let (i, last) = all
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, h)| h.since_instant)
+                    .expect("at least one server");
+                if out.ok {
+                    tracing::error!(
+                        urls = %self.settings.urls_text(),
+                        "every URL of the output is failing; writes are retried with backoff and spooled, nothing is dropped"
+                    );
+                    out.since = last.since;
+                    out.since_instant = last.since_instant;
+                }
+                out.ok = false;
+                out.last = last.last.clone();
+                out.by_probe = false;
+                out.message = format!("{}: {}", self.servers[i].url.base, last.message);
+            }
         }
     }
 }

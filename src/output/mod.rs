@@ -4,7 +4,9 @@
 //! - `mod.rs`: the [`Sender`] (one per output), its run loop and the shutdown gate;
 //! - `deliver.rs`: one batch through the status table (bisect, split, dead-letter, spool at
 //!   the deadline);
-//! - `health.rs`: what writes and the `GET /ping` probe say about the server;
+//! - `servers.rs`: the output's servers (URLs) and which one a write goes to (`balance`);
+//! - `health.rs`: what writes and the `GET /ping` probe say about each server, and the
+//!   output's health (healthy while any server accepts writes);
 //! - `memory.rs`: the bound on batches held in memory;
 //! - `client.rs`: building and sending one request; `retry.rs`: status classification and the
 //!   backoff gate (pure).
@@ -19,24 +21,25 @@ mod deliver;
 mod health;
 mod memory;
 pub mod retry;
+mod servers;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::batch::{AckRouter, Batch};
-use crate::config::OutputSettings;
+use crate::config::{Balance, OutputSettings};
 use crate::reject::DeadLetter;
 use crate::spool::{RecordId, Spool};
 use crate::telemetry::Stats;
 use crate::watchdog::{Stage, BEAT_EVERY};
 use client::Client;
-use retry::Gate;
+use servers::Server;
 
 pub use memory::MemoryGate;
 
@@ -58,13 +61,13 @@ pub struct Links {
 pub struct Sender {
     client: Client,
     settings: OutputSettings,
-    gate: Mutex<Gate>,
+    /// The output's servers, in the configured order; each has its own backoff gate.
+    servers: Vec<Server>,
+    /// Advanced per round_robin pick, so servers with equal load take turns.
+    turn: AtomicUsize,
+    /// Woken when a down server is back in rotation (a waiting write may go now).
+    back: tokio::sync::Notify,
     links: Links,
-    /// When the last write request ended (any outcome); the health probe runs only when
-    /// writes have been idle for a while.
-    last_write: Mutex<Option<Instant>>,
-    /// Write requests under way (the probe waits for a quiet moment).
-    writes_in_flight: AtomicUsize,
     /// Set when a last try before the shutdown deadline failed, cleared by a delivery: from
     /// then on, batches that would wait past the deadline give up at once instead of each
     /// taking its own last try (a spooled record handed back would be retried in a tight
@@ -111,13 +114,18 @@ enum Work {
 
 impl Sender {
     pub fn new(settings: &OutputSettings, links: Links) -> anyhow::Result<Self> {
+        let servers = settings
+            .urls
+            .iter()
+            .map(|u| Server::new(u.clone(), links.stats.register_server(u.base.as_str())))
+            .collect();
         Ok(Sender {
             client: Client::new(settings)?,
             settings: settings.clone(),
-            gate: Mutex::new(Gate::new(Instant::now())),
+            servers,
+            turn: AtomicUsize::new(0),
+            back: tokio::sync::Notify::new(),
             links,
-            last_write: Mutex::new(None),
-            writes_in_flight: AtomicUsize::new(0),
             last_try_failed: AtomicBool::new(false),
         })
     }
@@ -229,37 +237,72 @@ impl Sender {
         }
     }
 
-    /// Whether a delivery starting now would give up at the gate (see [`Sender::wait_gate`]).
+    /// A server that is up, by `balance`.
+    fn pick_up(&self) -> Option<usize> {
+        let up: Vec<bool> = self.servers.iter().map(|s| !s.is_down()).collect();
+        let in_flight: Vec<usize> = self
+            .servers
+            .iter()
+            .map(|s| s.in_flight.load(Relaxed))
+            .collect();
+        let turn = match self.settings.balance {
+            Balance::RoundRobin => self.turn.fetch_add(1, Relaxed),
+            Balance::Failover => 0,
+        };
+        servers::pick(self.settings.balance, &up, &in_flight, turn)
+    }
+
+    /// With every server down: the one whose gate opens first (the first in order on a tie).
+    fn first_to_open(&self) -> (usize, Instant) {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.open_at()))
+            .min_by_key(|&(i, t)| (t, i))
+            .expect("an output has at least one server")
+    }
+
+    /// Whether a delivery starting now would give up at the gate (see [`Sender::choose`]).
     fn gives_up_at_gate(&self) -> bool {
         let Some(dl) = *self.links.deadline.borrow() else {
             return false;
         };
-        self.last_try_failed.load(Relaxed) && self.gate.lock().unwrap().open_at() > dl
+        self.last_try_failed.load(Relaxed)
+            && self.servers.iter().all(Server::is_down)
+            && self.first_to_open().1 > dl
     }
 
-    async fn wait_gate(&self) -> Go {
+    /// The server for the next try of a write: one that is up, at once; while all are down,
+    /// the first whose backoff gate opens, once it opens (or a server that comes back
+    /// meanwhile). Draining, a gate that opens after the deadline allows one last try.
+    async fn choose(&self) -> (Go, usize) {
         let mut deadline = self.links.deadline.clone();
         loop {
-            let open_at = self.gate.lock().unwrap().open_at();
+            let back = self.back.notified();
             let now = Instant::now();
             let dl = *deadline.borrow_and_update();
+            if dl.is_some_and(|dl| now >= dl) {
+                return (Go::GiveUp, 0);
+            }
+            if let Some(i) = self.pick_up() {
+                return (Go::Now, i);
+            }
+            let (i, open_at) = self.first_to_open();
             if let Some(dl) = dl {
-                if now >= dl {
-                    return Go::GiveUp;
-                }
                 if open_at > dl {
                     return if self.last_try_failed.load(Relaxed) {
-                        Go::GiveUp
+                        (Go::GiveUp, i)
                     } else {
-                        Go::LastTry
+                        (Go::LastTry, i)
                     };
                 }
             }
             if open_at <= now {
-                return Go::Now;
+                return (Go::Now, i);
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(open_at.into()) => {}
+                _ = back => {}
                 changed = deadline.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep_until(open_at.into()).await;

@@ -91,7 +91,24 @@ impl Telemetry {
                 None => Pipeline::Running,
             }
         };
-        health_report(&h, &spool, state, SystemTime::now())
+        let servers: Vec<(String, Health, bool)> = self
+            .stats
+            .servers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.url.clone(),
+                    s.health.lock().unwrap().clone(),
+                    s.down.load(Relaxed),
+                )
+            })
+            .collect();
+        let now = SystemTime::now();
+        let (code, mut body) = health_report(&h, &spool, state, now);
+        body["output"]["urls"] = urls_report(&servers, now);
+        (code, body)
     }
 }
 
@@ -170,6 +187,27 @@ pub fn health_report(
         .into();
     }
     (code, body)
+}
+
+/// Pure: each server of the output as `/health` lists it: (URL, health, out of rotation).
+pub fn urls_report(servers: &[(String, Health, bool)], now: SystemTime) -> Value {
+    servers
+        .iter()
+        .map(|(url, h, down)| {
+            let mut v = json!({
+                "url": url,
+                "healthy": h.ok,
+                "in_rotation": !down,
+                "last_status": if h.last.is_empty() { "none" } else { &h.last },
+                "since": rfc3339(h.since),
+                "for_seconds": now.duration_since(h.since).unwrap_or_default().as_secs(),
+            });
+            if !h.ok {
+                v["message"] = h.message.clone().into();
+            }
+            v
+        })
+        .collect()
 }
 
 /// Pause after a failed accept: retrying at once would spin while descriptors are short.
@@ -307,6 +345,31 @@ mod tests {
         assert_eq!(e.accepted(), Some(3), "recovery reports the count");
         assert_eq!(e.accepted(), None);
         assert!(e.failed(), "a new run of failures is logged again");
+    }
+
+    #[test]
+    fn each_url_is_listed_with_its_state() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let v = urls_report(
+            &[
+                ("http://a:8086/".into(), health(true, "204", "", t), false),
+                (
+                    "http://b:8086/".into(),
+                    health(false, "connect", "refused", t),
+                    true,
+                ),
+            ],
+            t + Duration::from_secs(5),
+        );
+        assert_eq!(v[0]["url"], "http://a:8086/");
+        assert_eq!(v[0]["healthy"], true);
+        assert_eq!(v[0]["in_rotation"], true);
+        assert!(v[0].get("message").is_none());
+        assert_eq!(v[1]["healthy"], false);
+        assert_eq!(v[1]["in_rotation"], false);
+        assert_eq!(v[1]["last_status"], "connect");
+        assert_eq!(v[1]["message"], "refused");
+        assert_eq!(v[1]["for_seconds"], 5);
     }
 
     #[test]

@@ -244,6 +244,38 @@ impl Collector for StatsCollector {
             )?;
         }
 
+        let servers = s.servers.lock().unwrap().clone();
+        let by_url: Vec<(Labels, u64)> = servers
+            .iter()
+            .flat_map(|srv| {
+                let by_status = srv.requests.lock().unwrap().clone();
+                by_status
+                    .into_iter()
+                    .map(|(status, n)| (vec![("url", srv.url.clone()), ("status", status)], n))
+            })
+            .collect();
+        family(
+            e,
+            "lineship_url_requests",
+            "Write requests by server URL and outcome (as lineship_requests_total).",
+            false,
+            &by_url,
+        )?;
+        let up: Vec<(Labels, u64)> = servers
+            .iter()
+            .map(|srv| {
+                let ok = srv.health.lock().unwrap().ok && !srv.down.load(Relaxed);
+                (vec![("url", srv.url.clone())], u64::from(ok))
+            })
+            .collect();
+        family(
+            e,
+            "lineship_url_up",
+            "1 while a server URL is healthy and in rotation, 0 while it is out (see /health).",
+            true,
+            &up,
+        )?;
+
         let healthy = s.health.lock().unwrap().ok;
         gauge(
             e,
@@ -301,6 +333,11 @@ mod tests {
         stats.count_request("204");
         stats.count_request("204");
         stats.count_request("503");
+        let a = stats.register_server("http://a:8086/");
+        a.count_request("204");
+        let b = stats.register_server("http://b:8086/");
+        b.count_request("connect");
+        b.down.store(true, Relaxed);
         stats.spool.lines.store(42, Relaxed);
         let tail = stats.register_input("tail[0]");
         tail.files_open.store(4, Relaxed);
@@ -372,6 +409,28 @@ mod tests {
         );
         assert_eq!(sample(&text, "lineship_spool_lines"), Some("42"));
         assert_eq!(sample(&text, "lineship_output_healthy"), Some("1"));
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_url_requests_total{url="http://a:8086/",status="204"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_url_requests_total{url="http://b:8086/",status="connect"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_url_up{url="http://a:8086/"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_url_up{url="http://b:8086/"}"#),
+            Some("0")
+        );
         assert!(
             text.contains("# TYPE lineship_lines_delivered_total counter\n"),
             "{text}"
