@@ -400,6 +400,15 @@ fn several_urls_and_their_errors_name_the_key() {
         "urls = [\"http://a:8086\"]\nbalance = \"random\"",
     ));
     assert!(e.contains("balance") && e.contains("random"), "{e}");
+    let many: Vec<String> = (0..65).map(|i| format!("\"http://h{i}:8086\"")).collect();
+    let e = err(&MINIMAL.replace(
+        "url = \"http://localhost:8086/\"",
+        &format!("urls = [{}]", many.join(", ")),
+    ));
+    assert!(
+        e.contains("`output.urls`") && e.contains("at most 64"),
+        "{e}"
+    );
     let e = err(&MINIMAL.replace("url = \"http://localhost:8086/\"", ""));
     assert!(
         e.contains("`output.url`") && e.contains("output.urls"),

@@ -408,6 +408,10 @@ fn validate_output(
             "output.urls",
             "is empty: list at least one server, e.g. [\"http://localhost:8086\"]"
         )),
+        (true, Some(list)) if list.len() > MAX_URLS => bail!(key_err(
+            "output.urls",
+            format!("lists {} servers; at most {MAX_URLS} are supported", list.len())
+        )),
         (true, Some(list)) => list
             .iter()
             .enumerate()
@@ -490,6 +494,10 @@ fn validate_output(
         tls_ca_file,
     })
 }
+
+/// The most servers one output may list: each is probed on its own and holds its own
+/// connections.
+const MAX_URLS: usize = 64;
 
 /// One server's URL, checked; `key` names it in errors.
 fn server_url(key: &str, text: &str) -> anyhow::Result<ServerUrl> {
