@@ -69,7 +69,7 @@ impl OutputSettings {
 }
 
 /// One server of an output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     /// The base URL as configured (for logs, metrics and `/health`).
     pub base: Url,
@@ -77,6 +77,14 @@ pub struct ServerUrl {
     pub write: Url,
     /// `{base}/ping`, the health probe.
     pub ping: Url,
+}
+
+/// Shows the base URL only (`lineship check` prints the settings): the write and ping URLs
+/// follow from it.
+impl std::fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ServerUrl").field(&self.base.as_str()).finish()
+    }
 }
 
 /// How an output with several URLs spreads its writes (`output.balance`).
