@@ -83,7 +83,9 @@ pub struct ServerUrl {
 /// follow from it.
 impl std::fmt::Debug for ServerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("ServerUrl").field(&self.base.as_str()).finish()
+        f.debug_tuple("ServerUrl")
+            .field(&self.base.as_str())
+            .finish()
     }
 }
 
