@@ -341,3 +341,37 @@ fn failover_moves_within_one_request_timeout_when_a_url_stops_answering() {
     }
     assert_each_line_once(&seen, 200);
 }
+
+#[test]
+fn a_url_that_keeps_failing_is_probed_at_its_backoff_not_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    // Answers every request, /ping included, with 503.
+    let a = FakeInflux::start().default_reply(Reply::influx_error(503, "overloaded"));
+    a.set_ping_reply(Reply::influx_error(503, "overloaded"));
+    let b = FakeInflux::start();
+    let (mut d, _) = start(
+        dir.path(),
+        &[a.url(), b.url()],
+        "initial_backoff = \"100ms\"\nmax_backoff = \"400ms\"",
+    );
+    d.write_stdin(&lines(0, 500));
+    assert!(b.wait_for_lines(500, T));
+    let pings = |f: &FakeInflux| {
+        f.all_requests()
+            .iter()
+            .filter(|r| r.path == "/ping")
+            .count()
+    };
+    let before = pings(&a);
+    std::thread::sleep(Duration::from_secs(3));
+    let during = pings(&a) - before;
+    // At a backoff of up to 400 ms (full jitter), 3 s hold a few dozen probes at most; a loop
+    // without a pause would make thousands.
+    println!("{during} pings of the failing URL in 3 s");
+    assert!(during <= 60, "{during} pings in 3 s");
+    assert!(during >= 2, "the down URL is still probed: {during}");
+    d.close_stdin();
+    let out = d.wait(T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_each_line_once(&arrivals(&[&b]), 500);
+}

@@ -29,35 +29,44 @@ impl Sender {
     /// passed: an answer below 500 puts it back in rotation (its health turns good with the
     /// first write it accepts); no answer backs it off again.
     pub(super) async fn probe_health(self: Arc<Self>) {
+        // One loop per server, so a server whose ping hangs until the timeout delays no other.
+        // Dropping the set (the sender aborts this task when it ends) aborts them all.
+        let mut probes = tokio::task::JoinSet::new();
+        for i in 0..self.servers.len() {
+            probes.spawn(self.clone().probe_server(i));
+        }
+        while probes.join_next().await.is_some() {}
+    }
+
+    async fn probe_server(self: Arc<Self>, i: usize) {
         let every = self.settings.max_backoff.max(Duration::from_secs(1));
         let several = self.servers.len() > 1;
-        let mut first = vec![true; self.servers.len()];
-        let mut last_probe: Vec<Option<Instant>> = vec![None; self.servers.len()];
+        let server = &self.servers[i];
+        let mut first = true;
+        let mut last_probe: Option<Instant> = None;
         loop {
-            let mut next = every;
-            for (i, server) in self.servers.iter().enumerate() {
-                let now = Instant::now();
-                if several && server.is_down() {
-                    let open_at = server.open_at();
-                    if open_at > now {
-                        next = next.min(open_at - now);
-                        continue;
-                    }
-                    self.probe_down(i).await;
-                    last_probe[i] = Some(Instant::now());
+            let now = Instant::now();
+            if several && server.is_down() {
+                let open_at = server.open_at();
+                if open_at > now {
+                    tokio::time::sleep((open_at - now).max(PROBE_MIN_SLEEP)).await;
                     continue;
                 }
-                let quiet = |t: Option<Instant>| t.is_none_or(|t| t.elapsed() >= every);
-                let idle = server.in_flight.load(Relaxed) == 0
-                    && quiet(*server.last_write.lock().unwrap())
-                    && quiet(last_probe[i]);
-                if !idle {
-                    continue;
-                }
-                last_probe[i] = Some(now);
+                self.probe_down(i).await;
+                last_probe = Some(Instant::now());
+                // A zero jitter draw must not make a refused ping a busy loop.
+                tokio::time::sleep(PROBE_MIN_SLEEP).await;
+                continue;
+            }
+            let quiet = |t: Option<Instant>| t.is_none_or(|t| t.elapsed() >= every);
+            let idle = server.in_flight.load(Relaxed) == 0
+                && quiet(*server.last_write.lock().unwrap())
+                && quiet(last_probe);
+            if idle {
+                last_probe = Some(now);
                 match self.client.ping(&server.url, self.settings.timeout).await {
                     Ok(pong) => {
-                        if std::mem::take(&mut first[i]) {
+                        if std::mem::take(&mut first) {
                             tracing::info!(
                                 url = %server.url.base,
                                 status = pong.status,
@@ -73,7 +82,7 @@ impl Sender {
                         );
                     }
                     Err(e) => {
-                        first[i] = false;
+                        first = false;
                         self.failing_if(
                             i,
                             e.class(),
@@ -84,7 +93,11 @@ impl Sender {
                     }
                 }
             }
-            tokio::time::sleep(next.max(PROBE_MIN_SLEEP)).await;
+            // A write that takes the server out of rotation wakes this loop.
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = server.went_down.notified() => {}
+            }
         }
     }
 
@@ -92,7 +105,6 @@ impl Sender {
     /// answers below 500, backed off again if not.
     async fn probe_down(&self, i: usize) {
         let server = &self.servers[i];
-        let epoch = server.gate.lock().unwrap().epoch();
         let answer = self.client.ping(&server.url, self.settings.timeout).await;
         match answer {
             Ok(pong) if pong.status < 500 => {
@@ -120,7 +132,11 @@ impl Sender {
                         |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
                     );
                 }
-                server.gate.lock().unwrap().failed(
+                // Counted as a failure of its own (the gate's current epoch): a write that failed
+                // meanwhile must not leave the gate open, or this loop would ping without pause.
+                let mut gate = server.gate.lock().unwrap();
+                let epoch = gate.epoch();
+                gate.failed(
                     Instant::now(),
                     epoch,
                     None,

@@ -28,6 +28,8 @@ pub(super) struct Server {
     /// When the last write request to it ended (any outcome): the idle probe pings only
     /// servers no write has been to for a while.
     pub last_write: Mutex<Option<Instant>>,
+    /// Wakes its probe loop when it is taken out of rotation.
+    pub went_down: tokio::sync::Notify,
 }
 
 impl Server {
@@ -38,6 +40,7 @@ impl Server {
             gate: Mutex::new(Gate::new(Instant::now())),
             in_flight: AtomicUsize::new(0),
             last_write: Mutex::new(None),
+            went_down: tokio::sync::Notify::new(),
         }
     }
 
@@ -46,7 +49,10 @@ impl Server {
     }
 
     pub fn set_down(&self, down: bool) {
-        self.stats.down.store(down, Relaxed);
+        let was = self.stats.down.swap(down, Relaxed);
+        if down && !was {
+            self.went_down.notify_one();
+        }
     }
 
     pub fn open_at(&self) -> Instant {
