@@ -74,22 +74,11 @@ impl Sender {
                                 "output answers GET /ping"
                             );
                         }
-                        self.healthy_if(
-                            i,
-                            pong.status,
-                            "server can be reached again (GET /ping)",
-                            |h| !h.ok && (h.last == "connect" || h.by_probe),
-                        );
+                        self.ping_answered(i, pong.status);
                     }
                     Err(e) => {
                         first = false;
-                        self.failing_if(
-                            i,
-                            e.class(),
-                            &format!("cannot reach the server (GET {}: {e})", server.url.ping),
-                            true,
-                            |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
-                        )
+                        self.ping_failed(i, &e);
                     }
                 }
             }
@@ -113,24 +102,13 @@ impl Sender {
                     status = pong.status,
                     "URL answers GET /ping again; it is back in rotation"
                 );
-                self.healthy_if(
-                    i,
-                    pong.status,
-                    "server can be reached again (GET /ping)",
-                    |h| !h.ok && (h.last == "connect" || h.by_probe),
-                );
+                self.ping_answered(i, pong.status);
                 server.set_down(false);
                 self.back.notify_waiters();
             }
             other => {
                 if let Err(e) = &other {
-                    self.failing_if(
-                        i,
-                        e.class(),
-                        &format!("cannot reach the server (GET {}: {e})", server.url.ping),
-                        true,
-                        |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
-                    );
+                    self.ping_failed(i, e);
                 }
                 // Counted as a failure of its own (the gate's current epoch): a write that failed
                 // meanwhile must not leave the gate open, or this loop would ping without pause.
@@ -145,6 +123,25 @@ impl Sender {
                 );
             }
         }
+    }
+
+    /// A `GET /ping` answer clears only a connection failure, or one the probe itself found.
+    fn ping_answered(&self, i: usize, status: u16) {
+        self.healthy_if(i, status, "server can be reached again (GET /ping)", |h| {
+            !h.ok && (h.last == "connect" || h.by_probe)
+        });
+    }
+
+    /// No `GET /ping` answer: the server fails, unless a write already found another problem.
+    fn ping_failed(&self, i: usize, e: &super::client::TransportError) {
+        let ping = &self.servers[i].url.ping;
+        self.failing_if(
+            i,
+            e.class(),
+            &format!("cannot reach the server (GET {ping}: {e})"),
+            true,
+            |h| h.ok || TRANSPORT_KINDS.contains(&h.last.as_str()),
+        );
     }
 
     /// Records that server `i` answered a write (so it is reachable and in rotation); logs the
