@@ -115,21 +115,22 @@ impl Service {
         }
     }
 
-    /// Updates the one-line status `systemctl status` shows.
+    /// Updates the one-line status `systemctl status` shows (the worst state first).
     pub fn status(&self, stats: &Stats) {
         if self.notifier.is_none() {
             return;
         }
         let healthy = stats.health.lock().unwrap().ok;
+        let (down, total) = {
+            let servers = stats.servers.lock().unwrap();
+            let down = servers.iter().filter(|s| s.down.load(Relaxed)).count();
+            (down, servers.len())
+        };
         sd_notify::notify(
             self.notifier.as_deref(),
             &format!(
                 "STATUS={}: {} lines in, {} delivered, {} invalid; spool {} lines",
-                if healthy {
-                    "delivering"
-                } else {
-                    "output failing"
-                },
+                state_word(healthy, down, total),
                 stats.lines_received(),
                 stats.lines_delivered.load(Relaxed),
                 stats.lines_invalid(),
@@ -162,5 +163,31 @@ impl Drop for Service {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// What the status line leads with: whether the output delivers, and how many of its URLs
+/// are out of rotation when some are.
+fn state_word(healthy: bool, down: usize, total: usize) -> String {
+    match (healthy, down) {
+        (false, _) => "output failing".to_owned(),
+        (true, 0) => "delivering".to_owned(),
+        (true, d) => format!("delivering ({d} of {total} URLs out of rotation)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_word;
+
+    #[test]
+    fn the_status_line_leads_with_the_worst_state() {
+        assert_eq!(state_word(true, 0, 1), "delivering");
+        assert_eq!(state_word(false, 1, 1), "output failing");
+        assert_eq!(
+            state_word(true, 1, 3),
+            "delivering (1 of 3 URLs out of rotation)"
+        );
+        assert_eq!(state_word(false, 3, 3), "output failing");
     }
 }
