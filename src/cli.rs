@@ -1,4 +1,6 @@
-//! Command line: `lineship --config PATH [--stdin]`, `lineship check`, `--version`.
+//! Command line: `lineship --config PATH [--stdin]`, `lineship check`, `lineship spool ...`,
+//! `--version`, and `lineship completions SHELL` / `lineship man`, which print the shell
+//! completions and the man page generated from these definitions (the package installs them).
 
 use std::path::PathBuf;
 
@@ -33,6 +35,26 @@ pub enum Command {
         #[command(subcommand)]
         action: SpoolAction,
     },
+    /// Print the completion script for SHELL (needs no config), e.g.
+    /// `lineship completions bash > /usr/share/bash-completion/completions/lineship`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, lineship(1), in roff (needs no config), e.g. `lineship man | man -l -`.
+    Man,
+}
+
+/// Writes the completion script for `shell`, from the definitions above.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "lineship", out);
+}
+
+/// Writes the man page lineship(1), from the definitions above.
+pub fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(out)
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,4 +63,41 @@ pub enum SpoolAction {
     Status,
     /// Check every record's CRC; exit 1 and say where if anything is damaged.
     Verify,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_page_name_every_subcommand() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            // Fish names options without their dashes (`-l config`).
+            for word in ["check", "spool", "verify", "config", "stdin"] {
+                assert!(text.contains(word), "{shell:?} completions lack {word}");
+            }
+        }
+        let mut man = Vec::new();
+        write_man(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH lineship"),
+            "{man}"
+        );
+        for word in ["check", "spool", "completions", "stdin"] {
+            assert!(man.contains(word), "the man page lacks {word}");
+        }
+    }
 }

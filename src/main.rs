@@ -18,6 +18,30 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        // A one-shot command piped into `head` should end quietly, like other Unix tools; the
+        // daemon keeps SIGPIPE ignored, so a closed log pipe never kills it.
+        // SAFETY: resetting a signal disposition to its default before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            lineship::cli::write_completions(*shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            return match lineship::cli::write_man(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            };
+        }
+        _ => {}
+    }
     let Some(config) = cli.config.as_deref() else {
         eprintln!("error: --config PATH is required (see config.example.toml)");
         return ExitCode::from(EXIT_CONFIG);
@@ -30,14 +54,6 @@ fn main() -> ExitCode {
         }
     };
     let warnings = lineship::config::secret_file_warnings(config, &settings);
-    if cli.command.is_some() {
-        // A one-shot command piped into `head` should end quietly, like other Unix tools; the
-        // daemon keeps SIGPIPE ignored, so a closed log pipe never kills it.
-        // SAFETY: resetting a signal disposition to its default before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     match cli.command {
         Some(Command::Check) => {
             for w in &warnings {
@@ -56,6 +72,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Spool { action }) => return spool_command(&settings, action),
+        Some(Command::Completions { .. } | Command::Man) => {
+            unreachable!("handled before the config")
+        }
         None => {}
     }
     lineship::telemetry::init_logging(&settings.agent.log_level, settings.agent.log_format);

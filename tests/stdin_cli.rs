@@ -391,3 +391,26 @@ fn sigterm_drains_the_pipeline_and_delivers_what_was_read() {
     assert_eq!(fake.accepted_lines(), vec!["m v=1i 1", "m v=2i 2"]);
     assert!(out.stderr.contains("shutting down"), "{}", out.stderr);
 }
+
+#[test]
+fn completions_and_the_man_page_print_without_a_config() {
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"],
+        &["man"],
+    ] {
+        let out = common::lineship_command().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("lineship") && text.contains("spool"),
+            "{args:?}"
+        );
+    }
+    let out = common::lineship_command()
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
