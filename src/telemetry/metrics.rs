@@ -466,4 +466,63 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The Grafana dashboard (`contrib/grafana/lineship.json`) names only series `/metrics`
+    /// serves: a renamed metric fails here, not on an operator's screen.
+    #[test]
+    fn the_grafana_dashboard_names_only_served_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let spool_settings = crate::config::SpoolSettings {
+            max_size: 1 << 20,
+            when_full: crate::config::WhenFull::DropOldest,
+            fsync: crate::config::FsyncPolicy::Never,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let spool = Arc::new(
+            crate::spool::Spool::open(dir.path(), &spool_settings, stats.spool.clone()).unwrap(),
+        );
+        let text = render(&registry(stats, Some(spool)));
+        let served: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        // A counter is announced as `name_total` or `name` depending on the encoder; a query
+        // may use either the announced name or the sample name.
+        let serves = |name: &str| {
+            served.contains(name)
+                || name
+                    .strip_suffix("_total")
+                    .is_some_and(|base| served.contains(base))
+        };
+        let dashboard = include_str!("../../contrib/grafana/lineship.json");
+        let json: serde_json::Value =
+            serde_json::from_str(dashboard).expect("the dashboard is JSON");
+        assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
+        let mut named = 0;
+        for (i, _) in dashboard.match_indices("lineship_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                serves(&name),
+                "the dashboard names {name}, which /metrics does not serve"
+            );
+            named += 1;
+        }
+        for must in [
+            "lineship_lines_undelivered_total",
+            "lineship_spool_dropped_lines_total",
+            "lineship_spool_corrupt_lines_total",
+            "lineship_udp_kernel_drops_total",
+            "lineship_output_healthy",
+            "lineship_requests_total",
+            "lineship_spool_oldest_age_seconds",
+        ] {
+            assert!(dashboard.contains(must), "the dashboard lacks {must}");
+        }
+        assert!(named >= 15, "{named}");
+    }
 }

@@ -349,6 +349,30 @@ impl VictoriaMetrics {
         }
     }
 
+    /// Imports Prometheus exposition text (a `/metrics` scrape) at the current time, with
+    /// `instance=<instance>` added to every sample, as a scraper would.
+    pub fn import_prometheus(&self, text: &str, instance: &str) {
+        let url = format!(
+            "{}/api/v1/import/prometheus?extra_label=instance={}",
+            self.url(),
+            percent_encode(instance)
+        );
+        let request = self.client.post(url).body(text.to_owned());
+        let status = on_helper_thread(async move {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(response.status().as_u16())
+        })
+        .unwrap_or_else(|e| panic!("import into victoria-metrics failed: {e}"));
+        assert_eq!(status, 204, "import into victoria-metrics");
+    }
+
+    /// An instant PromQL query now: (HTTP status, JSON body).
+    pub fn query(&self, promql: &str) -> (u16, String) {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        self.get(&path, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("query to victoria-metrics failed: {e}"))
+    }
+
     fn get(&self, path_and_query: &str, timeout: Duration) -> Result<(u16, String), String> {
         let request = self
             .client
