@@ -24,6 +24,7 @@ pub mod line;
 pub mod output;
 pub mod pipeline;
 pub mod precision;
+pub mod progress;
 pub mod queue;
 pub mod reject;
 pub mod reload;

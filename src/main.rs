@@ -82,6 +82,10 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     let stdin_mode = settings.inputs.stdin.is_some();
+    let rejected = lineship::reject::dead_letter_path(&settings.state_dir);
+    let stats = std::sync::Arc::new(lineship::telemetry::Stats::default());
+    let started = std::time::Instant::now();
+    let log_format = settings.agent.log_format;
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,9 +99,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let bar = stdin_mode
+        .then(|| lineship::progress::Bar::start(stats.clone()))
+        .flatten();
+    let io = lineship::Io {
+        stats: Some(stats),
+        ..Default::default()
+    };
     let result = rt.block_on(lineship::run(
         settings,
-        lineship::Io::default(),
+        io,
         // Installed before `run` starts, so a SIGTERM during startup also drains.
         {
             let _in_runtime = rt.enter();
@@ -106,6 +117,9 @@ fn main() -> ExitCode {
     ));
     // The stdin thread may still be blocked in read(); don't wait for it.
     rt.shutdown_background();
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     match result {
         Err(e) => {
             tracing::error!("{e:#}");
@@ -113,19 +127,27 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
         Ok(report) if stdin_mode => {
-            if report.lines_undelivered > 0
+            let code = if report.lines_undelivered > 0
                 || report.lines_spooled > 0
                 || report.lines_spool_dropped > 0
             {
-                ExitCode::from(EXIT_UNDELIVERED)
+                EXIT_UNDELIVERED
             } else if report.lines_invalid > 0
                 || report.lines_dead_lettered > 0
                 || report.lines_partial_dropped > 0
             {
-                ExitCode::from(EXIT_INVALID)
+                EXIT_INVALID
             } else {
-                ExitCode::SUCCESS
-            }
+                0
+            };
+            let line =
+                lineship::progress::summary_line(&report, started.elapsed(), &rejected, code);
+            let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+            eprintln!(
+                "{}",
+                lineship::progress::summary_output(&line, code, log_format, journald)
+            );
+            ExitCode::from(code)
         }
         Ok(_) => ExitCode::SUCCESS,
     }

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 const FILE: &str = "rejected.lp";
 const OLD: &str = "rejected.lp.1";
+
+/// Where the dead-letter file of `state_dir` is.
+pub fn dead_letter_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("rejected").join(FILE)
+}
 /// How much of a bad line is quoted in a log message.
 const LOG_PREFIX_BYTES: usize = 120;
 

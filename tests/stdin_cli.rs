@@ -414,3 +414,74 @@ fn completions_and_the_man_page_print_without_a_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
 }
+
+#[test]
+fn every_stdin_run_ends_with_one_summary_line_and_a_pipe_gets_no_escape_codes() {
+    let fake = FakeInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let out = run_stdin(&cfg, b"m v=1i 1\nnot lp\nm v=2i 2\n", T);
+    assert_eq!(out.code, Some(65), "{}", out.stderr);
+    let summary: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("lineship: read "))
+        .collect();
+    assert_eq!(summary.len(), 1, "{}", out.stderr);
+    let s = summary[0];
+    assert!(
+        s.starts_with("lineship: read 3 lines, delivered 2, invalid 1 (in "),
+        "{s}"
+    );
+    assert!(s.contains("rejected.lp"), "{s}");
+    assert!(s.contains("left in the spool 0;"), "{s}");
+    assert!(s.contains("exit 65: some lines were invalid"), "{s}");
+    assert_eq!(
+        out.stderr.lines().last(),
+        Some(s),
+        "the summary is the last line"
+    );
+    assert!(!out.stderr.contains('\x1b'), "no escape codes into a pipe");
+}
+
+/// Under a terminal (`script` gives the daemon a pty), replaying a file shows a progress bar
+/// with bytes of the file's size, lines/s, delivered, invalid and spooled lines.
+#[test]
+fn a_terminal_gets_a_progress_bar_for_a_file_on_stdin() {
+    let script = std::path::Path::new("/usr/bin/script");
+    if !script.exists() {
+        eprintln!("SKIPPED a_terminal_gets_a_progress_bar_for_a_file_on_stdin: /usr/bin/script (util-linux) is not installed");
+        return;
+    }
+    let fake = FakeInflux::start().default_reply(Reply::status(204));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.url(), "");
+    let input = dir.path().join("backlog.lp");
+    let body: String = (0..20_000)
+        .map(|i| format!("m,host=h v={i}i {i}\n"))
+        .collect();
+    std::fs::write(&input, &body).unwrap();
+    let typescript = dir.path().join("pty.out");
+    let command = format!(
+        "{} --config {} --stdin < {}",
+        common::lineship_bin().display(),
+        cfg.display(),
+        input.display()
+    );
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg("-qec").arg(&command).arg(&typescript);
+    let out = run_with_timeout(cmd, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(seen.contains("lines/s · delivered"), "{seen}");
+    let size = format!("/{:.2} KiB", body.len() as f64 / 1024.0);
+    assert!(
+        seen.contains(&size),
+        "the bar counts bytes of {size}: {seen}"
+    );
+    assert!(
+        seen.contains("lineship: read 20000 lines, delivered 20000"),
+        "{seen}"
+    );
+    assert!(fake.wait_for_lines(20_000, T));
+}
