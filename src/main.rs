@@ -154,7 +154,21 @@ fn main() -> ExitCode {
 }
 
 fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
-    let inspection = match lineship::spool::inspect(&settings.state_dir) {
+    // Verifying reads every byte of the spool: show how far it is on a terminal.
+    let bar = matches!(action, SpoolAction::Verify)
+        .then(|| lineship::progress::bytes_bar("verifying"))
+        .flatten();
+    let mut progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let inspected = lineship::spool::inspect_with_progress(&settings.state_dir, &mut progress);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let inspection = match inspected {
         Ok(i) => i,
         Err(e) => {
             eprintln!(

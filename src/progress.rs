@@ -104,6 +104,23 @@ pub fn summary_output(line: &str, code: u8, format: LogFormat, journald: bool) -
     }
 }
 
+/// A bar over `what` bytes for a one-shot command (`lineship spool verify`), on stderr when it
+/// is a terminal; `None` otherwise.
+pub fn bytes_bar(what: &str) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5))
+        .with_style(
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} {what} [{{bar:30}}] {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, {{eta}})"
+            ))
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+    Some(bar)
+}
+
 /// The size of stdin when it is a regular file.
 fn stdin_file_size() -> Option<u64> {
     let meta = std::fs::metadata("/proc/self/fd/0").ok()?;

@@ -485,3 +485,50 @@ fn a_terminal_gets_a_progress_bar_for_a_file_on_stdin() {
     );
     assert!(fake.wait_for_lines(20_000, T));
 }
+
+/// `lineship spool verify` on a terminal shows how far it has read; into a pipe it does not.
+#[test]
+fn spool_verify_shows_progress_on_a_terminal_only() {
+    let script = std::path::Path::new("/usr/bin/script");
+    if !script.exists() {
+        eprintln!("SKIPPED spool_verify_shows_progress_on_a_terminal_only: /usr/bin/script (util-linux) is not installed");
+        return;
+    }
+    let down = FakeInflux::start();
+    let url = down.url();
+    drop(down);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &url, "");
+    let body: String = (0..5_000)
+        .map(|i| format!("m,host=h v={i}i {i}\n"))
+        .collect();
+    let out = run_stdin(&cfg, body.as_bytes(), T);
+    assert_eq!(
+        out.code,
+        Some(75),
+        "the lines wait in the spool: {}",
+        out.stderr
+    );
+    let typescript = dir.path().join("pty.out");
+    let command = format!(
+        "{} spool verify --config {}",
+        common::lineship_bin().display(),
+        cfg.display()
+    );
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg("-qec").arg(&command).arg(&typescript);
+    let out = run_with_timeout(cmd, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let seen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(seen.contains("verifying ["), "{seen}");
+    assert!(seen.contains("is intact"), "{seen}");
+    let mut piped = lineship_command();
+    piped.args(["spool", "verify", "--config"]).arg(&cfg);
+    let out = run_with_timeout(piped, b"", T);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("verifying") && !out.stderr.contains('\x1b'),
+        "{}",
+        out.stderr
+    );
+}

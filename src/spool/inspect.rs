@@ -33,6 +33,14 @@ pub struct Inspection {
 
 /// Reads every segment and checks every CRC, changing nothing.
 pub fn inspect(state_dir: &Path) -> io::Result<Inspection> {
+    inspect_with_progress(state_dir, &mut |_, _| {})
+}
+
+/// [`inspect`], calling `progress(bytes scanned, bytes in all segments)` after each segment.
+pub fn inspect_with_progress(
+    state_dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<Inspection> {
     let dir = state_dir.join("spool");
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -55,7 +63,13 @@ pub fn inspect(state_dir: &Path) -> io::Result<Inspection> {
     }
     let cursor = read_cursor(&dir);
     let mut segments = Vec::new();
-    for (id, path) in list_segments(&dir)? {
+    let listed = list_segments(&dir)?;
+    let size = |p: &Path| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+    let total: u64 = listed.iter().map(|(_, p)| size(p)).sum();
+    let mut done = 0u64;
+    progress(0, total);
+    for (id, path) in listed {
+        done += size(&path);
         let (scan, read_error) = match scan_segment_file(&path) {
             Ok((scan, _)) => (Some(scan), None),
             Err(e) => (None, Some(e.to_string())),
@@ -66,6 +80,7 @@ pub fn inspect(state_dir: &Path) -> io::Result<Inspection> {
             scan,
             read_error,
         });
+        progress(done.min(total), total);
     }
     let found: Vec<Found<'_>> = segments
         .iter()

@@ -79,7 +79,7 @@ mod segment;
 mod sync;
 
 pub use cursor::Cursor;
-pub use inspect::{inspect, Inspection, SegmentReport};
+pub use inspect::{inspect, inspect_with_progress, Inspection, SegmentReport};
 pub use loss::{Loss, Place};
 pub use record::{
     encode_record, parse_record, scan_segment, Damage, RecordMeta, ScannedRecord, SegmentScan, Seq,
