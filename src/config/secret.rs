@@ -50,11 +50,17 @@ impl fmt::Display for Secret {
 /// Reads a token file; surrounding whitespace (a trailing newline) is not part of the token.
 /// Errors name the file, never the token.
 pub fn read_token_file(path: &Path) -> Result<Secret, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let p = path.display();
+    let create = format!(
+        "create it readable by lineship only (`install -m 640 -g lineship /dev/null {p}`, or `-m 600` without that group) and write the token into it"
+    );
+    let s = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{p} does not exist: {create}"),
+        _ => format!("cannot read {p}: {e}"),
+    })?;
     let t = s.trim();
     if t.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(format!("{p} is empty: write the token into it"));
     }
     limits::token(t).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Secret::new(t))

@@ -415,3 +415,25 @@ fn several_urls_and_their_errors_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn a_missing_or_empty_token_file_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("token");
+    let text = MINIMAL.replace("token = \"s3cret\"", &format!("token_file = {missing:?}"));
+    let e = format!("{:#}", load(&text).unwrap_err());
+    assert!(
+        e.contains("`output.token_file`") && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "install -m 640 -g lineship /dev/null {}",
+            missing.display()
+        )),
+        "{e}"
+    );
+    std::fs::write(&missing, "\n").unwrap();
+    let e = format!("{:#}", load(&text).unwrap_err());
+    assert!(e.contains("is empty: write the token into it"), "{e}");
+}
