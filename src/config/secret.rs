@@ -66,6 +66,11 @@ pub fn read_token_file(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(t))
 }
 
+/// Whether `path` is a readable file holding only whitespace.
+fn is_blank_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.trim().is_empty())
+}
+
 /// Picks the token from `output.token`, `output.token_file` or [`TOKEN_ENV`], in that order,
 /// and checks that it can go into a header. Setting both keys is an error; `token = ""`
 /// counts as unset, so token_file and LINESHIP_TOKEN still apply.
@@ -85,6 +90,10 @@ pub(super) fn resolve_token(
             limits::token(&t).map_err(|e| key_err("output.token", e))?;
             (Secret::new(t), TokenSource::Config)
         }
+        // An empty file is a token not written yet (the package installs one so): no token,
+        // with a warning from `secret_file_warnings`. A SIGHUP that finds it empty keeps the
+        // current token (see `read_token_file`).
+        (None, Some(f)) if is_blank_file(f) => (Secret::new(String::new()), TokenSource::File),
         (None, Some(f)) => (
             read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
             TokenSource::File,
@@ -137,6 +146,12 @@ pub fn secret_file_warnings(config_path: &Path, settings: &Settings) -> Vec<Stri
     }
     if let (TokenSource::File, Some(f)) = (o.token_source, &o.token_file) {
         out.extend(world_readable_warning(f, "output.token_file"));
+        if o.token.is_empty() {
+            out.push(format!(
+                "output.token_file {} is empty, so requests carry no Authorization header (VictoriaMetrics needs none, InfluxDB does): write the token into it",
+                f.display()
+            ));
+        }
     }
     out
 }

@@ -433,7 +433,16 @@ fn a_missing_or_empty_token_file_is_named_with_the_fix() {
         )),
         "{e}"
     );
+    // Empty (as the package installs it): no token yet, which `check` warns about.
     std::fs::write(&missing, "\n").unwrap();
-    let e = format!("{:#}", load(&text).unwrap_err());
-    assert!(e.contains("is empty: write the token into it"), "{e}");
+    let s = load(&text).unwrap();
+    assert!(s.output.token.is_empty());
+    let w = secret_file_warnings(Path::new("/nonexistent.toml"), &s);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("is empty") && w.contains("write the token into it")),
+        "{w:?}"
+    );
+    // A SIGHUP that finds it empty keeps the current token.
+    assert!(read_token_file(&missing).unwrap_err().contains("is empty"));
 }
