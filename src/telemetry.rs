@@ -228,13 +228,20 @@ impl ServerStats {
         }
     }
 
+    /// Counts one request outcome, as [`Stats::count_request`].
     pub fn count_request(&self, outcome: &str) {
-        *self
-            .requests
-            .lock()
-            .unwrap()
-            .entry(outcome.to_owned())
-            .or_default() += 1;
+        count_outcome(&self.requests, outcome);
+    }
+}
+
+/// Adds one to `outcome`'s count; the key is allocated only the first time it is seen.
+fn count_outcome(counts: &Mutex<BTreeMap<String, u64>>, outcome: &str) {
+    let mut counts = counts.lock().unwrap();
+    match counts.get_mut(outcome) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(outcome.to_owned(), 1);
+        }
     }
 }
 
@@ -280,12 +287,7 @@ impl Stats {
 
     /// Counts one request outcome: an HTTP status or a transport error class.
     pub fn count_request(&self, outcome: &str) {
-        *self
-            .requests
-            .lock()
-            .unwrap()
-            .entry(outcome.to_owned())
-            .or_default() += 1;
+        count_outcome(&self.requests, outcome);
     }
 
     pub fn lines_received(&self) -> u64 {
