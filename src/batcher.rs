@@ -1,14 +1,16 @@
-//! The batcher thread: receives chunks from the inputs, groups them with [`Builder`], gzips
-//! sealed batches and hands them to the sender — or, when the sender is behind (memory full),
-//! the server is failing, or the spool already holds data, appends them to the spool.
+//! The batcher thread: receives chunks from the inputs, routes them to their delivery lanes
+//! (outputs, and the URLs of a sharded output), groups them with [`Builder`], gzips sealed
+//! batches once per (bucket, precision, gzip_level) and hands each lane its copy — or, when a
+//! lane's sender is behind (memory full), its server is failing, or its spool already holds
+//! data, appends the copy to that lane's spool.
 //! With `when_full = "block"` a full spool blocks this thread, which fills the channel, which
-//! pushes back on the inputs.
+//! pushes back on the inputs: a blocked output holds every input, and so every output.
 //!
 //! Shutdown: the inputs stop when `cancel` is cancelled and drop their senders; the batcher
 //! drains the channel until the last sender is gone (or, if an input is wedged, until the
-//! shutdown deadline), seals everything and exits; dropping its batch sender tells the sender
-//! that no more batches come. Once `cancel` is cancelled, nothing waits for spool space or
-//! memory any more.
+//! shutdown deadline), seals everything and exits; dropping its batch senders tells the
+//! senders that no more batches come. Once `cancel` is cancelled, nothing waits for spool
+//! space or memory any more.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,10 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::ChunkRx;
 
-use crate::batch::{AckRouter, Batch, Builder, Encoder, Limits, RawBatch};
+use crate::batch::{AckRouter, Batch, Builder, Chunk, Dest, Encoder, Limits, RawBatch};
+use crate::lanes::OutputRoute;
 use crate::output::MemoryGate;
+#[cfg(doc)]
+use crate::output::Sender;
 use crate::spool::{Appended, Spool};
-use crate::telemetry::Stats;
+use crate::telemetry::{OutputStats, Stats};
 use crate::watchdog::{Stage, BEAT_EVERY};
 
 /// How long spool writes must work before an episode of failures is over.
@@ -38,6 +43,23 @@ pub struct SpoolTrouble {
     episode: Option<(Instant, u64)>,
 }
 
+/// What the batcher holds of one delivery lane.
+pub struct Lane {
+    /// The bucket of lines whose input names none (the output's `bucket`).
+    pub bucket: Arc<str>,
+    pub gzip_level: u32,
+    pub out: mpsc::UnboundedSender<Batch>,
+    pub memory: Arc<MemoryGate>,
+    pub spool: Arc<Spool>,
+    /// Wakes the sender's replay when a batch was spooled.
+    pub spooled: Arc<tokio::sync::Notify>,
+    /// Whether the lane's servers accept writes ([`Sender::healthy`]).
+    pub healthy: Box<dyn Fn() -> bool + Send>,
+    pub stats: Arc<OutputStats>,
+    /// Whether spool writes fail (see `spool_write_result`).
+    pub spool_trouble: std::cell::Cell<SpoolTrouble>,
+}
+
 pub struct Batcher {
     pub chunks: ChunkRx,
     /// Cancelled when shutdown begins.
@@ -45,16 +67,36 @@ pub struct Batcher {
     /// The shutdown deadline, once shutdown began.
     pub deadline: watch::Receiver<Option<Instant>>,
     pub limits: Limits,
-    pub gzip_level: u32,
-    pub out: mpsc::UnboundedSender<Batch>,
-    pub memory: Arc<MemoryGate>,
-    pub spool: Arc<Spool>,
-    /// Wakes the sender's replay when a batch was spooled.
-    pub spooled: Arc<tokio::sync::Notify>,
+    /// Every lane, in output order.
+    pub lanes: Vec<Lane>,
+    /// Each output's lanes, in output order.
+    pub routes: Vec<OutputRoute>,
     pub acks: Arc<AckRouter>,
     pub stats: Arc<Stats>,
-    /// Whether spool writes fail (see `spool_write_result`).
-    pub spool_trouble: std::cell::Cell<SpoolTrouble>,
+}
+
+/// The set bits of `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
+}
+
+/// One encoder per gzip level in use.
+struct Encoders(Vec<Option<Encoder>>);
+
+impl Encoders {
+    fn get(&mut self, level: u32) -> &mut Encoder {
+        let i = level as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].get_or_insert_with(|| Encoder::new(level))
+    }
 }
 
 impl Batcher {
@@ -66,17 +108,17 @@ impl Batcher {
 
     fn run(self) {
         let mut builder = Builder::new(self.limits);
-        let mut encoder = Encoder::new(self.gzip_level);
+        let mut encoders = Encoders(Vec::new());
         let mut sealed: Vec<RawBatch> = Vec::new();
+        // One lane and no shards: every chunk goes to lane 0 as it is.
+        let simple = self.lanes.len() == 1;
         loop {
             self.stats.progress.beat(Stage::Batcher);
             self.release_hold_if_delivering();
             self.stats
                 .queue_bytes
                 .store(self.chunks.queued_bytes() as u64, Relaxed);
-            self.stats
-                .memory_bytes
-                .store(self.memory.used() as u64, Relaxed);
+            self.store_memory_gauges();
             let now = Instant::now();
             // Wake at least every BEAT_EVERY even when idle, so the watchdog sees the loop alive.
             let timeout = builder.next_deadline().map_or(BEAT_EVERY, |d| {
@@ -84,7 +126,15 @@ impl Batcher {
             });
             select! {
                 recv(self.chunks.select_handle()) -> msg => match msg {
-                    Ok(c) => builder.push(self.chunks.taken(c), Instant::now(), &mut sealed),
+                    Ok(c) => {
+                        let mut c = self.chunks.taken(c);
+                        if simple {
+                            c.dest.route = 1;
+                            builder.push(c, Instant::now(), &mut sealed);
+                        } else {
+                            self.route(c, &mut builder, &mut sealed);
+                        }
+                    }
                     Err(_) => break, // every input hung up
                 },
                 default(timeout) => {
@@ -95,29 +145,93 @@ impl Batcher {
                     }
                 }
             }
-            self.emit(&mut encoder, &mut sealed);
+            self.emit(&mut encoders, &mut sealed);
         }
         builder.flush_all(&mut sealed);
-        self.emit(&mut encoder, &mut sealed);
+        self.emit(&mut encoders, &mut sealed);
+        self.store_memory_gauges();
+    }
+
+    fn store_memory_gauges(&self) {
+        for r in &self.routes {
+            let used: usize = bits(r.lanes).map(|l| self.lanes[l].memory.used()).sum();
+            if let Some(l) = bits(r.lanes).next() {
+                self.lanes[l].stats.memory_bytes.store(used as u64, Relaxed);
+            }
+        }
+    }
+
+    /// Sends a chunk's lines to the lanes of the outputs its input names: one piece for every
+    /// unsharded lane together, and for each sharded output one piece per URL its series go
+    /// to. The chunk's ack waits for every copy.
+    fn route(&self, chunk: Chunk, builder: &mut Builder, sealed: &mut Vec<RawBatch>) {
+        let now = Instant::now();
+        let mut plain = 0u64;
+        let mut pieces: Vec<Chunk> = Vec::new();
+        for o in bits(chunk.dest.route).filter(|&o| o < self.routes.len()) {
+            let r = &self.routes[o];
+            let Some(shards) = &r.shards else {
+                plain |= r.lanes;
+                continue;
+            };
+            let mut parts: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); self.lanes.len()];
+            for line in chunk.data.split_inclusive(|&b| b == b'\n') {
+                let body = line.strip_suffix(b"\n").unwrap_or(line);
+                let part = &mut parts[shards.lane_of(body)];
+                part.0.extend_from_slice(line);
+                part.1 += 1;
+            }
+            for (lane, (data, lines)) in parts.into_iter().enumerate() {
+                if lines > 0 {
+                    pieces.push(Chunk {
+                        dest: Dest {
+                            route: 1 << lane,
+                            ..chunk.dest.clone()
+                        },
+                        data,
+                        lines,
+                        ack: chunk.ack,
+                    });
+                }
+            }
+        }
+        let copies: u32 = plain.count_ones()
+            + pieces
+                .iter()
+                .map(|p| p.dest.route.count_ones())
+                .sum::<u32>();
+        if let Some(a) = chunk.ack {
+            self.acks.expect(a, copies);
+        }
+        for p in pieces {
+            builder.push(p, now, sealed);
+        }
+        if plain != 0 {
+            let mut c = chunk;
+            c.dest.route = plain;
+            builder.push(c, now, sealed);
+        }
     }
 
     fn past_deadline(&self) -> bool {
         self.deadline.borrow().is_some_and(|d| Instant::now() >= d)
     }
 
-    /// While spool writes fail, inputs that can wait are held; once the output delivers again,
+    /// While spool writes fail, inputs that can wait are held; once the lane delivers again,
     /// what they send can go straight to it (or to memory), so they may go on. Also ends a
     /// logged episode of failures once writes have worked for a while.
     fn release_hold_if_delivering(&self) {
-        let mut t = self.spool_trouble.get();
-        if t.failing && self.stats.health.lock().unwrap().ok {
-            self.chunks.hold_waiting(false);
-        }
-        if let Some((last, failures)) = t.episode {
-            if !t.failing && last.elapsed() >= SPOOL_QUIET {
-                tracing::info!(spool = %self.spool.dir().display(), failures, "spool writes work again");
-                t.episode = None;
-                self.spool_trouble.set(t);
+        for lane in &self.lanes {
+            let mut t = lane.spool_trouble.get();
+            if t.failing && (lane.healthy)() {
+                self.chunks.hold_waiting(false);
+            }
+            if let Some((last, failures)) = t.episode {
+                if !t.failing && last.elapsed() >= SPOOL_QUIET {
+                    tracing::info!(spool = %lane.spool.dir().display(), failures, "spool writes work again");
+                    t.episode = None;
+                    lane.spool_trouble.set(t);
+                }
             }
         }
     }
@@ -125,8 +239,8 @@ impl Batcher {
     /// Records whether the last spool write worked. A full disk fails one batch after another,
     /// and a small batch may still fit between big ones: one error starts an episode, which
     /// ends (logged at info) only after [`SPOOL_QUIET`] without failures.
-    fn spool_write_result(&self, failed: Option<&std::io::Error>) {
-        let mut t = self.spool_trouble.get();
+    fn spool_write_result(&self, lane: &Lane, failed: Option<&std::io::Error>) {
+        let mut t = lane.spool_trouble.get();
         match failed {
             Some(e) => {
                 t.failing = true;
@@ -134,7 +248,8 @@ impl Batcher {
                     None => {
                         tracing::error!(
                             error = %e,
-                            spool = %self.spool.dir().display(),
+                            output = %lane.stats.name,
+                            spool = %lane.spool.dir().display(),
                             "cannot write to the spool; holding sealed batches in memory (up to output.memory_limit) and pausing stdin and tail inputs until the spool or the server works again. Check disk space and permissions"
                         );
                         1
@@ -152,61 +267,113 @@ impl Batcher {
             }
             None => {}
         }
-        self.spool_trouble.set(t);
+        lane.spool_trouble.set(t);
     }
 
-    fn emit(&self, encoder: &mut Encoder, sealed: &mut Vec<RawBatch>) {
+    /// Encodes each sealed batch once per (bucket, gzip_level) among its lanes and gives every
+    /// lane its copy.
+    fn emit(&self, encoders: &mut Encoders, sealed: &mut Vec<RawBatch>) {
         for raw in sealed.drain(..) {
-            let batch = encoder.encode(raw);
             self.stats.batches_sealed.fetch_add(1, Relaxed);
-            // Keep order: while the spool holds anything, new batches queue behind it. Also
-            // spool when the server is failing or memory is full, so memory stays bounded.
-            let healthy = self.stats.health.lock().unwrap().ok;
-            let size = batch.body.len();
-            if self.spool.unacked() == 0 && healthy && self.memory.try_acquire(size) {
-                self.hand_over(batch, size);
+            let route = raw.dest.route;
+            if route.count_ones() == 1 {
+                let l = route.trailing_zeros() as usize;
+                let lane = &self.lanes[l];
+                let mut raw = raw;
+                if raw.dest.bucket.is_empty() {
+                    raw.dest.bucket = lane.bucket.clone();
+                }
+                raw.dest.route = 1 << l;
+                let batch = encoders.get(lane.gzip_level).encode(raw);
+                self.emit_to(lane, batch);
                 continue;
             }
-            // Called every 100 ms while waiting for memory or spool space: waiting on the
-            // sender or the server is not a wedge, so it counts as progress.
-            let give_up = || {
-                self.stats.progress.beat(Stage::Batcher);
-                self.cancel.is_cancelled()
-            };
-            let res = self.spool.append(&batch, give_up);
-            self.spool_write_result(res.as_ref().err());
-            match res {
-                Ok((Appended::Stored, durable)) => {
-                    self.acks.ack(&durable);
-                    self.spooled.notify_one();
-                }
-                // Dropped as configured: tailed files may move on past these lines.
-                Ok((Appended::DroppedNewest, dropped)) => self.acks.dropped(&dropped),
-                // Shutdown: withheld, so tailed lines are read again after the restart.
-                Ok((Appended::GaveUp, _)) => {}
-                Err(_) => {
-                    // Nothing more is taken from inputs that can wait while the server is
-                    // down too: what they read now could be neither delivered nor kept.
-                    if !self.stats.health.lock().unwrap().ok {
-                        self.chunks.hold_waiting(true);
-                    }
-                    // At shutdown nothing may wait on a sender stuck on a dead server.
-                    self.memory.acquire(size, give_up);
-                    self.hand_over(batch, size);
+            let mut left = route;
+            while left != 0 {
+                let first = left.trailing_zeros() as usize;
+                let key = |l: usize| {
+                    let lane = &self.lanes[l];
+                    let bucket = if raw.dest.bucket.is_empty() {
+                        lane.bucket.clone()
+                    } else {
+                        raw.dest.bucket.clone()
+                    };
+                    (bucket, lane.gzip_level)
+                };
+                let (bucket, level) = key(first);
+                let group: u64 = bits(left)
+                    .filter(|&l| key(l) == (bucket.clone(), level))
+                    .fold(0, |m, l| m | 1 << l);
+                left &= !group;
+                let (body, encoding) = encoders.get(level).encode_slice(&raw.data);
+                for l in bits(group) {
+                    let batch = Batch {
+                        dest: Dest {
+                            bucket: bucket.clone(),
+                            precision: raw.dest.precision,
+                            route: 1 << l,
+                        },
+                        body: body.clone(),
+                        encoding,
+                        lines: raw.lines,
+                        raw_len: raw.data.len(),
+                        acks: raw.acks.clone(),
+                    };
+                    self.emit_to(&self.lanes[l], batch);
                 }
             }
         }
     }
 
-    fn hand_over(&self, batch: Batch, size: usize) {
-        if let Err(e) = self.out.send(batch) {
+    /// Hands a batch to its lane's sender, or appends it to the lane's spool.
+    fn emit_to(&self, lane: &Lane, batch: Batch) {
+        // Keep order: while the spool holds anything, new batches queue behind it. Also
+        // spool when the server is failing or memory is full, so memory stays bounded.
+        let size = batch.body.len();
+        if lane.spool.unacked() == 0 && (lane.healthy)() && lane.memory.try_acquire(size) {
+            self.hand_over(lane, batch, size);
+            return;
+        }
+        // Called every 100 ms while waiting for memory or spool space: waiting on the
+        // sender or the server is not a wedge, so it counts as progress.
+        let give_up = || {
+            self.stats.progress.beat(Stage::Batcher);
+            self.cancel.is_cancelled()
+        };
+        let res = lane.spool.append(&batch, give_up);
+        self.spool_write_result(lane, res.as_ref().err());
+        match res {
+            Ok((Appended::Stored, durable)) => {
+                self.acks.ack(&durable);
+                lane.spooled.notify_one();
+            }
+            // Dropped as configured: tailed files may move on past these lines.
+            Ok((Appended::DroppedNewest, dropped)) => self.acks.dropped(&dropped),
+            // Shutdown: withheld, so tailed lines are read again after the restart.
+            Ok((Appended::GaveUp, _)) => {}
+            Err(_) => {
+                // Nothing more is taken from inputs that can wait while the server is
+                // down too: what they read now could be neither delivered nor kept.
+                if !(lane.healthy)() {
+                    self.chunks.hold_waiting(true);
+                }
+                // At shutdown nothing may wait on a sender stuck on a dead server.
+                lane.memory.acquire(size, give_up);
+                self.hand_over(lane, batch, size);
+            }
+        }
+    }
+
+    fn hand_over(&self, lane: &Lane, batch: Batch, size: usize) {
+        if let Err(e) = lane.out.send(batch) {
             let lines = e.0.lines;
-            self.memory.release(size);
-            self.stats
+            lane.memory.release(size);
+            lane.stats
                 .lines_undelivered
                 .fetch_add(lines as u64, Relaxed);
             tracing::error!(
                 lines,
+                output = %lane.stats.name,
                 "sender is gone; a sealed batch could not be handed over and is lost"
             );
         }
@@ -239,7 +406,7 @@ mod tests {
             fsync: FsyncPolicy::Never,
             fsync_interval: Duration::from_secs(1),
         };
-        let spool = Arc::new(Spool::open(dir.path(), &settings, stats.spool.clone()).unwrap());
+        let spool = Arc::new(Spool::open(dir.path(), &settings, Default::default()).unwrap());
         let (tx, chunks) = crate::queue::channel(16, 1 << 20);
         let (out_tx, out) = mpsc::unbounded_channel();
         let (deadline, deadline_rx) = watch::channel(None);
@@ -254,14 +421,23 @@ mod tests {
                 // Only the drain seals.
                 flush_interval: Duration::from_secs(3600),
             },
-            gzip_level: 1,
-            out: out_tx,
-            memory: Arc::new(MemoryGate::new(1 << 20)),
-            spool,
-            spooled: Default::default(),
+            lanes: vec![Lane {
+                bucket: Arc::from("b"),
+                gzip_level: 1,
+                out: out_tx,
+                memory: Arc::new(MemoryGate::new(1 << 20)),
+                spool,
+                spooled: Default::default(),
+                healthy: Box::new(|| true),
+                stats: stats.register_output("default"),
+                spool_trouble: Default::default(),
+            }],
+            routes: vec![OutputRoute {
+                lanes: 1,
+                shards: None,
+            }],
             acks: Default::default(),
             stats,
-            spool_trouble: Default::default(),
         }
         .spawn()
         .unwrap();

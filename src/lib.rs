@@ -9,6 +9,10 @@
 //!                                    per line)                   + gzip               on 400/413                 spool (disk)
 //! ```
 //!
+//! With several outputs (`[outputs.NAME]`) or a sharded one, the batcher hands each sealed
+//! batch to every delivery lane it goes to (`lanes.rs`), each lane with its own sender and
+//! spool; a batch is compressed once per (bucket, precision, gzip_level), not once per lane.
+//!
 //! Lines are forwarded byte for byte: the only changes are CRLF → LF and a timestamp appended
 //! to lines that have none. Backpressure runs back to front: the sender bounds the bytes it
 //! holds, the batcher blocks, the channel fills, and the inputs block.
@@ -20,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod input;
+pub mod lanes;
 pub mod line;
 pub mod output;
 pub mod pipeline;
@@ -36,5 +41,5 @@ pub mod statefile;
 pub mod telemetry;
 pub mod watchdog;
 
-pub use app::{run, Io, Report};
+pub use app::{run, Io, OutputReport, Report};
 pub use config::Settings;

@@ -59,6 +59,13 @@ fn main() -> ExitCode {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
+            // An output removed from the config leaves its spool; nothing delivers it now.
+            for d in lineship::lanes::orphaned_spools(&settings) {
+                eprintln!(
+                    "warning: {} holds spooled data that no configured output delivers (an output or a shard URL was removed from the config); put the output back to deliver it, or remove the directory once it is no longer wanted",
+                    d.display()
+                );
+            }
             // Run as the service user (ExecStartPre), this catches a state_dir it cannot use.
             if settings.state_dir.is_dir() {
                 if let Err(e) = lineship::state_dir::check_writable(&settings.state_dir) {
@@ -154,6 +161,41 @@ fn main() -> ExitCode {
 }
 
 fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
+    // Every lane's spool (an output's, or a shard's), then those no output uses any more.
+    let plan = lineship::lanes::plan(settings);
+    let mut spools: Vec<(String, std::path::PathBuf)> = plan
+        .lanes
+        .iter()
+        .map(|l| {
+            let name = &settings.outputs[l.output].name;
+            let what = match &l.shard {
+                Some(url) => format!("output {name}, shard {url}"),
+                None => format!("output {name}"),
+            };
+            (what, l.spool_dir.clone())
+        })
+        .collect();
+    for d in lineship::lanes::orphaned_spools(settings) {
+        spools.push(("no output (removed from the config)".to_owned(), d));
+    }
+    let several = spools.len() > 1;
+    let mut code = ExitCode::SUCCESS;
+    for (i, (what, dir)) in spools.iter().enumerate() {
+        if several {
+            if i > 0 {
+                println!();
+            }
+            println!("{what}:");
+        }
+        if spool_report(dir, &action) != ExitCode::SUCCESS {
+            code = ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    code
+}
+
+/// `spool status` or `spool verify` of the spool in `dir`.
+fn spool_report(dir: &std::path::Path, action: &SpoolAction) -> ExitCode {
     // Verifying reads every byte of the spool: show how far it is on a terminal.
     let bar = matches!(action, SpoolAction::Verify)
         .then(|| lineship::progress::bytes_bar("verifying"))
@@ -164,21 +206,17 @@ fn spool_command(settings: &Settings, action: SpoolAction) -> ExitCode {
             b.set_position(done);
         }
     };
-    let inspected = lineship::spool::inspect_with_progress(&settings.state_dir, &mut progress);
+    let inspected = lineship::spool::inspect_dir_with_progress(dir.to_path_buf(), &mut progress);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     let inspection = match inspected {
         Ok(i) => i,
         Err(e) => {
-            eprintln!(
-                "error: cannot read the spool under {}: {e}",
-                settings.state_dir.display()
-            );
+            eprintln!("error: cannot read the spool {}: {e}", dir.display());
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let dir = settings.state_dir.join("spool");
     match action {
         SpoolAction::Status => {
             let b = inspection.backlog();

@@ -64,10 +64,20 @@ pub fn exit_meaning(code: u8) -> &'static str {
 /// The one line every `--stdin` run ends with.
 pub fn summary_line(report: &Report, elapsed: Duration, rejected: &Path, code: u8) -> String {
     let invalid = report.lines_invalid + report.lines_dead_lettered + report.lines_partial_dropped;
+    // With several outputs, each output's count: every line goes to each.
+    let delivered = if report.outputs.len() > 1 {
+        let each: Vec<String> = report
+            .outputs
+            .iter()
+            .map(|o| format!("{} to {}", o.lines_delivered, o.name))
+            .collect();
+        each.join(", ")
+    } else {
+        report.lines_delivered.to_string()
+    };
     let mut s = format!(
-        "lineship: read {} lines, delivered {}, invalid {}",
+        "lineship: read {} lines, delivered {delivered}, invalid {}",
         report.lines_received + report.lines_invalid,
-        report.lines_delivered,
         invalid
     );
     if invalid > 0 {
@@ -189,9 +199,9 @@ impl Bar {
 fn figures(stats: &Stats) -> Figures {
     Figures {
         read: stats.lines_received() + stats.lines_invalid(),
-        delivered: stats.lines_delivered.load(Relaxed),
+        delivered: stats.outputs_sum(|o| o.lines_delivered.load(Relaxed)),
         invalid: stats.lines_invalid(),
-        spooled: stats.spool.lines.load(Relaxed),
+        spooled: stats.outputs_sum(|o| o.spool_sum(|s| &s.lines)),
     }
 }
 
@@ -266,5 +276,26 @@ mod tests {
         };
         let s = summary_line(&lost, Duration::from_secs(1), Path::new("/x"), 75);
         assert!(s.contains("left in the spool 4, LOST 1;"), "{s}");
+    }
+
+    #[test]
+    fn with_several_outputs_the_summary_gives_each_outputs_count() {
+        let out = |name: &str, n| crate::app::OutputReport {
+            name: name.into(),
+            lines_delivered: n,
+            ..Default::default()
+        };
+        let report = Report {
+            lines_received: 10,
+            lines_delivered: 16,
+            lines_spooled: 4,
+            outputs: vec![out("default", 10), out("lake", 6)],
+            ..Default::default()
+        };
+        let s = summary_line(&report, Duration::from_secs(1), Path::new("/x"), 75);
+        assert!(
+            s.starts_with("lineship: read 10 lines, delivered 10 to default, 6 to lake, invalid 0, left in the spool 4;"),
+            "{s}"
+        );
     }
 }

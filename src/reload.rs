@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::config::{self, Secret};
+use crate::config::{self, OutputSettings, Secret};
 use crate::output::client::Client;
 
 /// What re-reading the token file did.
@@ -44,16 +44,29 @@ pub fn reread_token(token_file: Option<&Path>, current: &Secret) -> TokenReload 
 
 pub struct Reloader {
     generation: watch::Sender<u64>,
-    token_file: Option<PathBuf>,
+    /// Each output's token file and the token in use, in output order.
+    tokens: Vec<TokenFile>,
+}
+
+struct TokenFile {
+    /// `output.token_file`, `outputs.NAME.token_file`.
+    key: String,
+    path: Option<PathBuf>,
     token: Mutex<Secret>,
 }
 
 impl Reloader {
-    pub fn new(token_file: Option<PathBuf>, token: Secret) -> Self {
+    pub fn new(outputs: &[OutputSettings]) -> Self {
         Reloader {
             generation: watch::Sender::new(0),
-            token_file,
-            token: Mutex::new(token),
+            tokens: outputs
+                .iter()
+                .map(|o| TokenFile {
+                    key: format!("{}.token_file", o.key),
+                    path: o.token_file.clone(),
+                    token: Mutex::new(o.token.clone()),
+                })
+                .collect(),
         }
     }
 
@@ -62,36 +75,47 @@ impl Reloader {
         self.generation.subscribe()
     }
 
-    /// Handles one reload request.
-    pub fn reload(&self, client: &Client) {
+    /// Handles one reload request: `clients[i]` are the HTTP clients of output `i`.
+    pub fn reload(&self, clients: &[Vec<&Client>]) {
+        for (t, clients) in self.tokens.iter().zip(clients) {
+            t.reload(clients);
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+impl TokenFile {
+    fn reload(&self, clients: &[&Client]) {
+        let key = &self.key;
         let mut current = self.token.lock().unwrap();
-        match reread_token(self.token_file.as_deref(), &current) {
+        let shown = self.path.as_deref().unwrap_or(Path::new("")).display();
+        match reread_token(self.path.as_deref(), &current) {
             TokenReload::NotConfigured => tracing::info!(
-                "reload (SIGHUP): output.token_file is not set, so the token stays as it is (output.token and LINESHIP_TOKEN are read at start only)"
+                "reload (SIGHUP): {key} is not set, so the token stays as it is (a token in the config file and LINESHIP_TOKEN are read at start only)"
             ),
             TokenReload::Unchanged => tracing::info!(
-                token_file = %self.token_file.as_deref().unwrap_or(Path::new("")).display(),
-                "reload (SIGHUP): re-read output.token_file; the token is unchanged"
+                token_file = %shown,
+                "reload (SIGHUP): re-read {key}; the token is unchanged"
             ),
             TokenReload::Replaced(t) => {
-                client.set_token(t.clone());
+                for c in clients {
+                    c.set_token(t.clone());
+                }
                 *current = t;
                 tracing::info!(
-                    token_file = %self.token_file.as_deref().unwrap_or(Path::new("")).display(),
-                    "reload (SIGHUP): re-read output.token_file; the next request uses the new token"
+                    token_file = %shown,
+                    "reload (SIGHUP): re-read {key}; the next request uses the new token"
                 );
             }
             TokenReload::Failed(e) => tracing::error!(
-                "reload (SIGHUP): cannot use output.token_file: {e}; keeping the current token"
+                "reload (SIGHUP): cannot use {key}: {e}; keeping the current token"
             ),
         }
-        if let Some(path) = &self.token_file {
-            if let Some(w) = config::world_readable_warning(path, "output.token_file") {
+        if let Some(path) = &self.path {
+            if let Some(w) = config::world_readable_warning(path, key) {
                 tracing::warn!("{w}");
             }
         }
-        drop(current);
-        self.generation.send_modify(|g| *g += 1);
     }
 }
 
@@ -141,20 +165,20 @@ mod tests {
 
     #[test]
     fn subscribers_see_every_reload() {
-        let r = Reloader::new(None, Secret::default());
-        let mut rx = r.subscribe();
-        assert!(!rx.has_changed().unwrap());
         let settings = crate::config::Settings::from_toml(
             "state_dir = \"/tmp/x\"\n[output]\nurl = \"http://localhost:1\"\nbucket = \"b\"\n",
             false,
             |_| None,
         )
         .unwrap();
-        let client = Client::new(&settings.output).unwrap();
-        r.reload(&client);
+        let r = Reloader::new(&settings.outputs);
+        let mut rx = r.subscribe();
+        assert!(!rx.has_changed().unwrap());
+        let client = Client::new(&settings.outputs[0]).unwrap();
+        r.reload(&[vec![&client]]);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 1);
-        r.reload(&client);
+        r.reload(&[vec![&client]]);
         assert_eq!(*rx.borrow_and_update(), 2);
     }
 }

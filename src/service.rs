@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::output::Sender;
+use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::sd_notify::{self, Notifier};
 use crate::spool::Spool;
@@ -71,15 +72,17 @@ impl Service {
         &mut self,
         settings: &Settings,
         stats: &Arc<Stats>,
-        spool: &Arc<Spool>,
-        sender: &Arc<Sender>,
+        pipeline: &Pipeline,
         reloader: &Arc<Reloader>,
     ) {
+        let outputs = settings.outputs.len();
+        let spools: Vec<Vec<Arc<Spool>>> = (0..outputs).map(|i| pipeline.spools_of(i)).collect();
+        let senders: Vec<Vec<Arc<Sender>>> = (0..outputs).map(|i| pipeline.senders_of(i)).collect();
         if let Some(listener) = self.listener.take() {
             let stall_limit = self
                 .watchdog
                 .map_or(HEALTH_STALL_LIMIT, watchdog::stall_limit);
-            let telemetry = Arc::new(Telemetry::new(stats.clone(), spool.clone(), stall_limit));
+            let telemetry = Arc::new(Telemetry::new(stats.clone(), spools, stall_limit));
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "telemetry endpoint listening: /metrics and /health");
             }
@@ -88,10 +91,14 @@ impl Service {
             self.telemetry = Some(telemetry);
         }
         if let Some(mut hup) = self.hup.take() {
-            let (reloader, sender) = (reloader.clone(), sender.clone());
+            let reloader = reloader.clone();
             self.tasks.push(tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    reloader.reload(sender.client());
+                    let clients: Vec<Vec<_>> = senders
+                        .iter()
+                        .map(|s| s.iter().map(|s| s.client()).collect())
+                        .collect();
+                    reloader.reload(&clients);
                 }
             }));
         }
@@ -99,7 +106,12 @@ impl Service {
             self.notifier.as_deref(),
             &format!(
                 "READY=1\nSTATUS=delivering to {}",
-                settings.output.urls_text()
+                settings
+                    .outputs
+                    .iter()
+                    .map(|o| o.urls_text())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         );
         if let (Some(n), Some(interval)) = (&self.notifier, self.watchdog) {
@@ -120,21 +132,28 @@ impl Service {
         if self.notifier.is_none() {
             return;
         }
-        let healthy = stats.health.lock().unwrap().ok;
-        let (down, total) = {
-            let servers = stats.servers.lock().unwrap();
-            let down = servers.iter().filter(|s| s.down.load(Relaxed)).count();
-            (down, servers.len())
-        };
+        let outputs = stats.outputs();
+        let states: Vec<OutputState> = outputs
+            .iter()
+            .map(|o| {
+                let servers = o.servers.lock().unwrap();
+                OutputState {
+                    name: &o.name,
+                    healthy: o.health.lock().unwrap().ok,
+                    down: servers.iter().filter(|s| s.down.load(Relaxed)).count(),
+                    total: servers.len(),
+                }
+            })
+            .collect();
         sd_notify::notify(
             self.notifier.as_deref(),
             &format!(
                 "STATUS={}: {} lines in, {} delivered, {} invalid; spool {} lines",
-                state_word(healthy, down, total),
+                worst_state(&states),
                 stats.lines_received(),
-                stats.lines_delivered.load(Relaxed),
+                stats.outputs_sum(|o| o.lines_delivered.load(Relaxed)),
                 stats.lines_invalid(),
-                stats.spool.lines.load(Relaxed),
+                stats.outputs_sum(|o| o.spool_sum(|s| &s.lines)),
             ),
         );
     }
@@ -166,19 +185,49 @@ impl Drop for Service {
     }
 }
 
-/// What the status line leads with: whether the output delivers, and how many of its URLs
-/// are out of rotation when some are.
-fn state_word(healthy: bool, down: usize, total: usize) -> String {
-    match (healthy, down) {
-        (false, _) => "output failing".to_owned(),
-        (true, 0) => "delivering".to_owned(),
-        (true, d) => format!("delivering ({d} of {total} URLs out of rotation)"),
+/// One output, as the status line sees it.
+struct OutputState<'a> {
+    name: &'a str,
+    healthy: bool,
+    /// URLs out of rotation, of `total`.
+    down: usize,
+    total: usize,
+}
+
+/// What the status line leads with: the worst output's state (a failing one, else the one
+/// with the most URLs out of rotation), named when there are several outputs.
+fn worst_state(outputs: &[OutputState]) -> String {
+    let Some(w) = outputs
+        .iter()
+        .min_by_key(|o| (o.healthy, std::cmp::Reverse(o.down)))
+    else {
+        return "delivering".to_owned();
+    };
+    let named = outputs.len() > 1;
+    match (w.healthy, w.down, named) {
+        (false, _, false) => "output failing".to_owned(),
+        (false, _, true) => format!("output {} failing", w.name),
+        (true, 0, _) => "delivering".to_owned(),
+        (true, d, false) => format!("delivering ({d} of {} URLs out of rotation)", w.total),
+        (true, d, true) => format!(
+            "delivering ({d} of {} URLs of output {} out of rotation)",
+            w.total, w.name
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::state_word;
+    use super::{worst_state, OutputState};
+
+    fn state_word(healthy: bool, down: usize, total: usize) -> String {
+        worst_state(&[OutputState {
+            name: "default",
+            healthy,
+            down,
+            total,
+        }])
+    }
 
     #[test]
     fn the_status_line_leads_with_the_worst_state() {
@@ -189,5 +238,26 @@ mod tests {
             "delivering (1 of 3 URLs out of rotation)"
         );
         assert_eq!(state_word(false, 3, 3), "output failing");
+    }
+
+    #[test]
+    fn with_several_outputs_the_worst_is_named() {
+        let o = |name, healthy, down| OutputState {
+            name,
+            healthy,
+            down,
+            total: 3,
+        };
+        let all = [o("default", true, 1), o("lake", false, 3), o("b", true, 2)];
+        assert_eq!(worst_state(&all), "output lake failing");
+        let all = [o("default", true, 1), o("b", true, 2)];
+        assert_eq!(
+            worst_state(&all),
+            "delivering (2 of 3 URLs of output b out of rotation)"
+        );
+        assert_eq!(
+            worst_state(&[o("default", true, 0), o("b", true, 0)]),
+            "delivering"
+        );
     }
 }

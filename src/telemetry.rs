@@ -176,10 +176,24 @@ pub const INPUT_METRICS: &[InputMetric] = &[
     },
 ];
 
-/// Pipeline-wide counters.
+/// Pipeline-wide counters; each output keeps its own in [`OutputStats`].
 #[derive(Debug, Default)]
 pub struct Stats {
     pub inputs: Mutex<Vec<Arc<InputStats>>>,
+    /// Every output, in the configured order.
+    pub outputs: Mutex<Vec<Arc<OutputStats>>>,
+    pub batches_sealed: AtomicU64,
+    /// Gauge: bytes of checked lines queued between the inputs and the batcher.
+    pub queue_bytes: AtomicU64,
+    /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
+    pub progress: Arc<Progress>,
+}
+
+/// One output's counters: what `/metrics` shows with its `output` label, `/health` under
+/// `outputs`, and the summary line per output.
+#[derive(Debug)]
+pub struct OutputStats {
+    pub name: String,
     pub lines_delivered: AtomicU64,
     /// Lines the server refused for good (400 down to one line, 413 single line, other 4xx).
     pub lines_dead_lettered: AtomicU64,
@@ -187,23 +201,66 @@ pub struct Stats {
     pub lines_partial_dropped: AtomicU64,
     /// Lines given up on at shutdown (not delivered within `shutdown_timeout`).
     pub lines_undelivered: AtomicU64,
-    pub batches_sealed: AtomicU64,
     pub batches_delivered: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub retries: AtomicU64,
-    /// Gauge: bytes of checked lines queued between the inputs and the batcher.
-    pub queue_bytes: AtomicU64,
-    /// Gauge: bytes of sealed, compressed batches held in memory for the sender.
+    /// Gauge: bytes of sealed, compressed batches held in memory for this output.
     pub memory_bytes: AtomicU64,
-    /// What the spool counts (it keeps its own counters; telemetry reads them).
-    pub spool: Arc<SpoolStats>,
+    /// What its spools count (one, or one per URL when sharded; each keeps its own counters).
+    pub spools: Mutex<Vec<Arc<SpoolStats>>>,
     pub requests: Mutex<BTreeMap<String, u64>>,
-    /// The output's health: healthy while any of its servers accepts writes.
+    /// Healthy while any of its servers accepts writes.
     pub health: Mutex<Health>,
     /// Each server of the output, in the configured order.
     pub servers: Mutex<Vec<Arc<ServerStats>>>,
-    /// Heartbeats of the pipeline stages (systemd watchdog, `/health`).
-    pub progress: Arc<Progress>,
+}
+
+impl OutputStats {
+    pub fn new(name: impl Into<String>) -> Self {
+        OutputStats {
+            name: name.into(),
+            lines_delivered: Default::default(),
+            lines_dead_lettered: Default::default(),
+            lines_partial_dropped: Default::default(),
+            lines_undelivered: Default::default(),
+            batches_delivered: Default::default(),
+            bytes_sent: Default::default(),
+            retries: Default::default(),
+            memory_bytes: Default::default(),
+            spools: Default::default(),
+            requests: Default::default(),
+            health: Default::default(),
+            servers: Default::default(),
+        }
+    }
+
+    pub fn register_server(&self, url: impl Into<String>) -> Arc<ServerStats> {
+        let s = Arc::new(ServerStats::new(url));
+        self.servers.lock().unwrap().push(s.clone());
+        s
+    }
+
+    /// A new spool's counters (the output's first, or one more shard's).
+    pub fn register_spool(&self) -> Arc<SpoolStats> {
+        let s = Arc::new(SpoolStats::default());
+        self.spools.lock().unwrap().push(s.clone());
+        s
+    }
+
+    /// Sum of one spool counter over the output's spools.
+    pub fn spool_sum(&self, f: impl Fn(&SpoolStats) -> &AtomicU64) -> u64 {
+        self.spools
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| f(s).load(Relaxed))
+            .sum()
+    }
+
+    /// Counts one request outcome: an HTTP status or a transport error class.
+    pub fn count_request(&self, outcome: &str) {
+        count_outcome(&self.requests, outcome);
+    }
 }
 
 /// One server (URL) of the output: what `/health` and `/metrics` show per URL.
@@ -273,21 +330,40 @@ impl Default for Health {
 }
 
 impl Stats {
-    pub fn register_server(&self, url: impl Into<String>) -> Arc<ServerStats> {
-        let s = Arc::new(ServerStats::new(url));
-        self.servers.lock().unwrap().push(s.clone());
+    pub fn register_output(&self, name: impl Into<String>) -> Arc<OutputStats> {
+        let s = Arc::new(OutputStats::new(name));
+        self.outputs.lock().unwrap().push(s.clone());
         s
+    }
+
+    /// A snapshot of the outputs' counters, in the configured order.
+    pub fn outputs(&self) -> Vec<Arc<OutputStats>> {
+        self.outputs.lock().unwrap().clone()
+    }
+
+    /// Sum of one counter over the outputs.
+    pub fn outputs_sum(&self, f: impl Fn(&OutputStats) -> u64) -> u64 {
+        self.outputs.lock().unwrap().iter().map(|o| f(o)).sum()
+    }
+
+    /// The least healthy output's health (the first in order on a tie): what the sd_notify
+    /// status shows. `None` before any output is registered.
+    pub fn worst_health(&self) -> Option<(String, Health)> {
+        let outs = self.outputs.lock().unwrap();
+        let all: Vec<(String, Health)> = outs
+            .iter()
+            .map(|o| (o.name.clone(), o.health.lock().unwrap().clone()))
+            .collect();
+        all.iter()
+            .find(|(_, h)| !h.ok)
+            .or_else(|| all.first())
+            .cloned()
     }
 
     pub fn register_input(&self, name: impl Into<String>) -> Arc<InputStats> {
         let s = Arc::new(InputStats::new(name));
         self.inputs.lock().unwrap().push(s.clone());
         s
-    }
-
-    /// Counts one request outcome: an HTTP status or a transport error class.
-    pub fn count_request(&self, outcome: &str) {
-        count_outcome(&self.requests, outcome);
     }
 
     pub fn lines_received(&self) -> u64 {
@@ -363,7 +439,6 @@ impl Stats {
     }
 
     pub fn log_summary(&self) {
-        let h = self.health.lock().unwrap().clone();
         if self.has_input("tcp:") {
             tracing::info!(
                 connections_open = self.inputs_sum(|i| i.connections_open.load(Relaxed)),
@@ -389,7 +464,7 @@ impl Stats {
         }
         tracing::info!(
             lines_in = self.lines_received(),
-            delivered = self.lines_delivered.load(Relaxed),
+            delivered = self.outputs_sum(|o| o.lines_delivered.load(Relaxed)),
             invalid = self.lines_invalid(),
             invalid_by_reason = %self.reasons(|i| &i.invalid),
             dropped = self.lines_dropped(),
@@ -397,16 +472,27 @@ impl Stats {
             udp_datagrams = self.inputs_sum(|i| i.datagrams.load(Relaxed)),
             udp_kernel_drops = self.inputs_sum(|i| i.kernel_drops.load(Relaxed)),
             udp_truncated = self.inputs_sum(|i| i.truncated.load(Relaxed)),
-            dead_lettered = self.lines_dead_lettered.load(Relaxed),
-            partial_dropped = self.lines_partial_dropped.load(Relaxed),
-            retries = self.retries.load(Relaxed),
-            spool_records = self.spool.records.load(Relaxed),
-            spool_lines = self.spool.lines.load(Relaxed),
-            spool_bytes = self.spool.bytes.load(Relaxed),
-            last_status = %h.last,
-            healthy = h.ok,
             "summary"
         );
+        // One line per output.
+        for o in self.outputs() {
+            let h = o.health.lock().unwrap().clone();
+            tracing::info!(
+                output = %o.name,
+                delivered = o.lines_delivered.load(Relaxed),
+                dead_lettered = o.lines_dead_lettered.load(Relaxed),
+                partial_dropped = o.lines_partial_dropped.load(Relaxed),
+                undelivered = o.lines_undelivered.load(Relaxed),
+                retries = o.retries.load(Relaxed),
+                spool_records = o.spool_sum(|s| &s.records),
+                spool_lines = o.spool_sum(|s| &s.lines),
+                spool_bytes = o.spool_sum(|s| &s.bytes),
+                spool_dropped = o.spool_sum(|s| &s.dropped_lines),
+                last_status = %h.last,
+                healthy = h.ok,
+                "output summary"
+            );
+        }
     }
 }
 

@@ -382,8 +382,8 @@ async fn deadlines_past_what_an_instant_holds_do_not_panic() {
     s.agent.shutdown_timeout = Duration::MAX;
     s.agent.flush_interval = Duration::MAX;
     s.agent.summary_interval = Duration::MAX;
-    s.output.timeout = Duration::MAX;
-    s.output.max_retry_after = Duration::MAX;
+    s.outputs[0].timeout = Duration::MAX;
+    s.outputs[0].max_retry_after = Duration::MAX;
     s.spool.fsync_interval = Duration::MAX;
     let io = lineship::Io {
         stdin: Some(Box::new(Cursor::new(b"m v=1i 1\nm v=2i 2\n".to_vec()))),

@@ -42,7 +42,10 @@ fn every_panel_query_runs_against_scraped_lineship_metrics() {
     // The fake records a write before lineship has read its answer: wait for the count.
     let delivered = |n: u64| {
         common::wait_until(T, || {
-            common::metric(&common::scrape(addr), "lineship_lines_delivered_total") == n
+            common::metric(
+                &common::scrape(addr),
+                "lineship_lines_delivered_total{output=\"default\"}",
+            ) == n
         })
     };
     assert!(delivered(1000));

@@ -37,7 +37,7 @@ fn metrics_count_the_traffic_and_health_follows_the_server() {
         let mut m = scrape(addr);
         assert!(wait_until(T, || {
             m = scrape(addr);
-            metric(&m, "lineship_lines_delivered_total") == 100
+            metric(&m, "lineship_lines_delivered_total{output=\"default\"}") == 100
         }));
         m
     };
@@ -65,13 +65,19 @@ fn metrics_count_the_traffic_and_health_follows_the_server() {
     let writes = fake.requests().len() as u64;
     assert!(writes >= 1);
     assert_eq!(
-        metric(&m, r#"lineship_requests_total{status="204"}"#),
+        metric(
+            &m,
+            r#"lineship_requests_total{output="default",status="204"}"#
+        ),
         writes
     );
-    assert_eq!(metric(&m, "lineship_batches_delivered_total"), writes);
-    assert_eq!(metric(&m, "lineship_retries_total"), 0);
-    assert_eq!(metric(&m, "lineship_output_healthy"), 1);
-    assert_eq!(metric(&m, "lineship_spool_records"), 0);
+    assert_eq!(
+        metric(&m, "lineship_batches_delivered_total{output=\"default\"}"),
+        writes
+    );
+    assert_eq!(metric(&m, "lineship_retries_total{output=\"default\"}"), 0);
+    assert_eq!(metric(&m, "lineship_output_healthy{output=\"default\"}"), 1);
+    assert_eq!(metric(&m, "lineship_spool_records{output=\"default\"}"), 0);
 
     // The server fails: /health turns 503 and says why; the lines wait in the spool.
     fake.set_default_reply(Reply::influx_error(503, "fake is down for maintenance"));
@@ -98,7 +104,7 @@ fn metrics_count_the_traffic_and_health_follows_the_server() {
     assert!(h["output"]["since"].as_str().unwrap().ends_with('Z'), "{h}");
     assert!(h["spool"]["lines"].is_u64(), "{h}");
     let m = scrape(addr);
-    assert_eq!(metric(&m, "lineship_output_healthy"), 0);
+    assert_eq!(metric(&m, "lineship_output_healthy{output=\"default\"}"), 0);
 
     // The server is back: /health turns 200 and everything arrives.
     fake.set_default_reply(Reply::no_content());
@@ -108,7 +114,7 @@ fn metrics_count_the_traffic_and_health_follows_the_server() {
         let mut m = scrape(addr);
         assert!(wait_until(T, || {
             m = scrape(addr);
-            metric(&m, "lineship_lines_delivered_total") == 110
+            metric(&m, "lineship_lines_delivered_total{output=\"default\"}") == 110
         }));
         m
     };
@@ -117,22 +123,31 @@ fn metrics_count_the_traffic_and_health_follows_the_server() {
         110
     );
     assert_eq!(
-        metric(&m, r#"lineship_requests_total{status="204"}"#),
+        metric(
+            &m,
+            r#"lineship_requests_total{output="default",status="204"}"#
+        ),
         statuses_answered(&fake, 204)
     );
     assert_eq!(
-        metric(&m, r#"lineship_requests_total{status="503"}"#),
+        metric(
+            &m,
+            r#"lineship_requests_total{output="default",status="503"}"#
+        ),
         statuses_answered(&fake, 503)
     );
     assert!(statuses_answered(&fake, 503) >= 1);
     assert_eq!(
-        metric(&m, "lineship_retries_total"),
+        metric(&m, "lineship_retries_total{output=\"default\"}"),
         statuses_answered(&fake, 503),
         "every 503 was retried"
     );
-    assert_eq!(metric(&m, "lineship_lines_dead_lettered_total"), 0);
-    assert_eq!(metric(&m, "lineship_spool_records"), 0);
-    assert_eq!(metric(&m, "lineship_spool_lines"), 0);
+    assert_eq!(
+        metric(&m, "lineship_lines_dead_lettered_total{output=\"default\"}"),
+        0
+    );
+    assert_eq!(metric(&m, "lineship_spool_records{output=\"default\"}"), 0);
+    assert_eq!(metric(&m, "lineship_spool_lines{output=\"default\"}"), 0);
     assert_eq!(get(addr, "/nope").0, 404);
 
     d.close_stdin();
@@ -160,14 +175,17 @@ fn memory_gauge_shows_batches_waiting_for_a_slow_server() {
     let (mut d, addr) = daemon_with_telemetry(dir.path(), &fake.url(), "token = \"t\"");
     d.write_stdin(&lines(0, 100));
     assert!(
-        wait_until(T, || metric(&scrape(addr), "lineship_memory_bytes") > 0),
+        wait_until(T, || metric(
+            &scrape(addr),
+            "lineship_memory_bytes{output=\"default\"}"
+        ) > 0),
         "a sealed batch waiting for the server is held in memory"
     );
     assert!(fake.wait_for_lines(100, T));
     assert!(wait_until(T, || {
         let m = scrape(addr);
-        metric(&m, "lineship_lines_delivered_total") == 100
-            && metric(&m, "lineship_memory_bytes") == 0
+        metric(&m, "lineship_lines_delivered_total{output=\"default\"}") == 100
+            && metric(&m, "lineship_memory_bytes{output=\"default\"}") == 0
             && metric(&m, "lineship_queue_bytes") == 0
     }));
     d.terminate();

@@ -217,7 +217,7 @@ fn round_robin_spreads_batches_evenly_over_healthy_urls() {
         );
         let requests: u64 = fakes[i].requests().len() as u64;
         let series = format!(
-            "lineship_url_requests_total{{url=\"{}/\",status=\"204\"}}",
+            "lineship_url_requests_total{{output=\"default\",url=\"{}/\",status=\"204\"}}",
             urls[i]
         );
         assert_eq!(metric(&m, &series), requests, "{series}");
@@ -248,11 +248,17 @@ fn a_url_that_refuses_the_token_is_out_of_rotation_while_the_others_carry_the_wr
     assert_eq!(h["output"]["urls"][1]["healthy"], true, "{h}");
     let m = scrape(telemetry);
     assert_eq!(
-        metric(&m, &format!("lineship_url_up{{url=\"{}/\"}}", a.url())),
+        metric(
+            &m,
+            &format!("lineship_url_up{{output=\"default\",url=\"{}/\"}}", a.url())
+        ),
         0
     );
     assert_eq!(
-        metric(&m, &format!("lineship_url_up{{url=\"{}/\"}}", b.url())),
+        metric(
+            &m,
+            &format!("lineship_url_up{{output=\"default\",url=\"{}/\"}}", b.url())
+        ),
         1
     );
     d.close_stdin();

@@ -161,8 +161,8 @@ async fn https_without_the_ca_fails_with_a_certificate_error() {
                 // One attempt, then the last try at shutdown: the health message is the
                 // certificate error, not a request cut short by the deadline.
                 let mut s = settings(&url, &dir.path().join("state"), None);
-                s.output.initial_backoff = Duration::from_secs(5);
-                s.output.max_backoff = Duration::from_secs(5);
+                s.outputs[0].initial_backoff = Duration::from_secs(5);
+                s.outputs[0].max_backoff = Duration::from_secs(5);
                 s
             },
             io,
@@ -174,7 +174,7 @@ async fn https_without_the_ca_fails_with_a_certificate_error() {
     .unwrap();
     assert_eq!(report.lines_spooled, 1, "kept in the spool, not dropped");
     assert!(fake.bodies.lock().unwrap().is_empty());
-    let health = stats.health.lock().unwrap().clone();
+    let health = stats.outputs()[0].health.lock().unwrap().clone();
     assert!(!health.ok);
     assert!(
         health.message.to_lowercase().contains("certificate"),

@@ -48,6 +48,7 @@ impl Loop {
         let stats = Arc::new(InputStats::new("udp:test"));
         let line = LineSettings {
             bucket: "b".into(),
+            outputs: u64::MAX,
             precision: Precision::Ns,
             stamp_missing: false,
             format: InputFormat::Lp,

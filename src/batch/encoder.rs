@@ -25,6 +25,17 @@ impl Encoder {
         }
     }
 
+    /// Encodes `data` for several lanes: the body is shared (a `Bytes` clone per lane).
+    pub fn encode_slice(&mut self, data: &[u8]) -> (Bytes, Encoding) {
+        match &mut self.compressor {
+            None => (Bytes::copy_from_slice(data), Encoding::Identity),
+            Some(c) => (
+                Bytes::from(gzip(c, data, &mut self.scratch)),
+                Encoding::Gzip,
+            ),
+        }
+    }
+
     /// Encodes the data of `raw` (the lines are not changed).
     pub fn encode(&mut self, raw: RawBatch) -> Batch {
         let raw_len = raw.data.len();

@@ -24,18 +24,28 @@ pub use builder::{Builder, Limits};
 pub use encoder::{decode, Encoder};
 pub use lines::{split_lines, Lines};
 
-/// Where a batch goes: one bucket at one precision.
+/// Where a batch goes: one bucket at one precision, to a set of outputs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Dest {
+    /// Empty: each output's own `bucket` (resolved when the batch is sealed).
     pub bucket: Arc<str>,
     pub precision: Precision,
+    /// From an input: the outputs its lines go to (a bit per output). In the batcher: the
+    /// delivery lanes a batch goes to (a bit per lane). Not stored in the spool.
+    pub route: u64,
 }
 
 impl Dest {
+    /// To every output.
     pub fn new(bucket: &str, precision: Precision) -> Self {
+        Dest::routed(bucket, precision, u64::MAX)
+    }
+
+    pub fn routed(bucket: &str, precision: Precision, route: u64) -> Self {
         Dest {
             bucket: Arc::from(bucket),
             precision,
+            route,
         }
     }
 }

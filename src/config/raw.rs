@@ -19,6 +19,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub agent: RawAgent,
     pub output: Option<RawOutput>,
+    /// More outputs, by name (`[outputs.lake]`); `[output]` is the one named `default`.
+    #[serde(default)]
+    pub outputs: std::collections::BTreeMap<String, RawOutput>,
     #[serde(default)]
     pub spool: RawSpool,
     #[serde(default)]
@@ -169,6 +172,8 @@ macro_rules! input_table {
             pub format: Option<InputFormat>,
             pub measurement: Option<String>,
             pub tags: Option<std::collections::BTreeMap<String, String>>,
+            /// The outputs this input sends to (default: every output).
+            pub outputs: Option<Vec<String>>,
         }
         impl $name {
             pub fn line(&self) -> RawLineSettings {
@@ -179,6 +184,7 @@ macro_rules! input_table {
                     format: self.format,
                     measurement: self.measurement.clone(),
                     tags: self.tags.clone(),
+                    outputs: self.outputs.clone(),
                 }
             }
         }

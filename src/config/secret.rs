@@ -74,20 +74,25 @@ fn is_blank_file(path: &Path) -> bool {
 /// Picks the token from `output.token`, `output.token_file` or [`TOKEN_ENV`], in that order,
 /// and checks that it can go into a header. Setting both keys is an error; `token = ""`
 /// counts as unset, so token_file and LINESHIP_TOKEN still apply.
+///
+/// `table` is the output's table (`output`, `outputs.NAME`); only the `default` output falls back
+/// to [`TOKEN_ENV`], so one output's token never goes to another output's servers.
 pub(super) fn resolve_token(
+    table: &str,
     token: Option<String>,
     token_file: Option<&Path>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<(Secret, TokenSource)> {
+    let env_applies = table == "output";
     Ok(match (token.filter(|t| !t.is_empty()), token_file) {
         (Some(_), Some(_)) => {
             return Err(key_err(
-                "output.token_file",
-                "set either output.token or output.token_file, not both",
+                &format!("{table}.token_file"),
+                format!("set either {table}.token or {table}.token_file, not both"),
             ))
         }
         (Some(t), None) => {
-            limits::token(&t).map_err(|e| key_err("output.token", e))?;
+            limits::token(&t).map_err(|e| key_err(&format!("{table}.token"), e))?;
             (Secret::new(t), TokenSource::Config)
         }
         // An empty file is a token not written yet (the package installs one so): no token,
@@ -95,9 +100,10 @@ pub(super) fn resolve_token(
         // current token (see `read_token_file`).
         (None, Some(f)) if is_blank_file(f) => (Secret::new(String::new()), TokenSource::File),
         (None, Some(f)) => (
-            read_token_file(f).map_err(|e| key_err("output.token_file", e))?,
+            read_token_file(f).map_err(|e| key_err(&format!("{table}.token_file"), e))?,
             TokenSource::File,
         ),
+        (None, None) if !env_applies => (Secret::default(), TokenSource::None),
         (None, None) => match env(TOKEN_ENV) {
             Some(t) if !t.is_empty() => {
                 limits::token(&t).map_err(|e| {
@@ -139,18 +145,24 @@ pub fn world_readable_warning(path: &Path, what: &str) -> Option<String> {
 /// Warnings about secrets readable by every user: the config file when it holds
 /// `output.token`, and `output.token_file`.
 pub fn secret_file_warnings(config_path: &Path, settings: &Settings) -> Vec<String> {
-    let o = &settings.output;
     let mut out = Vec::new();
-    if o.token_source == TokenSource::Config && !o.token.is_empty() {
+    if settings
+        .outputs
+        .iter()
+        .any(|o| o.token_source == TokenSource::Config && !o.token.is_empty())
+    {
         out.extend(world_readable_warning(config_path, "config file"));
     }
-    if let (TokenSource::File, Some(f)) = (o.token_source, &o.token_file) {
-        out.extend(world_readable_warning(f, "output.token_file"));
-        if o.token.is_empty() {
-            out.push(format!(
-                "output.token_file {} is empty, so requests carry no Authorization header (VictoriaMetrics needs none, InfluxDB does): write the token into it",
-                f.display()
-            ));
+    for o in &settings.outputs {
+        if let (TokenSource::File, Some(f)) = (o.token_source, &o.token_file) {
+            let key = format!("{}.token_file", o.key);
+            out.extend(world_readable_warning(f, &key));
+            if o.token.is_empty() {
+                out.push(format!(
+                    "{key} {} is empty, so requests carry no Authorization header (VictoriaMetrics needs none, InfluxDB does): write the token into it",
+                    f.display()
+                ));
+            }
         }
     }
     out

@@ -18,7 +18,9 @@ use crate::line::Precision;
 pub struct Settings {
     pub state_dir: PathBuf,
     pub agent: AgentSettings,
-    pub output: OutputSettings,
+    /// Every output, `default` (the `[output]` table) first if configured, then
+    /// `[outputs.NAME]` in name order. Never empty.
+    pub outputs: Vec<OutputSettings>,
     pub spool: SpoolSettings,
     pub inputs: InputSettings,
     pub telemetry_listen: Option<SocketAddr>,
@@ -39,6 +41,10 @@ pub struct AgentSettings {
 
 #[derive(Debug, Clone)]
 pub struct OutputSettings {
+    /// `default` for `[output]`, else the `NAME` of `[outputs.NAME]`.
+    pub name: String,
+    /// The table, for messages: `output` or `outputs.NAME`.
+    pub key: String,
     /// The servers, in the configured order (`output.url` is a list of one).
     pub urls: Vec<ServerUrl>,
     /// How writes are spread over `urls`.
@@ -97,6 +103,29 @@ pub enum Balance {
     Failover,
     /// Writes spread over the healthy URLs, fewest requests in flight first.
     RoundRobin,
+    /// Each series (measurement and tag set) always goes to the same URL, chosen by
+    /// rendezvous hashing; every URL has its own spool.
+    Shard,
+}
+
+/// A set of outputs, a bit per index in [`Settings::outputs`].
+pub type OutputSet = u64;
+
+/// The most outputs a config may have, and the most delivery lanes (an output, or a shard of
+/// one) in all: each has its own sender, spool and sync task.
+pub const MAX_OUTPUTS: usize = 16;
+pub const MAX_LANES: usize = 64;
+
+impl Settings {
+    /// The output named `name`.
+    pub fn output_named(&self, name: &str) -> Option<&OutputSettings> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// The first output (`default` when `[output]` is configured).
+    pub fn first_output(&self) -> &OutputSettings {
+        &self.outputs[0]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +139,10 @@ pub struct SpoolSettings {
 /// Resolved per-input line settings.
 #[derive(Debug, Clone)]
 pub struct LineSettings {
+    /// The input's bucket; empty: each output's own `bucket`.
     pub bucket: String,
+    /// The outputs this input sends to, as a bit per index in [`Settings::outputs`].
+    pub outputs: OutputSet,
     pub precision: Precision,
     pub stamp_missing: bool,
     pub format: InputFormat,

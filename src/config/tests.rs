@@ -24,14 +24,14 @@ fn load(text: &str) -> anyhow::Result<Settings> {
 fn minimal_config_gets_design_defaults() {
     let s = load(MINIMAL).unwrap();
     assert_eq!(
-        s.output.urls[0].write.as_str(),
+        s.outputs[0].urls[0].write.as_str(),
         "http://localhost:8086/api/v2/write"
     );
     assert_eq!(s.agent.batch_max_lines, 5000);
     assert_eq!(s.agent.batch_max_bytes, 4 << 20);
     assert_eq!(s.agent.flush_interval, Duration::from_secs(1));
-    assert_eq!(s.output.memory_limit, 64 << 20);
-    assert_eq!(s.output.max_retry_after, Duration::from_secs(300));
+    assert_eq!(s.outputs[0].memory_limit, 64 << 20);
+    assert_eq!(s.outputs[0].max_retry_after, Duration::from_secs(300));
     assert_eq!(s.spool.when_full, WhenFull::DropOldest);
     assert!(s.inputs.stdin.is_none());
     let t = load(&format!(
@@ -50,7 +50,7 @@ fn minimal_config_gets_design_defaults() {
 fn url_path_prefix_is_kept() {
     let s = load(&MINIMAL.replace("http://localhost:8086/", "https://h/influx")).unwrap();
     assert_eq!(
-        s.output.urls[0].write.as_str(),
+        s.outputs[0].urls[0].write.as_str(),
         "https://h/influx/api/v2/write"
     );
 }
@@ -153,7 +153,7 @@ fn bad_values_name_their_key() {
 #[test]
 fn token_sources_and_redaction() {
     let s = load(MINIMAL).unwrap();
-    assert_eq!(s.output.token.expose(), "s3cret");
+    assert_eq!(s.outputs[0].token.expose(), "s3cret");
     let dbg = format!("{s:?}");
     assert!(!dbg.contains("s3cret"), "{dbg}");
     assert!(dbg.contains("[redacted]"));
@@ -163,14 +163,14 @@ fn token_sources_and_redaction() {
         (k == TOKEN_ENV).then(|| "envtok".into())
     })
     .unwrap();
-    assert_eq!(s.output.token.expose(), "envtok");
+    assert_eq!(s.outputs[0].token.expose(), "envtok");
 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("tok");
     std::fs::write(&f, "filetok\n").unwrap();
     let with_file = MINIMAL.replace("token = \"s3cret\"", &format!("token_file = {:?}", f));
     let s = load(&with_file).unwrap();
-    assert_eq!(s.output.token.expose(), "filetok");
+    assert_eq!(s.outputs[0].token.expose(), "filetok");
     let both = format!("{with_file}token = \"x\"\n");
     assert!(format!("{:#}", load(&both).unwrap_err()).contains("output.token_file"));
 
@@ -178,7 +178,7 @@ fn token_sources_and_redaction() {
     let s =
         Settings::from_toml(&empty, false, |k| (k == TOKEN_ENV).then(|| "envtok".into())).unwrap();
     assert_eq!(
-        s.output.token.expose(),
+        s.outputs[0].token.expose(),
         "envtok",
         "an empty token counts as unset"
     );
@@ -298,7 +298,7 @@ fn world_readable_secrets_are_warned_about() {
         |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     chmod(&cfg, 0o644);
     let s = load(MINIMAL).unwrap();
-    assert_eq!(s.output.token_source, TokenSource::Config);
+    assert_eq!(s.outputs[0].token_source, TokenSource::Config);
     let w = secret_file_warnings(&cfg, &s);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
@@ -365,8 +365,8 @@ fn several_urls_and_their_errors_name_the_key() {
         "urls = [\"http://a:8086\", \"https://b/influx\"]\nbalance = \"round_robin\"",
     );
     let s = load(&several).unwrap();
-    assert_eq!(s.output.balance, Balance::RoundRobin);
-    let writes: Vec<&str> = s.output.urls.iter().map(|u| u.write.as_str()).collect();
+    assert_eq!(s.outputs[0].balance, Balance::RoundRobin);
+    let writes: Vec<&str> = s.outputs[0].urls.iter().map(|u| u.write.as_str()).collect();
     assert_eq!(
         writes,
         [
@@ -374,8 +374,8 @@ fn several_urls_and_their_errors_name_the_key() {
             "https://b/influx/api/v2/write"
         ]
     );
-    assert_eq!(s.output.urls[1].ping.as_str(), "https://b/influx/ping");
-    assert_eq!(load(MINIMAL).unwrap().output.balance, Balance::Failover);
+    assert_eq!(s.outputs[0].urls[1].ping.as_str(), "https://b/influx/ping");
+    assert_eq!(load(MINIMAL).unwrap().outputs[0].balance, Balance::Failover);
     let err = |text: &str| format!("{:#}", load(text).unwrap_err());
     let both = MINIMAL.replace(
         "url = \"http://localhost:8086/\"",
@@ -436,7 +436,7 @@ fn a_missing_or_empty_token_file_is_named_with_the_fix() {
     // Empty (as the package installs it): no token yet, which `check` warns about.
     std::fs::write(&missing, "\n").unwrap();
     let s = load(&text).unwrap();
-    assert!(s.output.token.is_empty());
+    assert!(s.outputs[0].token.is_empty());
     let w = secret_file_warnings(Path::new("/nonexistent.toml"), &s);
     assert!(
         w.iter()

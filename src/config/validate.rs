@@ -91,10 +91,7 @@ impl RawConfig {
             summary_interval: a.summary_interval,
         };
 
-        let Some(o) = self.output else {
-            bail!("missing table [output]: set at least output.url, output.org and output.bucket");
-        };
-        let output = validate_output(o, &env)?;
+        let outputs = validate_outputs(self.output, self.outputs, &env)?;
 
         let s = self.spool;
         limits::size("spool.max_size", s.max_size, MIB, 64 * TIB)?;
@@ -112,7 +109,7 @@ impl RawConfig {
         };
 
         let defaults = LineDefaults {
-            bucket: &output.bucket,
+            outputs: &outputs,
             stamp_missing: a.stamp_missing_timestamps,
         };
         let mut inputs = InputSettings::default();
@@ -261,7 +258,7 @@ impl RawConfig {
         Ok(Settings {
             state_dir,
             agent,
-            output,
+            outputs,
             spool,
             inputs,
             telemetry_listen,
@@ -325,11 +322,39 @@ fn parse_listen(key: &str, listen: &str, port: u16) -> anyhow::Result<SocketAddr
 }
 
 struct LineDefaults<'a> {
-    bucket: &'a str,
+    outputs: &'a [OutputSettings],
     stamp_missing: bool,
 }
 
 impl LineDefaults<'_> {
+    /// The outputs an input's `outputs` key names (every output when it is absent).
+    fn output_set(&self, key: &str, names: Option<&[String]>) -> anyhow::Result<OutputSet> {
+        let Some(names) = names else {
+            return Ok(OutputSet::MAX >> (64 - self.outputs.len()));
+        };
+        if names.is_empty() {
+            bail!(key_err(
+                &format!("{key}.outputs"),
+                "is empty: name at least one output, or leave the key out to send to every output"
+            ));
+        }
+        let mut set: OutputSet = 0;
+        for n in names {
+            let Some(i) = self.outputs.iter().position(|o| &o.name == n) else {
+                let known: Vec<&str> = self.outputs.iter().map(|o| o.name.as_str()).collect();
+                bail!(key_err(
+                    &format!("{key}.outputs"),
+                    format!(
+                        "names {n:?}, which is not an output; the outputs are {} ([output] is \"default\", [outputs.NAME] is NAME)",
+                        known.join(", ")
+                    )
+                ));
+            };
+            set |= 1 << i;
+        }
+        Ok(set)
+    }
+
     fn resolve(&self, key: &str, raw: RawLineSettings) -> anyhow::Result<LineSettings> {
         let precision = match raw.precision {
             None => Precision::Ns,
@@ -337,10 +362,12 @@ impl LineDefaults<'_> {
                 .parse()
                 .map_err(|e| key_err(&format!("{key}.precision"), e))?,
         };
-        let bucket = raw.bucket.unwrap_or_else(|| self.bucket.to_owned());
-        if bucket.is_empty() {
+        // No bucket of its own: each output's `bucket`.
+        if raw.bucket.as_deref() == Some("") {
             bail!(key_err(&format!("{key}.bucket"), "must not be empty"));
         }
+        let bucket = raw.bucket.unwrap_or_default();
+        let outputs = self.output_set(key, raw.outputs.as_deref())?;
         let format = raw.format.unwrap_or_default();
         if format == InputFormat::Lp && (raw.measurement.is_some() || raw.tags.is_some()) {
             bail!(key_err(
@@ -382,6 +409,7 @@ impl LineDefaults<'_> {
         }
         Ok(LineSettings {
             bucket,
+            outputs,
             precision,
             stamp_missing: raw.stamp_missing_timestamps.unwrap_or(self.stamp_missing),
             format,
@@ -391,39 +419,103 @@ impl LineDefaults<'_> {
     }
 }
 
+/// `[output]` (named `default`) and the `[outputs.NAME]` tables.
+fn validate_outputs(
+    default: Option<RawOutput>,
+    named: std::collections::BTreeMap<String, RawOutput>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Vec<OutputSettings>> {
+    if default.is_none() && named.is_empty() {
+        bail!("missing table [output]: set at least output.url, output.org and output.bucket");
+    }
+    if named.len() + usize::from(default.is_some()) > MAX_OUTPUTS {
+        bail!(key_err(
+            "outputs",
+            format!("at most {MAX_OUTPUTS} outputs are supported")
+        ));
+    }
+    let mut outputs = Vec::new();
+    if let Some(o) = default {
+        outputs.push(validate_output("default", "output", o, env)?);
+    }
+    for (name, o) in named {
+        let t = format!("outputs.{name}");
+        if name == "default" {
+            bail!(key_err(
+                &t,
+                "is the [output] table's name: write that output as [output], or give this one another name"
+            ));
+        }
+        if let Some(why) = unfit_output_name(&name) {
+            bail!(key_err(&t, format!("{name:?} is not a simple word: {why}")));
+        }
+        outputs.push(validate_output(&name, &t, o, env)?);
+    }
+    let lanes: usize = outputs.iter().map(lanes_of).sum();
+    if lanes > MAX_LANES {
+        bail!(key_err(
+            "outputs",
+            format!("the outputs need {lanes} delivery lanes (one per output, one per URL of a sharded output); at most {MAX_LANES} are supported")
+        ));
+    }
+    Ok(outputs)
+}
+
+/// Delivery lanes an output needs: one, or one per URL when sharded.
+pub fn lanes_of(o: &OutputSettings) -> usize {
+    match o.balance {
+        Balance::Shard => o.urls.len(),
+        _ => 1,
+    }
+}
+
+/// Why `name` cannot name an output (it names the output's spool directory and a metric
+/// label): it must be a lowercase letter, then lowercase letters, digits or `_`, at most 32.
+fn unfit_output_name(name: &str) -> Option<&'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => Some("it is empty"),
+        Some(c) if !c.is_ascii_lowercase() => Some("it must start with a lowercase letter"),
+        _ if name.len() > 32 => Some("it must be at most 32 characters"),
+        _ if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') => {
+            Some("use only lowercase letters, digits and _")
+        }
+        _ => None,
+    }
+}
+
 fn validate_output(
+    name: &str,
+    t: &str,
     o: RawOutput,
     env: &impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<OutputSettings> {
+    let k = |key: &str| format!("{t}.{key}");
     let urls = match (o.url.is_empty(), o.urls) {
-        (false, Some(_)) => bail!(key_err(
-            "output.urls",
-            "is set together with output.url: set one of them (output.urls = [\"http://a:8086\", \"http://b:8086\"] for several servers)"
+        (false, Some(_)) => bail!(key_err(&k("urls"),
+            format!("is set together with {t}.url: set one of them ({t}.urls = [\"http://a:8086\", \"http://b:8086\"] for several servers)")
         )),
-        (true, None) => bail!(key_err(
-            "output.url",
-            "is required, e.g. \"http://localhost:8086\" (or output.urls for several servers)"
+        (true, None) => bail!(key_err(&k("url"),
+            format!("is required, e.g. \"http://localhost:8086\" (or {t}.urls for several servers)")
         )),
-        (true, Some(list)) if list.is_empty() => bail!(key_err(
-            "output.urls",
+        (true, Some(list)) if list.is_empty() => bail!(key_err(&k("urls"),
             "is empty: list at least one server, e.g. [\"http://localhost:8086\"]"
         )),
-        (true, Some(list)) if list.len() > MAX_URLS => bail!(key_err(
-            "output.urls",
+        (true, Some(list)) if list.len() > MAX_URLS => bail!(key_err(&k("urls"),
             format!("lists {} servers; at most {MAX_URLS} are supported", list.len())
         )),
         (true, Some(list)) => list
             .iter()
             .enumerate()
-            .map(|(i, u)| server_url(&format!("output.urls[{i}]"), u))
+            .map(|(i, u)| server_url(&k(&format!("urls[{i}]")), u))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        (false, None) => vec![server_url("output.url", &o.url)?],
+        (false, None) => vec![server_url(&k("url"), &o.url)?],
     };
     for (i, u) in urls.iter().enumerate() {
         if let Some(j) = urls[..i].iter().position(|v| v.base == u.base) {
             bail!(key_err(
-                &format!("output.urls[{i}]"),
-                format!("{} is listed twice (also output.urls[{j}])", u.base)
+                &k(&format!("urls[{i}]")),
+                format!("{} is listed twice (also {t}.urls[{j}])", u.base)
             ));
         }
     }
@@ -432,42 +524,37 @@ fn validate_output(
     }
     if o.bucket.is_empty() {
         bail!(key_err(
-            "output.bucket",
+            &k("bucket"),
             "is required (the default bucket; inputs may override it)"
         ));
     }
-    let (token, token_source) = resolve_token(o.token, o.token_file.as_deref(), env)?;
-    limits::count("output.gzip_level", o.gzip_level, 0, 12)?;
-    limits::count("output.max_in_flight", o.max_in_flight, 1, 256)?;
-    limits::duration("output.timeout", o.timeout, Zero::Refused, HOUR)?;
+    let (token, token_source) = resolve_token(t, o.token, o.token_file.as_deref(), env)?;
+    limits::count(&k("gzip_level"), o.gzip_level, 0, 12)?;
+    limits::count(&k("max_in_flight"), o.max_in_flight, 1, 256)?;
+    limits::duration(&k("timeout"), o.timeout, Zero::Refused, HOUR)?;
     limits::duration(
-        "output.initial_backoff",
+        &k("initial_backoff"),
         o.initial_backoff,
         Zero::Refused,
         HOUR,
     )?;
-    limits::duration("output.max_backoff", o.max_backoff, Zero::Refused, HOUR)?;
+    limits::duration(&k("max_backoff"), o.max_backoff, Zero::Refused, HOUR)?;
     if o.max_backoff < o.initial_backoff {
         bail!(key_err(
-            "output.max_backoff",
-            "must not be less than output.initial_backoff"
+            &k("max_backoff"),
+            format!("must not be less than {t}.initial_backoff")
         ));
     }
     // Zero would retry a throttled write at once, again and again.
-    limits::duration(
-        "output.max_retry_after",
-        o.max_retry_after,
-        Zero::Refused,
-        DAY,
-    )?;
-    limits::count("output.poison_retries", o.poison_retries, 1, 1000)?;
-    limits::size("output.memory_limit", o.memory_limit, MIB, TIB)?;
+    limits::duration(&k("max_retry_after"), o.max_retry_after, Zero::Refused, DAY)?;
+    limits::count(&k("poison_retries"), o.poison_retries, 1, 1000)?;
+    limits::size(&k("memory_limit"), o.memory_limit, MIB, TIB)?;
     let tls_ca_file = match o.tls_ca_file {
         Some(p) if p.as_os_str().is_empty() => None,
         Some(p) => {
             std::fs::metadata(&p).map_err(|e| {
                 key_err(
-                    "output.tls_ca_file",
+                    &k("tls_ca_file"),
                     format!("cannot read {}: {e}", p.display()),
                 )
             })?;
@@ -476,6 +563,8 @@ fn validate_output(
         None => None,
     };
     Ok(OutputSettings {
+        name: name.to_owned(),
+        key: t.to_owned(),
         urls,
         balance: o.balance,
         org: o.org,
@@ -486,7 +575,7 @@ fn validate_output(
         gzip_level: o.gzip_level as u32,
         timeout: o.timeout,
         max_in_flight: o.max_in_flight as usize,
-        memory_limit: to_usize("output.memory_limit", o.memory_limit)?,
+        memory_limit: to_usize(&k("memory_limit"), o.memory_limit)?,
         initial_backoff: o.initial_backoff,
         max_backoff: o.max_backoff,
         max_retry_after: o.max_retry_after,

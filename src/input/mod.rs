@@ -65,7 +65,7 @@ impl Intake {
                 max_line_bytes,
                 stamp_missing: line.stamp_missing,
             },
-            dest: Dest::new(&line.bucket, line.precision),
+            dest: Dest::routed(&line.bucket, line.precision, line.outputs),
             stats,
             dead_letter,
             rejected: Vec::new(),
@@ -82,7 +82,7 @@ impl Intake {
     pub fn set_destination(&mut self, bucket: &str, precision: crate::line::Precision) {
         self.opts.precision = precision;
         if &*self.dest.bucket != bucket || self.dest.precision != precision {
-            self.dest = Dest::new(bucket, precision);
+            self.dest = Dest::routed(bucket, precision, self.dest.route);
         }
     }
 
@@ -258,6 +258,7 @@ mod tests {
         let dl = Arc::new(DeadLetter::open(dir, 1 << 20).unwrap());
         let line = LineSettings {
             bucket: "b".into(),
+            outputs: u64::MAX,
             precision: Precision::Ns,
             stamp_missing: false,
             format,

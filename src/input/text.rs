@@ -80,6 +80,7 @@ mod tests {
     fn settings(tags: &[(&str, &str)]) -> LineSettings {
         LineSettings {
             bucket: "b".into(),
+            outputs: u64::MAX,
             precision: Precision::Ns,
             stamp_missing: true,
             format: InputFormat::Text,

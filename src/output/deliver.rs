@@ -20,7 +20,7 @@ impl Sender {
             first.acks = acks;
         }
         let sp = self.links.spool.clone();
-        let stats = self.links.stats.clone();
+        let stats = self.links.out.clone();
         let router = self.links.acks.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // One error line for all the batches a full disk refuses, not one per batch.
@@ -85,12 +85,12 @@ impl Sender {
                             Verdict::Delivered => {
                                 self.reachable(at, &reply);
                                 self.links
-                                    .stats
+                                    .out
                                     .lines_delivered
                                     .fetch_add(batch.lines as u64, Relaxed);
-                                self.links.stats.batches_delivered.fetch_add(1, Relaxed);
+                                self.links.out.batches_delivered.fetch_add(1, Relaxed);
                                 self.links
-                                    .stats
+                                    .out
                                     .bytes_sent
                                     .fetch_add(batch.body.len() as u64, Relaxed);
                                 return Ok(());
@@ -112,11 +112,11 @@ impl Sender {
                                     "server kept part of a batch and dropped the rest (partial write); not retried"
                                 );
                                 self.links
-                                    .stats
+                                    .out
                                     .lines_partial_dropped
                                     .fetch_add(dropped, Relaxed);
                                 self.links
-                                    .stats
+                                    .out
                                     .lines_delivered
                                     .fetch_add(batch.lines as u64 - dropped, Relaxed);
                                 return Ok(());
@@ -159,7 +159,7 @@ impl Sender {
                         // line, health change or backoff; writes are idempotent.
                         closed_resends_left -= 1;
                         self.count_request(at, e.class());
-                        self.links.stats.retries.fetch_add(1, Relaxed);
+                        self.links.out.retries.fetch_add(1, Relaxed);
                         tracing::debug!(error = %e, "the server closed the connection under the request; resending it on a new one");
                         continue;
                     }
@@ -185,7 +185,7 @@ impl Sender {
                     self.last_try_failed.store(true, Relaxed);
                     return Err(vec![batch]);
                 }
-                self.links.stats.retries.fetch_add(1, Relaxed);
+                self.links.out.retries.fetch_add(1, Relaxed);
                 // Out of rotation: the next try goes to another server that is up, at once.
                 self.servers[at].set_down(true);
                 let delay = self.servers[at].gate.lock().unwrap().failed(
@@ -265,7 +265,7 @@ impl Sender {
             }
         }
         self.links
-            .stats
+            .out
             .lines_dead_lettered
             .fetch_add(batch.lines as u64, Relaxed);
         tracing::error!(
@@ -278,7 +278,7 @@ impl Sender {
     }
 
     fn count_request(&self, at: usize, outcome: &str) {
-        self.links.stats.count_request(outcome);
+        self.links.out.count_request(outcome);
         self.servers[at].stats.count_request(outcome);
     }
 

@@ -246,12 +246,17 @@ impl Sender {
     /// failure of the last server to fail. `changed` is the server that just changed: with
     /// one server, the output's health is that server's.
     fn update_output_health(&self, changed: usize) {
-        let all: Vec<Health> = self
-            .servers
+        // Every server of the output: a sharded output's lanes each hold one of them.
+        let servers = self.links.out.servers.lock().unwrap().clone();
+        let changed = servers
             .iter()
-            .map(|s| s.stats.health.lock().unwrap().clone())
+            .position(|s| Arc::ptr_eq(s, &self.servers[changed].stats))
+            .unwrap_or(0);
+        let all: Vec<Health> = servers
+            .iter()
+            .map(|s| s.health.lock().unwrap().clone())
             .collect();
-        let mut out = self.links.stats.health.lock().unwrap();
+        let mut out = self.links.out.health.lock().unwrap();
         if all.len() == 1 {
             *out = all[0].clone();
             return;
@@ -260,7 +265,8 @@ impl Sender {
             Some(i) => {
                 if !out.ok {
                     tracing::info!(
-                        url = %self.servers[i].url.base,
+                        output = %self.links.out.name,
+                        url = %servers[i].url,
                         failing_for_s = out.since_instant.elapsed().as_secs(),
                         "the output delivers again"
                     );
@@ -277,8 +283,10 @@ impl Sender {
                     .max_by_key(|(_, h)| h.since_instant)
                     .expect("at least one server");
                 if out.ok {
+                    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
                     tracing::error!(
-                        urls = %self.settings.urls_text(),
+                        output = %self.links.out.name,
+                        urls = %urls.join(", "),
                         "every URL of the output is failing; writes are retried with backoff and spooled, nothing is dropped"
                     );
                     out.since = last.since;
@@ -287,7 +295,7 @@ impl Sender {
                 out.ok = false;
                 out.last = last.last.clone();
                 out.by_probe = false;
-                out.message = format!("{}: {}", self.servers[i].url.base, last.message);
+                out.message = format!("{}: {}", servers[i].url, last.message);
             }
         }
     }

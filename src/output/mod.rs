@@ -36,7 +36,7 @@ use crate::batch::{AckRouter, Batch};
 use crate::config::{Balance, OutputSettings};
 use crate::reject::DeadLetter;
 use crate::spool::{RecordId, Spool};
-use crate::telemetry::Stats;
+use crate::telemetry::{OutputStats, Stats};
 use crate::watchdog::{Stage, BEAT_EVERY};
 use client::Client;
 use servers::Server;
@@ -45,7 +45,10 @@ pub use memory::MemoryGate;
 
 /// What an output shares with the rest of the agent.
 pub struct Links {
+    /// The agent's counters (stage heartbeats).
     pub stats: Arc<Stats>,
+    /// This output's counters.
+    pub out: Arc<OutputStats>,
     pub dead_letter: Arc<DeadLetter>,
     /// Where acknowledgements of delivered (or dead-lettered) lines go.
     pub acks: Arc<AckRouter>,
@@ -117,7 +120,7 @@ impl Sender {
         let servers = settings
             .urls
             .iter()
-            .map(|u| Server::new(u.clone(), links.stats.register_server(u.base.as_str())))
+            .map(|u| Server::new(u.clone(), links.out.register_server(u.base.as_str())))
             .collect();
         Ok(Sender {
             client: Client::new(settings)?,
@@ -132,6 +135,14 @@ impl Sender {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Whether any of this sender's servers accepts writes (what the batcher asks before it
+    /// hands a batch over rather than spooling it).
+    pub fn healthy(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.stats.health.lock().unwrap().ok)
     }
 
     /// Delivers live batches from `rx` and spooled records, oldest spooled first, until `rx`
@@ -247,7 +258,7 @@ impl Sender {
             .collect();
         let turn = match self.settings.balance {
             Balance::RoundRobin => self.turn.fetch_add(1, Relaxed),
-            Balance::Failover => 0,
+            Balance::Failover | Balance::Shard => 0,
         };
         servers::pick(self.settings.balance, &up, &in_flight, turn)
     }

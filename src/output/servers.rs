@@ -66,7 +66,7 @@ impl Server {
 pub fn pick(balance: Balance, up: &[bool], in_flight: &[usize], turn: usize) -> Option<usize> {
     let n = up.len();
     match balance {
-        Balance::Failover => up.iter().position(|&u| u),
+        Balance::Failover | Balance::Shard => up.iter().position(|&u| u),
         Balance::RoundRobin => (0..n)
             .map(|k| (turn + k) % n)
             .filter(|&i| up[i])

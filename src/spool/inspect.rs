@@ -41,7 +41,14 @@ pub fn inspect_with_progress(
     state_dir: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<Inspection> {
-    let dir = state_dir.join("spool");
+    inspect_dir_with_progress(state_dir.join("spool"), progress)
+}
+
+/// [`inspect_with_progress`] of the spool in `dir` (one output's, or one shard's).
+pub fn inspect_dir_with_progress(
+    dir: PathBuf,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<Inspection> {
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(Inspection {

@@ -79,7 +79,9 @@ mod segment;
 mod sync;
 
 pub use cursor::Cursor;
-pub use inspect::{inspect, inspect_with_progress, Inspection, SegmentReport};
+pub use inspect::{
+    inspect, inspect_dir_with_progress, inspect_with_progress, Inspection, SegmentReport,
+};
 pub use loss::{Loss, Place};
 pub use record::{
     encode_record, parse_record, scan_segment, Damage, RecordMeta, ScannedRecord, SegmentScan, Seq,
@@ -179,8 +181,16 @@ impl Spool {
         settings: &SpoolSettings,
         stats: Arc<SpoolStats>,
     ) -> anyhow::Result<Spool> {
+        Spool::open_dir(state_dir.join("spool"), settings, stats)
+    }
+
+    /// Opens (creating if needed) the spool in `dir` (one output's, or one shard's).
+    pub fn open_dir(
+        dir: PathBuf,
+        settings: &SpoolSettings,
+        stats: Arc<SpoolStats>,
+    ) -> anyhow::Result<Spool> {
         use anyhow::Context;
-        let dir = state_dir.join("spool");
         let rec = recover::recover(&dir, &stats).with_context(|| {
             format!(
                 "cannot open the spool directory {}; check that it is a directory lineship may write to",

@@ -48,18 +48,19 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 pub struct Telemetry {
     registry: Registry,
     stats: Arc<Stats>,
-    spool: Arc<Spool>,
+    /// Each output's spools, in output order.
+    spools: Vec<Vec<Arc<Spool>>>,
     /// A stage older than this makes `/health` report `stalled`.
     stall_limit: Duration,
     stopping: AtomicBool,
 }
 
 impl Telemetry {
-    pub fn new(stats: Arc<Stats>, spool: Arc<Spool>, stall_limit: Duration) -> Self {
+    pub fn new(stats: Arc<Stats>, spools: Vec<Vec<Arc<Spool>>>, stall_limit: Duration) -> Self {
         Telemetry {
-            registry: metrics::registry(stats.clone(), Some(spool.clone())),
+            registry: metrics::registry(stats.clone(), spools.clone()),
             stats,
-            spool,
+            spools,
             stall_limit,
             stopping: AtomicBool::new(false),
         }
@@ -71,14 +72,6 @@ impl Telemetry {
     }
 
     fn health(&self) -> (u16, Value) {
-        let h = self.stats.health.lock().unwrap().clone();
-        let oldest = self.spool.backlog().oldest_created_at_ms;
-        let spool = SpoolView {
-            records: self.stats.spool.records.load(Relaxed),
-            lines: self.stats.spool.lines.load(Relaxed),
-            bytes: self.stats.spool.bytes.load(Relaxed),
-            oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-        };
         let state = if self.stopping.load(Relaxed) {
             Pipeline::Stopping
         } else {
@@ -91,25 +84,101 @@ impl Telemetry {
                 None => Pipeline::Running,
             }
         };
-        let servers: Vec<(String, Health, bool)> = self
-            .stats
-            .servers
-            .lock()
-            .unwrap()
+        let now = SystemTime::now();
+        let outputs = self.stats.outputs();
+        let views: Vec<OutputView> = outputs
             .iter()
-            .map(|s| {
-                (
-                    s.url.clone(),
-                    s.health.lock().unwrap().clone(),
-                    s.down.load(Relaxed),
-                )
+            .enumerate()
+            .map(|(i, o)| {
+                let oldest = self
+                    .spools
+                    .get(i)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.backlog().oldest_created_at_ms)
+                    .min();
+                OutputView {
+                    name: o.name.clone(),
+                    health: o.health.lock().unwrap().clone(),
+                    spool: SpoolView {
+                        records: o.spool_sum(|s| &s.records),
+                        lines: o.spool_sum(|s| &s.lines),
+                        bytes: o.spool_sum(|s| &s.bytes),
+                        oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+                    },
+                    servers: o
+                        .servers
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.url.clone(),
+                                s.health.lock().unwrap().clone(),
+                                s.down.load(Relaxed),
+                            )
+                        })
+                        .collect(),
+                }
             })
             .collect();
-        let now = SystemTime::now();
-        let (code, mut body) = health_report(&h, &spool, state, now);
-        body["output"]["urls"] = urls_report(&servers, now);
-        (code, body)
+        several_outputs_report(&views, state, now)
     }
+}
+
+/// One output as `/health` shows it.
+#[derive(Debug, Clone)]
+pub struct OutputView {
+    pub name: String,
+    pub health: Health,
+    pub spool: SpoolView,
+    /// (URL, health, out of rotation).
+    pub servers: Vec<(String, Health, bool)>,
+}
+
+/// Pure: `/health` over every output. The top-level `output` and `urls` are the worst
+/// output's (a failing one first), `spool` sums every output's, and `outputs` lists each.
+pub fn several_outputs_report(
+    views: &[OutputView],
+    pipeline: Pipeline,
+    now: SystemTime,
+) -> (u16, Value) {
+    let worst = views
+        .iter()
+        .find(|v| !v.health.ok)
+        .or_else(|| views.first());
+    let total = SpoolView {
+        records: views.iter().map(|v| v.spool.records).sum(),
+        lines: views.iter().map(|v| v.spool.lines).sum(),
+        bytes: views.iter().map(|v| v.spool.bytes).sum(),
+        oldest_created_at: views.iter().filter_map(|v| v.spool.oldest_created_at).min(),
+    };
+    let h = worst.map(|w| w.health.clone()).unwrap_or_default();
+    let (code, mut body) = health_report(&h, &total, pipeline, now);
+    if let Some(w) = worst {
+        body["output"]["name"] = w.name.clone().into();
+        body["output"]["urls"] = urls_report(&w.servers, now);
+        if !w.health.ok && views.len() > 1 && pipeline == Pipeline::Running {
+            body["reason"] = format!(
+                "output {}: {}",
+                w.name,
+                body["reason"].as_str().unwrap_or("")
+            )
+            .into();
+        }
+    }
+    body["outputs"] = views
+        .iter()
+        .map(|v| {
+            let (_, one) = health_report(&v.health, &v.spool, Pipeline::Running, now);
+            let mut o = one["output"].clone();
+            o["name"] = v.name.clone().into();
+            o["spool"] = one["spool"].clone();
+            o["urls"] = urls_report(&v.servers, now);
+            o
+        })
+        .collect();
+    (code, body)
 }
 
 /// The spool as `/health` shows it.

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{Stats, INPUT_METRICS};
+use super::{OutputStats, Stats, INPUT_METRICS};
 use crate::spool::Spool;
 
 /// `Content-Type` of the exposition.
@@ -32,7 +32,8 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// Reads [`Stats`] (and the spool's backlog) on every scrape.
 pub struct StatsCollector {
     stats: Arc<Stats>,
-    spool: Option<Arc<Spool>>,
+    /// Each output's spools, in output order.
+    spools: Vec<Vec<Arc<Spool>>>,
 }
 
 impl fmt::Debug for StatsCollector {
@@ -42,9 +43,9 @@ impl fmt::Debug for StatsCollector {
 }
 
 /// Builds the registry served on `/metrics`.
-pub fn registry(stats: Arc<Stats>, spool: Option<Arc<Spool>>) -> Registry {
+pub fn registry(stats: Arc<Stats>, spools: Vec<Vec<Arc<Spool>>>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StatsCollector { stats, spool }));
+    registry.register_collector(Box::new(StatsCollector { stats, spools }));
     registry
 }
 
@@ -108,26 +109,39 @@ struct StatMetric {
     get: fn(&Stats) -> u64,
 }
 
-/// The plain counters and gauges of [`Stats`] (those with labels are built in `encode`):
-/// name, help, gauge (or counter), value.
+/// The agent-wide counters and gauges of [`Stats`]: name, help, gauge (or counter), value.
 #[rustfmt::skip]
 const STAT_METRICS: &[StatMetric] = &[
-    StatMetric { name: "lineship_lines_delivered", gauge: false, get: |s| s.lines_delivered.load(Relaxed), help: "Lines the server accepted (2xx, or kept in a 422 partial write)." },
-    StatMetric { name: "lineship_lines_dead_lettered", gauge: false, get: |s| s.lines_dead_lettered.load(Relaxed), help: "Lines the server refused for good (400 down to one line, 413 single line, other 4xx), written to the dead-letter file." },
-    StatMetric { name: "lineship_lines_partial_dropped", gauge: false, get: |s| s.lines_partial_dropped.load(Relaxed), help: "Lines the server reported dropped in a 422 partial write." },
-    StatMetric { name: "lineship_lines_undelivered", gauge: false, get: |s| s.lines_undelivered.load(Relaxed), help: "Lines lost: neither delivered nor spooled (e.g. the spool could not be written at shutdown)." },
-    StatMetric { name: "lineship_batches_sealed", gauge: false, get: |s| s.batches_sealed.load(Relaxed), help: "Batches sealed and compressed by the batcher." },
-    StatMetric { name: "lineship_batches_delivered", gauge: false, get: |s| s.batches_delivered.load(Relaxed), help: "Batches the server accepted." },
-    StatMetric { name: "lineship_bytes_sent", gauge: false, get: |s| s.bytes_sent.load(Relaxed), help: "Request body bytes (compressed) of delivered batches." },
-    StatMetric { name: "lineship_retries", gauge: false, get: |s| s.retries.load(Relaxed), help: "Write attempts that failed and were retried after a backoff." },
-    StatMetric { name: "lineship_spool_dropped_lines", gauge: false, get: |s| s.spool.dropped_lines.load(Relaxed), help: "Lines the spool discarded at its size cap (when_full)." },
-    StatMetric { name: "lineship_spool_corrupt_records", gauge: false, get: |s| s.spool.corrupt_records.load(Relaxed), help: "Damaged spool records skipped at recovery or replay (their lines are lost)." },
-    StatMetric { name: "lineship_spool_corrupt_lines", gauge: false, get: |s| s.spool.corrupt_lines.load(Relaxed), help: "Lines in damaged spool records, where the spool could count them (they are lost)." },
+    StatMetric { name: "lineship_batches_sealed", gauge: false, get: |s| s.batches_sealed.load(Relaxed), help: "Batches sealed by the batcher (each is compressed once per distinct bucket and gzip_level among the outputs it goes to)." },
     StatMetric { name: "lineship_queue_bytes", gauge: true, get: |s| s.queue_bytes.load(Relaxed), help: "Bytes of checked lines queued between the inputs and the batcher (at most 16 MiB)." },
-    StatMetric { name: "lineship_memory_bytes", gauge: true, get: |s| s.memory_bytes.load(Relaxed), help: "Bytes of sealed, compressed batches held in memory for the sender (at most output.memory_limit)." },
-    StatMetric { name: "lineship_spool_bytes", gauge: true, get: |s| s.spool.bytes.load(Relaxed), help: "Bytes of spool segment files on disk." },
-    StatMetric { name: "lineship_spool_records", gauge: true, get: |s| s.spool.records.load(Relaxed), help: "Spooled batches not yet delivered." },
-    StatMetric { name: "lineship_spool_lines", gauge: true, get: |s| s.spool.lines.load(Relaxed), help: "Lines in spooled batches not yet delivered." },
+];
+
+/// A number of [`OutputStats`] exported with the `output` label.
+struct OutputMetric {
+    name: &'static str,
+    help: &'static str,
+    gauge: bool,
+    get: fn(&OutputStats) -> u64,
+}
+
+/// Each output's counters and gauges, a sample per output.
+#[rustfmt::skip]
+const OUTPUT_METRICS: &[OutputMetric] = &[
+    OutputMetric { name: "lineship_lines_delivered", gauge: false, get: |s| s.lines_delivered.load(Relaxed), help: "Lines the output's servers accepted (2xx, or kept in a 422 partial write)." },
+    OutputMetric { name: "lineship_lines_dead_lettered", gauge: false, get: |s| s.lines_dead_lettered.load(Relaxed), help: "Lines the output's servers refused for good (400 down to one line, 413 single line, other 4xx), written to the dead-letter file." },
+    OutputMetric { name: "lineship_lines_partial_dropped", gauge: false, get: |s| s.lines_partial_dropped.load(Relaxed), help: "Lines the output's servers reported dropped in a 422 partial write." },
+    OutputMetric { name: "lineship_lines_undelivered", gauge: false, get: |s| s.lines_undelivered.load(Relaxed), help: "Lines lost: neither delivered nor spooled (e.g. the spool could not be written at shutdown)." },
+    OutputMetric { name: "lineship_batches_delivered", gauge: false, get: |s| s.batches_delivered.load(Relaxed), help: "Batches the output's servers accepted." },
+    OutputMetric { name: "lineship_bytes_sent", gauge: false, get: |s| s.bytes_sent.load(Relaxed), help: "Request body bytes (compressed) of delivered batches." },
+    OutputMetric { name: "lineship_retries", gauge: false, get: |s| s.retries.load(Relaxed), help: "Write attempts that failed and were retried after a backoff." },
+    OutputMetric { name: "lineship_spool_dropped_lines", gauge: false, get: |s| s.spool_sum(|p| &p.dropped_lines), help: "Lines the output's spool discarded at its size cap (when_full)." },
+    OutputMetric { name: "lineship_spool_corrupt_records", gauge: false, get: |s| s.spool_sum(|p| &p.corrupt_records), help: "Damaged spool records skipped at recovery or replay (their lines are lost)." },
+    OutputMetric { name: "lineship_spool_corrupt_lines", gauge: false, get: |s| s.spool_sum(|p| &p.corrupt_lines), help: "Lines in damaged spool records, where the spool could count them (they are lost)." },
+    OutputMetric { name: "lineship_memory_bytes", gauge: true, get: |s| s.memory_bytes.load(Relaxed), help: "Bytes of sealed, compressed batches held in memory for the output's senders (at most memory_limit per lane)." },
+    OutputMetric { name: "lineship_spool_bytes", gauge: true, get: |s| s.spool_sum(|p| &p.bytes), help: "Bytes of the output's spool segment files on disk." },
+    OutputMetric { name: "lineship_spool_records", gauge: true, get: |s| s.spool_sum(|p| &p.records), help: "Spooled batches not yet delivered." },
+    OutputMetric { name: "lineship_spool_lines", gauge: true, get: |s| s.spool_sum(|p| &p.lines), help: "Lines in spooled batches not yet delivered." },
+    OutputMetric { name: "lineship_output_healthy", gauge: true, get: |s| u64::from(s.health.lock().unwrap().ok), help: "1 while the output delivers, 0 while writes fail (see /health for why)." },
 ];
 
 impl Collector for StatsCollector {
@@ -211,61 +225,99 @@ impl Collector for StatsCollector {
                 counter(e, m.name, m.help, (m.get)(s))?;
             }
         }
-        let requests: Vec<(Labels, u64)> = s
-            .requests
-            .lock()
-            .unwrap()
+        let outputs = s.outputs();
+        let by_output = |o: &OutputStats| vec![("output", o.name.clone())];
+        for m in OUTPUT_METRICS {
+            let samples: Vec<(Labels, u64)> =
+                outputs.iter().map(|o| (by_output(o), (m.get)(o))).collect();
+            family(e, m.name, m.help, m.gauge, &samples)?;
+        }
+        let requests: Vec<(Labels, u64)> = outputs
             .iter()
-            .map(|(status, n)| (vec![("status", status.clone())], *n))
+            .flat_map(|o| {
+                let by_status = o.requests.lock().unwrap().clone();
+                by_status
+                    .into_iter()
+                    .map(|(status, n)| (vec![("output", o.name.clone()), ("status", status)], n))
+            })
             .collect();
         family(
             e,
             "lineship_requests",
-            "Write requests by outcome: the HTTP status, or connect/timeout/transport when no answer came.",
+            "Write requests by output and outcome: the HTTP status, or connect/timeout/transport when no answer came.",
             false,
             &requests,
         )?;
 
-        if let Some(spool) = &self.spool {
-            let age = spool
-                .backlog()
-                .oldest_created_at_ms
-                .map(|ms| {
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH + Duration::from_millis(ms))
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
-            gauge(
-                e,
-                "lineship_spool_oldest_age_seconds",
-                "Age of the oldest undelivered spooled batch (0 when the spool is empty).",
-                age.as_secs_f64(),
-            )?;
+        let now = SystemTime::now();
+        let ages: Vec<(Labels, f64)> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let oldest = self
+                    .spools
+                    .get(i)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|sp| sp.backlog().oldest_created_at_ms)
+                    .min();
+                let age = oldest
+                    .map(|ms| {
+                        now.duration_since(UNIX_EPOCH + Duration::from_millis(ms))
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                (by_output(o), age.as_secs_f64())
+            })
+            .collect();
+        let mut m = e.encode_descriptor(
+            "lineship_spool_oldest_age_seconds",
+            "Age of the output's oldest undelivered spooled batch (0 when its spool is empty).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, age) in &ages {
+            ConstGauge::new(*age).encode(m.encode_family(labels)?)?;
         }
 
-        let servers = s.servers.lock().unwrap().clone();
+        let servers: Vec<(String, Arc<super::ServerStats>)> = outputs
+            .iter()
+            .flat_map(|o| {
+                let list = o.servers.lock().unwrap().clone();
+                list.into_iter().map(|srv| (o.name.clone(), srv))
+            })
+            .collect();
         let by_url: Vec<(Labels, u64)> = servers
             .iter()
-            .flat_map(|srv| {
+            .flat_map(|(out, srv)| {
                 let by_status = srv.requests.lock().unwrap().clone();
-                by_status
-                    .into_iter()
-                    .map(|(status, n)| (vec![("url", srv.url.clone()), ("status", status)], n))
+                by_status.into_iter().map(|(status, n)| {
+                    (
+                        vec![
+                            ("output", out.clone()),
+                            ("url", srv.url.clone()),
+                            ("status", status),
+                        ],
+                        n,
+                    )
+                })
             })
             .collect();
         family(
             e,
             "lineship_url_requests",
-            "Write requests by server URL and outcome (as lineship_requests_total).",
+            "Write requests by output, server URL and outcome (as lineship_requests_total).",
             false,
             &by_url,
         )?;
         let up: Vec<(Labels, u64)> = servers
             .iter()
-            .map(|srv| {
+            .map(|(out, srv)| {
                 let ok = srv.health.lock().unwrap().ok && !srv.down.load(Relaxed);
-                (vec![("url", srv.url.clone())], u64::from(ok))
+                (
+                    vec![("output", out.clone()), ("url", srv.url.clone())],
+                    u64::from(ok),
+                )
             })
             .collect();
         family(
@@ -276,13 +328,6 @@ impl Collector for StatsCollector {
             &up,
         )?;
 
-        let healthy = s.health.lock().unwrap().ok;
-        gauge(
-            e,
-            "lineship_output_healthy",
-            "1 while the output delivers, 0 while writes fail (see /health for why).",
-            u64::from(healthy),
-        )?;
         let ages: Vec<(Labels, f64)> = s
             .progress
             .ages(Instant::now())
@@ -329,21 +374,26 @@ mod tests {
         let udp = stats.register_input("udp:127.0.0.1:8089");
         udp.add_dropped("channel_full", 7);
         udp.kernel_drops.store(3, Relaxed);
-        stats.lines_delivered.store(9, Relaxed);
-        stats.count_request("204");
-        stats.count_request("204");
-        stats.count_request("503");
-        let a = stats.register_server("http://a:8086/");
+        let out = stats.register_output("default");
+        out.lines_delivered.store(9, Relaxed);
+        out.count_request("204");
+        out.count_request("204");
+        out.count_request("503");
+        let a = out.register_server("http://a:8086/");
         a.count_request("204");
-        let b = stats.register_server("http://b:8086/");
+        let b = out.register_server("http://b:8086/");
         b.count_request("connect");
         b.down.store(true, Relaxed);
-        stats.spool.lines.store(42, Relaxed);
+        out.register_spool().lines.store(42, Relaxed);
+        out.register_spool().lines.store(8, Relaxed);
+        let lake = stats.register_output("lake");
+        lake.lines_delivered.store(5, Relaxed);
+        lake.health.lock().unwrap().ok = false;
         let tail = stats.register_input("tail[0]");
         tail.files_open.store(4, Relaxed);
         tail.rotations.store(2, Relaxed);
         tail.truncations.store(1, Relaxed);
-        let text = render(&registry(stats, None));
+        let text = render(&registry(stats, Vec::new()));
 
         assert_eq!(
             sample(&text, r#"lineship_tail_files_open{input="tail[0]"}"#),
@@ -398,37 +448,67 @@ mod tests {
             !text.contains(r#"lineship_udp_kernel_drops_total{input="stdin"}"#),
             "UDP series only for UDP inputs: {text}"
         );
-        assert_eq!(sample(&text, "lineship_lines_delivered_total"), Some("9"));
         assert_eq!(
-            sample(&text, r#"lineship_requests_total{status="204"}"#),
+            sample(&text, r#"lineship_lines_delivered_total{output="default"}"#),
+            Some("9")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_lines_delivered_total{output="lake"}"#),
+            Some("5")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"lineship_requests_total{output="default",status="204"}"#
+            ),
             Some("2")
         );
         assert_eq!(
-            sample(&text, r#"lineship_requests_total{status="503"}"#),
+            sample(
+                &text,
+                r#"lineship_requests_total{output="default",status="503"}"#
+            ),
             Some("1")
         );
-        assert_eq!(sample(&text, "lineship_spool_lines"), Some("42"));
-        assert_eq!(sample(&text, "lineship_output_healthy"), Some("1"));
+        // A sharded output's spools add up.
+        assert_eq!(
+            sample(&text, r#"lineship_spool_lines{output="default"}"#),
+            Some("50")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_output_healthy{output="default"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"lineship_output_healthy{output="lake"}"#),
+            Some("0")
+        );
         assert_eq!(
             sample(
                 &text,
-                r#"lineship_url_requests_total{url="http://a:8086/",status="204"}"#
+                r#"lineship_url_requests_total{output="default",url="http://a:8086/",status="204"}"#
             ),
             Some("1")
         );
         assert_eq!(
             sample(
                 &text,
-                r#"lineship_url_requests_total{url="http://b:8086/",status="connect"}"#
+                r#"lineship_url_requests_total{output="default",url="http://b:8086/",status="connect"}"#
             ),
             Some("1")
         );
         assert_eq!(
-            sample(&text, r#"lineship_url_up{url="http://a:8086/"}"#),
+            sample(
+                &text,
+                r#"lineship_url_up{output="default",url="http://a:8086/"}"#
+            ),
             Some("1")
         );
         assert_eq!(
-            sample(&text, r#"lineship_url_up{url="http://b:8086/"}"#),
+            sample(
+                &text,
+                r#"lineship_url_up{output="default",url="http://b:8086/"}"#
+            ),
             Some("0")
         );
         assert!(
@@ -460,7 +540,7 @@ mod tests {
             .register_input("tail \"a\\b\"\n")
             .lines
             .store(1, Relaxed);
-        let text = render(&registry(stats, None));
+        let text = render(&registry(stats, Vec::new()));
         assert!(
             text.contains(r#"lineship_lines_received_total{input="tail \"a\\b\"\n"} 1"#),
             "{text}"
@@ -473,6 +553,7 @@ mod tests {
     fn the_grafana_dashboard_names_only_served_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
+        let out = stats.register_output("default");
         let spool_settings = crate::config::SpoolSettings {
             max_size: 1 << 20,
             when_full: crate::config::WhenFull::DropOldest,
@@ -480,9 +561,9 @@ mod tests {
             fsync_interval: Duration::from_secs(1),
         };
         let spool = Arc::new(
-            crate::spool::Spool::open(dir.path(), &spool_settings, stats.spool.clone()).unwrap(),
+            crate::spool::Spool::open(dir.path(), &spool_settings, out.register_spool()).unwrap(),
         );
-        let text = render(&registry(stats, Some(spool)));
+        let text = render(&registry(stats, vec![vec![spool]]));
         let served: std::collections::BTreeSet<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -222,6 +222,7 @@ mod tests {
     fn intake(dir: &std::path::Path) -> Intake {
         let line = LineSettings {
             bucket: "b".into(),
+            outputs: u64::MAX,
             precision: Precision::Ns,
             stamp_missing: false,
             format: InputFormat::Lp,

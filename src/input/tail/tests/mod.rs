@@ -97,6 +97,7 @@ fn append_file(path: &Path) -> File {
 pub(super) fn lp_intake(state: &Path) -> Intake {
     let settings = LineSettings {
         bucket: "b".into(),
+        outputs: u64::MAX,
         precision: Precision::Ns,
         stamp_missing: false,
         format: InputFormat::Lp,
