@@ -174,7 +174,12 @@ impl Batcher {
                 plain |= r.lanes;
                 continue;
             };
+            // Room for an even share and a little more, so a piece rarely grows.
+            let share = chunk.data.len() / shards.lanes.len().max(1) * 5 / 4 + 256;
             let mut parts: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); self.lanes.len()];
+            for &l in &shards.lanes {
+                parts[l].0.reserve(share);
+            }
             for line in chunk.data.split_inclusive(|&b| b == b'\n') {
                 let body = line.strip_suffix(b"\n").unwrap_or(line);
                 let part = &mut parts[shards.lane_of(body)];
@@ -496,5 +501,153 @@ mod tests {
         assert!(ends_within(&r.thread, Duration::from_secs(5)));
         assert_eq!(r.out.try_recv().unwrap().lines, 1);
         drop(r.tx);
+    }
+
+    /// Three outputs: two share a bucket and gzip level, one has its own level; a fourth
+    /// output is sharded over two URLs. Returns the batcher, its input, and each lane's batches.
+    fn start_lanes(
+        dir: &std::path::Path,
+    ) -> (
+        std::thread::JoinHandle<()>,
+        ChunkTx,
+        Vec<mpsc::UnboundedReceiver<Batch>>,
+    ) {
+        let stats = Arc::new(Stats::default());
+        let settings = SpoolSettings {
+            max_size: 1 << 20,
+            when_full: WhenFull::DropNewest,
+            fsync: FsyncPolicy::Never,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let (tx, chunks) = crate::queue::channel(16, 1 << 20);
+        let mut lanes = Vec::new();
+        let mut outs = Vec::new();
+        for (i, (bucket, level)) in [("b", 1), ("b", 1), ("b", 6), ("s", 1), ("s", 1)]
+            .into_iter()
+            .enumerate()
+        {
+            let (out_tx, out) = mpsc::unbounded_channel();
+            outs.push(out);
+            let spool =
+                Spool::open_dir(dir.join(i.to_string()), &settings, Default::default()).unwrap();
+            lanes.push(Lane {
+                bucket: Arc::from(bucket),
+                gzip_level: level,
+                out: out_tx,
+                memory: Arc::new(MemoryGate::new(1 << 20)),
+                spool: Arc::new(spool),
+                spooled: Default::default(),
+                healthy: Box::new(|| true),
+                stats: stats.register_output(format!("o{i}")),
+                spool_trouble: Default::default(),
+            });
+        }
+        let route = |lanes| OutputRoute {
+            lanes,
+            shards: None,
+        };
+        let thread = Batcher {
+            chunks,
+            cancel: CancellationToken::new(),
+            deadline: watch::channel(None).1,
+            limits: Limits {
+                max_lines: 1000,
+                max_bytes: 1 << 20,
+                flush_interval: Duration::from_secs(3600),
+            },
+            lanes,
+            routes: vec![
+                route(0b1),
+                route(0b10),
+                route(0b100),
+                OutputRoute {
+                    lanes: 0b11000,
+                    shards: Some(crate::lanes::Shards {
+                        seeds: vec![1, 2],
+                        lanes: vec![3, 4],
+                    }),
+                },
+            ],
+            acks: Default::default(),
+            stats,
+        }
+        .spawn()
+        .unwrap();
+        (thread, tx, outs)
+    }
+
+    #[test]
+    fn a_batch_is_compressed_once_per_bucket_and_level_and_each_lane_gets_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, tx, mut outs) = start_lanes(dir.path());
+        let mut data = Vec::new();
+        for i in 0..200 {
+            data.extend_from_slice(format!("m,host=h{i} v={i}i {i}\n").as_bytes());
+        }
+        tx.send(Chunk {
+            dest: Dest::routed("", Precision::Ns, 0b1111),
+            data: data.clone(),
+            lines: 200,
+            ack: None,
+        })
+        .unwrap();
+        drop(tx);
+        assert!(ends_within(&thread, Duration::from_secs(5)));
+        let got: Vec<Vec<Batch>> = outs
+            .iter_mut()
+            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).collect())
+            .collect();
+        for lane in &got[..3] {
+            assert_eq!(lane.len(), 1);
+            assert_eq!(
+                crate::batch::decode(&lane[0]).unwrap(),
+                data,
+                "byte for byte"
+            );
+            assert_eq!(&*lane[0].dest.bucket, "b", "the output's bucket");
+        }
+        // Same bucket and level: one body, shared; another level: its own.
+        assert_eq!(got[0][0].body.as_ptr(), got[1][0].body.as_ptr());
+        assert_ne!(got[0][0].body.as_ptr(), got[2][0].body.as_ptr());
+        // The sharded output: every line in exactly one of its lanes, each series whole.
+        let mut sharded = Vec::new();
+        for lane in &got[3..] {
+            assert_eq!(lane.len(), 1, "both shards got a share");
+            assert_eq!(&*lane[0].dest.bucket, "s");
+            sharded.extend(
+                String::from_utf8(crate::batch::decode(&lane[0]).unwrap())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        sharded.sort();
+        let mut want: Vec<String> = String::from_utf8(data)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        want.sort();
+        assert_eq!(sharded, want);
+    }
+
+    #[test]
+    fn a_chunk_for_some_outputs_reaches_only_their_lanes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, tx, mut outs) = start_lanes(dir.path());
+        tx.send(Chunk {
+            dest: Dest::routed("own", Precision::Ms, 0b100),
+            data: b"m v=1i 1\n".to_vec(),
+            lines: 1,
+            ack: None,
+        })
+        .unwrap();
+        drop(tx);
+        assert!(ends_within(&thread, Duration::from_secs(5)));
+        let counts: Vec<usize> = outs
+            .iter_mut()
+            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
+            .collect();
+        assert_eq!(counts, [0, 0, 1, 0, 0]);
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{lineship_command, run_stdin, run_with_timeout, write_config, FakeInflux, Reply};
+use common::{run_stdin, write_config, FakeInflux, Reply};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -55,9 +55,7 @@ fn seqs(fake: &FakeInflux) -> HashSet<usize> {
 }
 
 fn lineship(args: &[&str], cfg: &std::path::Path) -> common::RunOutput {
-    let mut c = lineship_command();
-    c.args(args).arg("--config").arg(cfg);
-    run_with_timeout(c, b"", T)
+    common::lineship_cli(args, cfg)
 }
 
 #[test]

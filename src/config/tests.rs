@@ -446,3 +446,136 @@ fn a_missing_or_empty_token_file_is_named_with_the_fix() {
     // A SIGHUP that finds it empty keeps the current token.
     assert!(read_token_file(&missing).unwrap_err().contains("is empty"));
 }
+
+const TWO_OUTPUTS: &str = r#"
+state_dir = "/tmp/x"
+[output]
+url = "http://localhost:8086/"
+bucket = "b"
+[outputs.lake]
+urls = ["http://lake-a:8428", "http://lake-b:8428"]
+balance = "shard"
+bucket = "raw"
+gzip_level = 6
+token = "laketoken"
+"#;
+
+#[test]
+fn named_outputs_and_the_outputs_an_input_names() {
+    let s = load(&format!(
+        "{TWO_OUTPUTS}[[input.udp]]\nlisten = \"127.0.0.1:8089\"\noutputs = [\"lake\"]\n[[input.tcp]]\nlisten = \"127.0.0.1:8094\"\nbucket = \"own\"\n"
+    ))
+    .unwrap();
+    let names: Vec<&str> = s.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["default", "lake"]);
+    assert_eq!(s.outputs[1].key, "outputs.lake");
+    assert_eq!(s.outputs[1].balance, Balance::Shard);
+    assert_eq!(s.outputs[1].gzip_level, 6);
+    assert_eq!(s.outputs[1].token.expose(), "laketoken");
+    assert_eq!(s.inputs.udp[0].line.outputs, 0b10);
+    // No list: every output; no bucket: each output's own.
+    assert_eq!(s.inputs.tcp[0].line.outputs, 0b11);
+    assert_eq!(s.inputs.tcp[0].line.bucket, "own");
+    assert_eq!(s.inputs.udp[0].line.bucket, "");
+    assert_eq!(s.output_named("lake").unwrap().bucket, "raw");
+    // Only [outputs.NAME] tables: no default output.
+    let only = TWO_OUTPUTS.replace(
+        "[output]\nurl = \"http://localhost:8086/\"\nbucket = \"b\"\n",
+        "",
+    );
+    let s = load(&only).unwrap();
+    assert_eq!(s.outputs.len(), 1);
+    assert_eq!(s.first_output().name, "lake");
+}
+
+#[test]
+fn output_errors_name_the_key() {
+    let err = |text: &str| format!("{:#}", load(text).unwrap_err());
+    for bad in [
+        "Lake",
+        "la-ke",
+        "1lake",
+        "\"l a\"",
+        "\"\"",
+        "\"lake.x\"",
+        "\"../x\"",
+        "corrupt",
+    ] {
+        let e = err(&TWO_OUTPUTS.replace("[outputs.lake]", &format!("[outputs.{bad}]")));
+        assert!(
+            e.contains("outputs.") && e.contains("simple word"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&TWO_OUTPUTS.replace("[outputs.lake]", "[outputs.default]"));
+    assert!(
+        e.contains("`outputs.default`") && e.contains("[output]"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{TWO_OUTPUTS}[[input.udp]]\nlisten = \"127.0.0.1:8089\"\noutputs = [\"default\", \"laek\"]\n"
+    ));
+    assert!(
+        e.contains("`input.udp[0].outputs`")
+            && e.contains("\"laek\"")
+            && e.contains("default, lake"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{TWO_OUTPUTS}[input.stdin]\nenabled = true\noutputs = []\n"
+    ));
+    assert!(
+        e.contains("`input.stdin.outputs`") && e.contains("empty"),
+        "{e}"
+    );
+    // Keys of a named output are named with its table.
+    let e = err(&TWO_OUTPUTS.replace("gzip_level = 6", "gzip_level = 13"));
+    assert!(e.contains("`outputs.lake.gzip_level`"), "{e}");
+    let e = err(&TWO_OUTPUTS.replace("bucket = \"raw\"\n", ""));
+    assert!(e.contains("`outputs.lake.bucket`"), "{e}");
+    let e = err(&TWO_OUTPUTS.replace(
+        "urls = [\"http://lake-a:8428\", \"http://lake-b:8428\"]",
+        "url = \"http://x\"\nurls = [\"http://y\"]",
+    ));
+    assert!(
+        e.contains("`outputs.lake.urls`") && e.contains("outputs.lake.url"),
+        "{e}"
+    );
+    let e = err(&TWO_OUTPUTS.replace(
+        "urls = [\"http://lake-a:8428\", \"http://lake-b:8428\"]",
+        "urls = []",
+    ));
+    assert!(
+        e.contains("`outputs.lake.urls`") && e.contains("empty"),
+        "{e}"
+    );
+    let e = err(&TWO_OUTPUTS.replace("token = \"laketoken\"", "token = \"a b\""));
+    assert!(
+        e.contains("`outputs.lake.token`") && !e.contains("a b"),
+        "{e}"
+    );
+    let e = err(&TWO_OUTPUTS.replace("bucket = \"raw\"", "bucket = \"raw\"\nflavour = 1"));
+    assert!(e.contains("flavour"), "{e}");
+    // Too many lanes: 2 outputs of 64 sharded URLs each.
+    let urls: Vec<String> = (0..64).map(|i| format!("\"http://h{i}:1\"")).collect();
+    let big = TWO_OUTPUTS.replace(
+        "urls = [\"http://lake-a:8428\", \"http://lake-b:8428\"]",
+        &format!("urls = [{}]", urls.join(", ")),
+    );
+    let e = err(&big);
+    assert!(
+        e.contains("`outputs`") && e.contains("65 delivery lanes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn lineship_token_goes_only_to_the_default_output() {
+    let no_tokens = TWO_OUTPUTS.replace("token = \"laketoken\"\n", "");
+    let s = Settings::from_toml(&no_tokens, false, |k| {
+        (k == "LINESHIP_TOKEN").then(|| "envtok".to_owned())
+    })
+    .unwrap();
+    assert_eq!(s.outputs[0].token.expose(), "envtok");
+    assert!(s.outputs[1].token.is_empty());
+}

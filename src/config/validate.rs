@@ -480,6 +480,8 @@ fn unfit_output_name(name: &str) -> Option<&'static str> {
         _ if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') => {
             Some("use only lowercase letters, digits and _")
         }
+        // The default output's spool keeps damaged files in `spool/corrupt/`.
+        _ if name == "corrupt" => Some("\"corrupt\" is reserved for the spool's damaged files"),
         _ => None,
     }
 }

@@ -363,3 +363,11 @@ pub(super) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitS
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `lineship ARGS --config CFG` (a subcommand such as `check` or `spool status`), with no
+/// stdin and a minute's timeout.
+pub fn lineship_cli(args: &[&str], cfg: &Path) -> RunOutput {
+    let mut c = lineship_command();
+    c.args(args).arg("--config").arg(cfg);
+    run_with_timeout(c, b"", Duration::from_secs(60))
+}

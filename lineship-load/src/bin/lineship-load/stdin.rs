@@ -34,6 +34,10 @@ pub struct StdinArgs {
     pub d: DaemonOpts,
     #[command(flatten)]
     pub gen: GenOpts,
+    /// Also send every line to a second output (`[outputs.copy]`, same bucket and gzip level, so a batch is compressed once for both) with its
+    /// own counting sink; both sinks must get every line once.
+    #[arg(long)]
+    pub fan_out: bool,
 }
 
 /// What to write into the daemon's stdin.
@@ -202,8 +206,25 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
 
     let mut runs = Vec::new();
     for run in 1..=a.d.repeat {
+        let copy = if a.fan_out {
+            Some(crate::sink::Sink::for_run(
+                !a.d.no_check_seq,
+                a.d.sink_threads,
+            )?)
+        } else {
+            None
+        };
         let setup = RunSetup::new(&a.d, run, log_level, |_| {
-            Ok("[input.stdin]\nenabled = true".into())
+            let mut section = String::from("[input.stdin]\nenabled = true\n");
+            if let Some(c) = &copy {
+                section.push_str(&format!(
+                    "[outputs.copy]\nurl = \"http://{}\"\nbucket = \"bench\"\ngzip_level = {}\nmax_in_flight = {}\n",
+                    c.addr(),
+                    a.d.gzip_level,
+                    a.d.max_in_flight
+                ));
+            }
+            Ok(section)
         })?;
         let cpu = HarnessCpu::start();
         let result = run_daemon(
@@ -216,6 +237,9 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         // Every write the daemon saw acknowledged was counted before the response went out, so
         // nothing is in flight once it has exited.
         let snap = setup.sink.fake.counts(Some((a.gen.start, a.lines)));
+        let copy_delivery = copy
+            .as_ref()
+            .map(|c| Delivery::of(&c.fake.counts(Some((a.gen.start, a.lines))), a.lines));
         setup.finish(&a.d);
         let DaemonRun {
             exit,
@@ -226,7 +250,13 @@ pub fn cmd_stdin(a: &StdinArgs) -> Result<ExitCode> {
         let wall_s = wall.as_secs_f64();
         let delivery = Delivery::of(&snap, a.lines);
         let usage = DaemonUsage::of(&exit, fed.lines);
-        let ok = delivery.exact() && usage.clean_exit() && fed.error.is_none();
+        let ok = delivery.exact()
+            && copy_delivery.as_ref().is_none_or(Delivery::exact)
+            && usage.clean_exit()
+            && fed.error.is_none();
+        if let Some(c) = &copy_delivery {
+            println!("run {run}: second output (outputs.copy): {c}");
+        }
         let report = RunReport {
             run,
             lines_sent: fed.lines,
