@@ -20,7 +20,8 @@ use crate::config::{Balance, OutputSettings, Settings};
 pub struct LanePlan {
     /// Index of its output in [`Settings::outputs`].
     pub output: usize,
-    /// The output's settings, with only the shard's URL for a shard lane.
+    /// The output's settings, with only the shard's URL for a shard lane (`balance` stays
+    /// `shard`, which with one URL sends like `failover`).
     pub settings: OutputSettings,
     pub spool_dir: PathBuf,
     /// The URL this lane holds, for a shard lane.
@@ -67,8 +68,8 @@ pub fn plan(settings: &Settings) -> Plan {
         if o.balance == Balance::Shard {
             for u in &o.urls {
                 let mut one = o.clone();
+                // Still `shard`: one URL, and the output is healthy only while all are.
                 one.urls = vec![u.clone()];
-                one.balance = Balance::Failover;
                 lanes.push(LanePlan {
                     output: i,
                     settings: one,

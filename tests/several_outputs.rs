@@ -205,6 +205,15 @@ fn stdin_exits_75_when_one_output_could_not_deliver_and_the_next_run_delivers_it
     );
     let lake_part = status.stdout.split("output lake:").nth(1).unwrap();
     assert!(lake_part.contains("lines:    500"), "{}", status.stdout);
+    let verify = common::lineship_cli(&["spool", "verify"], Path::new(&cfg));
+    assert_eq!(verify.code, Some(0), "{}", verify.stdout);
+    assert_eq!(
+        verify.stdout.matches("is intact").count(),
+        2,
+        "each output's spool is verified: {}",
+        verify.stdout
+    );
+    assert!(verify.stdout.contains("spool/lake"), "{}", verify.stdout);
 
     // The next run delivers the lake's share from its spool, and nothing twice to main.
     lake.set_default_reply(Reply::no_content());
@@ -361,6 +370,13 @@ fn shard_keeps_each_series_on_one_url_and_a_stopped_urls_share_waits_for_it() {
         &down
     ) == 0));
     d.write_stdin(&series_lines(30, 10));
+    // A sharded output with a URL down is failing: part of its series wait.
+    let (code, _, body) = get(addr, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(&fakes[1].url()),
+        "the message names the URL: {body}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || {
             fakes[0].accepted_line_count() == 2 * share[0]

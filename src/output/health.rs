@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::client::Reply;
 use super::{Sender, TRANSPORT_KINDS};
+use crate::config::Balance;
 use crate::telemetry::Health;
 
 /// The shortest sleep of the probe loop while a down server's backoff is about to end.
@@ -261,7 +262,15 @@ impl Sender {
             *out = all[0].clone();
             return;
         }
-        match all.iter().position(|h| h.ok) {
+        // A sharded output delivers only while every URL does: a down URL's series wait.
+        let healthy = match self.settings.balance {
+            Balance::Shard => all.iter().all(|h| h.ok).then_some(changed),
+            _ => all.iter().position(|h| h.ok),
+        };
+        let failing_shard = (self.settings.balance == Balance::Shard)
+            .then(|| all.iter().position(|h| !h.ok))
+            .flatten();
+        match healthy {
             Some(i) => {
                 if !out.ok {
                     tracing::info!(
@@ -277,12 +286,23 @@ impl Sender {
                 out.last = all[i].last.clone();
             }
             None => {
-                let (i, last) = all
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, h)| h.since_instant)
-                    .expect("at least one server");
-                if out.ok {
+                let (i, last) = match failing_shard {
+                    Some(i) => (i, &all[i]),
+                    None => all
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, h)| h.since_instant)
+                        .expect("at least one server"),
+                };
+                if out.ok && failing_shard.is_some() {
+                    tracing::error!(
+                        output = %self.links.out.name,
+                        url = %servers[i].url,
+                        "a URL of the sharded output is failing; its series wait in its own spool (retried with backoff), the other URLs keep delivering"
+                    );
+                    out.since = last.since;
+                    out.since_instant = last.since_instant;
+                } else if out.ok {
                     let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
                     tracing::error!(
                         output = %self.links.out.name,
