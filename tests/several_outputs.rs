@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::service::lines;
+use common::service::{arrivals, assert_lines_once, lines};
 use common::{
     get, lineship_command, metric, run_stdin, scrape, telemetry_addr, toml_path, wait_until,
     write_config, Daemon, FakeInflux, Reply,
@@ -69,22 +69,8 @@ max_backoff = "200ms"
     )
 }
 
-/// Each accepted line and how often it came.
-fn counts(f: &FakeInflux) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for l in f.accepted_lines() {
-        *m.entry(l).or_default() += 1;
-    }
-    m
-}
-
 fn assert_exactly(f: &FakeInflux, from: usize, n: usize, who: &str) {
-    let seen = counts(f);
-    let want = String::from_utf8(lines(from, n)).unwrap();
-    for l in want.lines() {
-        assert_eq!(seen.get(l), Some(&1), "{who}: line {l:?}");
-    }
-    assert_eq!(seen.len(), n, "{who}: no line that was not sent");
+    assert_lines_once(&arrivals(&[f]), from, n, who);
 }
 
 #[test]
@@ -485,7 +471,7 @@ from_beginning = true
         lake.accepted_line_count(),
         d.stderr_so_far()
     );
-    let seen = counts(&lake);
+    let seen = arrivals(&[&lake]);
     let want = String::from_utf8(lines(0, 100)).unwrap();
     for l in want.lines() {
         assert!(seen.contains_key(l), "lake: line {l:?}");

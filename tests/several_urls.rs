@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::service::lines;
+use common::service::{arrivals, assert_lines_once, lines};
 use common::{
     get, lineship_command, metric, scrape, telemetry_addr, toml_path, wait_until, write_config,
     Daemon, FakeInflux, Reply,
@@ -51,23 +51,8 @@ listen = "127.0.0.1:0"
     (d, addr)
 }
 
-/// How often each line arrived, over all fakes.
-fn arrivals(fakes: &[&FakeInflux]) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for f in fakes {
-        for l in f.accepted_lines() {
-            *seen.entry(l).or_default() += 1;
-        }
-    }
-    seen
-}
-
 fn assert_each_line_once(seen: &HashMap<String, usize>, n: usize) {
-    let want = String::from_utf8(lines(0, n)).unwrap();
-    for l in want.lines() {
-        assert_eq!(seen.get(l), Some(&1), "line {l:?}");
-    }
-    assert_eq!(seen.len(), n, "no line that was not sent");
+    assert_lines_once(seen, 0, n, "all URLs");
 }
 
 #[test]

@@ -130,6 +130,16 @@ pub enum Appended {
     GaveUp,
 }
 
+/// When the oldest undelivered record of any of `spools` was created (one output's spools: one,
+/// or one per URL when sharded); `None` while they are empty.
+pub fn oldest_created_at(spools: &[Arc<Spool>]) -> Option<std::time::SystemTime> {
+    spools
+        .iter()
+        .filter_map(|s| s.backlog().oldest_created_at_ms)
+        .min()
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
 /// A point-in-time summary (for `lineship spool status`, metrics and health).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backlog {

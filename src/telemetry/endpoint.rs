@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -93,10 +93,7 @@ impl Telemetry {
                 let oldest = self
                     .spools
                     .get(i)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.backlog().oldest_created_at_ms)
-                    .min();
+                    .and_then(|s| crate::spool::oldest_created_at(s));
                 OutputView {
                     name: o.name.clone(),
                     health: o.health.lock().unwrap().clone(),
@@ -104,7 +101,7 @@ impl Telemetry {
                         records: o.spool_sum(|s| &s.records),
                         lines: o.spool_sum(|s| &s.lines),
                         bytes: o.spool_sum(|s| &s.bytes),
-                        oldest_created_at: oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+                        oldest_created_at: oldest,
                     },
                     servers: o
                         .servers
@@ -393,6 +390,7 @@ fn response(code: u16, content_type: &str, body: Bytes) -> hyper::Response<Full<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn health(ok: bool, last: &str, message: &str, since: SystemTime) -> Health {
         Health {

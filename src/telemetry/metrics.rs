@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
@@ -254,18 +254,11 @@ impl Collector for StatsCollector {
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let oldest = self
+                let age = self
                     .spools
                     .get(i)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|sp| sp.backlog().oldest_created_at_ms)
-                    .min();
-                let age = oldest
-                    .map(|ms| {
-                        now.duration_since(UNIX_EPOCH + Duration::from_millis(ms))
-                            .unwrap_or_default()
-                    })
+                    .and_then(|s| crate::spool::oldest_created_at(s))
+                    .map(|t| now.duration_since(t).unwrap_or_default())
                     .unwrap_or_default();
                 (by_output(o), age.as_secs_f64())
             })
@@ -558,7 +551,7 @@ mod tests {
             max_size: 1 << 20,
             when_full: crate::config::WhenFull::DropOldest,
             fsync: crate::config::FsyncPolicy::Never,
-            fsync_interval: Duration::from_secs(1),
+            fsync_interval: std::time::Duration::from_secs(1),
         };
         let spool = Arc::new(
             crate::spool::Spool::open(dir.path(), &spool_settings, out.register_spool()).unwrap(),

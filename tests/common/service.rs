@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{lineship_command, telemetry_addr, toml_path, write_config, Daemon};
+use super::{lineship_command, telemetry_addr, toml_path, write_config, Daemon, FakeInflux};
 
 /// The bound on every wait in the service tests.
 pub const T: Duration = Duration::from_secs(60);
@@ -76,4 +76,29 @@ pub fn lines(from: usize, n: usize) -> Vec<u8> {
         })
         .collect::<String>()
         .into_bytes()
+}
+
+/// How often each line arrived, over all `fakes` (written by [`lines`]).
+pub fn arrivals(fakes: &[&FakeInflux]) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for f in fakes {
+        for l in f.accepted_lines() {
+            *seen.entry(l).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// `seen` holds exactly `lines(from, n)`, each once; `who` names the server in the message.
+pub fn assert_lines_once(
+    seen: &std::collections::HashMap<String, usize>,
+    from: usize,
+    n: usize,
+    who: &str,
+) {
+    let want = String::from_utf8(lines(from, n)).unwrap();
+    for l in want.lines() {
+        assert_eq!(seen.get(l), Some(&1), "{who}: line {l:?}");
+    }
+    assert_eq!(seen.len(), n, "{who}: no line that was not sent");
 }
