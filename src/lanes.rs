@@ -278,6 +278,54 @@ mod tests {
         assert_ne!(a, shard_spool_dir(Path::new("/s/spool"), "http://b:8428/"));
     }
 
+    #[test]
+    fn orphaned_spools_are_the_ones_no_lane_uses_and_symlinks_are_not_followed() {
+        let state = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let spool = state.path().join("spool");
+        let seg = |d: &Path| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("0000000000000001.seg"), b"x").unwrap();
+        };
+        seg(&spool); // the default output's: in use
+        seg(&spool.join("lake")); // a removed output
+        seg(&spool.join("lake").join("shard-00000000000000aa")); // a removed shard of it
+        seg(&spool.join("corrupt")); // damaged files set aside: not a spool
+        std::fs::create_dir_all(spool.join("empty")).unwrap(); // nothing to deliver
+        seg(elsewhere.path());
+        std::os::unix::fs::symlink(elsewhere.path(), spool.join("link")).unwrap();
+        let settings = Settings::from_toml(
+            &format!(
+                "state_dir = {:?}\n[output]\nurl = \"http://a:1\"\nbucket = \"b\"\n",
+                state.path()
+            ),
+            false,
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            orphaned_spools(&settings),
+            [
+                spool.join("lake"),
+                spool.join("lake/shard-00000000000000aa")
+            ]
+        );
+        // Sharding the default output strands what its unsharded spool holds: named too.
+        let sharded = Settings::from_toml(
+            &format!(
+                "state_dir = {:?}\n[output]\nurls = [\"http://a:1\", \"http://b:1\"]\nbalance = \"shard\"\nbucket = \"b\"\n[outputs.lake]\nurl = \"http://c:1\"\nbucket = \"b\"\n",
+                state.path()
+            ),
+            false,
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            orphaned_spools(&sharded),
+            [spool.clone(), spool.join("lake/shard-00000000000000aa")]
+        );
+    }
+
     fn seeds(n: usize) -> Vec<u64> {
         (0..n)
             .map(|i| url_seed(&format!("http://h{i}:8086/")))

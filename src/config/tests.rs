@@ -500,6 +500,7 @@ fn output_errors_name_the_key() {
         "\"lake.x\"",
         "\"../x\"",
         "corrupt",
+        "abcdefghijklmnopqrstuvwxyz_0123456",
     ] {
         let e = err(&TWO_OUTPUTS.replace("[outputs.lake]", &format!("[outputs.{bad}]")));
         assert!(

@@ -346,6 +346,22 @@ fn a_symlinked_spool_directory_is_renamed_aside_never_written_through() {
     assert_eq!(drain(&sp), vec![1]);
 }
 
+/// A named output's spool (`state_dir/spool/NAME/`) gets the same treatment.
+#[test]
+fn a_symlinked_output_spool_directory_is_renamed_aside_never_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("spool")).unwrap();
+    let lake = dir.path().join("spool/lake");
+    symlink(elsewhere.path(), &lake).unwrap();
+    let sp = Spool::open_dir(lake.clone(), &settings(1 << 20), Default::default()).unwrap();
+    sp.append(&batch(1, 1, 100), || false).unwrap();
+    sp.sync().unwrap();
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert!(fs::symlink_metadata(&lake).unwrap().is_dir());
+    assert_eq!(drain(&sp), vec![1]);
+}
+
 #[test]
 fn a_directory_where_the_cursor_goes_is_set_aside_and_acks_still_flow() {
     let dir = tempfile::tempdir().unwrap();
