@@ -1,12 +1,13 @@
 //! Batch + gzip throughput: chunks of generated line protocol through `batch::Builder` and
-//! `batch::Encoder`, as the batcher thread runs them.
+//! `batch::Encoder`, as the batcher thread runs them; then the same with the compression pool
+//! (`batch::CompressPool`) on 1 and 2 threads.
 //!
 //! `cargo bench --bench pipeline`
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lineship::batch::{Builder, Chunk, Dest, Encoder, Limits};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use lineship::batch::{Builder, Chunk, CompressPool, Dest, Encoded, Encoder, Limits, Want};
 use lineship::line::Precision;
 
 /// ~75-byte lines like the load tool's, in 64 KiB chunks.
@@ -85,6 +86,60 @@ fn bench(c: &mut Criterion) {
                 }
                 out_bytes
             })
+        });
+    }
+    g.finish();
+
+    // The batch + compress stage with the compression pool (`agent.compress_threads`): the
+    // same chunks, ready-made outside the timing, gzip level 1, sealed batches compressed on 1
+    // or 2 threads and taken back in order.
+    let mut g = c.benchmark_group("compress_threads");
+    g.throughput(Throughput::Bytes(total as u64));
+    g.sample_size(10);
+    for threads in [1usize, 2] {
+        g.bench_function(format!("batch+pool level 1, {threads} thread(s)"), |b| {
+            let mut pool = CompressPool::start(threads).unwrap();
+            let ready_made = || -> Vec<Chunk> {
+                input
+                    .iter()
+                    .map(|(data, lines)| Chunk {
+                        dest: dest.clone(),
+                        data: data.clone(),
+                        lines: *lines,
+                        ack: None,
+                    })
+                    .collect()
+            };
+            b.iter_batched(
+                ready_made,
+                |chunks| {
+                    let mut builder = Builder::new(limits);
+                    let mut sealed = Vec::new();
+                    let mut out_bytes = 0usize;
+                    let now = Instant::now();
+                    let mut beat = || {};
+                    let every = Duration::from_secs(1);
+                    let size = |e: Encoded<()>| e.bodies.iter().map(|b| b.1.len()).sum::<usize>();
+                    for chunk in chunks {
+                        builder.push(chunk, now, &mut sealed);
+                        for raw in sealed.drain(..) {
+                            pool.submit(raw, vec![Want { level: 1, tag: () }], every, &mut beat);
+                        }
+                        out_bytes += pool.ready().into_iter().map(size).sum::<usize>();
+                    }
+                    builder.flush_all(&mut sealed);
+                    for raw in sealed.drain(..) {
+                        pool.submit(raw, vec![Want { level: 1, tag: () }], every, &mut beat);
+                    }
+                    out_bytes += pool
+                        .finish(every, &mut beat)
+                        .into_iter()
+                        .map(size)
+                        .sum::<usize>();
+                    out_bytes
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     g.finish();

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::ChunkRx;
 
-use crate::batch::{AckRouter, Batch, Builder, Chunk, Dest, Encoder, Limits, RawBatch};
+use crate::batch::pool::{encode_all, Encoded, Want};
+use crate::batch::{AckRouter, Batch, Builder, Chunk, CompressPool, Dest, Limits, RawBatch};
 use crate::lanes::OutputRoute;
 use crate::output::MemoryGate;
 #[cfg(doc)]
@@ -73,6 +74,21 @@ pub struct Batcher {
     pub routes: Vec<OutputRoute>,
     pub acks: Arc<AckRouter>,
     pub stats: Arc<Stats>,
+    /// Threads compressing sealed batches (`agent.compress_threads`); 1: on this thread.
+    pub compress_threads: usize,
+}
+
+/// What an encoded body is for: the lanes that get it and the bucket they send it to.
+#[derive(Debug, Clone)]
+struct Copies {
+    lanes: u64,
+    bucket: Arc<str>,
+}
+
+/// Where sealed batches are compressed: here, or on the pool's threads.
+enum Compress {
+    Inline(Vec<Option<crate::batch::Encoder>>),
+    Pool(CompressPool<Copies>),
 }
 
 /// The set bits of `mask`, lowest first.
@@ -86,19 +102,6 @@ fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// One encoder per gzip level in use.
-struct Encoders(Vec<Option<Encoder>>);
-
-impl Encoders {
-    fn get(&mut self, level: u32) -> &mut Encoder {
-        let i = level as usize;
-        if self.0.len() <= i {
-            self.0.resize_with(i + 1, || None);
-        }
-        self.0[i].get_or_insert_with(|| Encoder::new(level))
-    }
-}
-
 impl Batcher {
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
@@ -108,7 +111,20 @@ impl Batcher {
 
     fn run(self) {
         let mut builder = Builder::new(self.limits);
-        let mut encoders = Encoders(Vec::new());
+        let mut compress = match self.compress_threads {
+            0 | 1 => Compress::Inline(Vec::new()),
+            n => match CompressPool::start(n) {
+                Ok(p) => Compress::Pool(p),
+                Err(e) => {
+                    tracing::error!(error = %e, threads = n, "cannot start the compression threads; compressing on the batcher thread");
+                    Compress::Inline(Vec::new())
+                }
+            },
+        };
+        let finished = match &compress {
+            Compress::Pool(p) => p.finished().clone(),
+            Compress::Inline(_) => crossbeam_channel::never(),
+        };
         let mut sealed: Vec<RawBatch> = Vec::new();
         // One lane and no shards: every chunk goes to lane 0 as it is.
         let simple = self.lanes.len() == 1;
@@ -137,6 +153,11 @@ impl Batcher {
                     }
                     Err(_) => break, // every input hung up
                 },
+                recv(finished) -> done => {
+                    if let (Ok(d), Compress::Pool(p)) = (done, &mut compress) {
+                        p.accept(d);
+                    }
+                }
                 default(timeout) => {
                     builder.poll(Instant::now(), &mut sealed);
                     if self.past_deadline() {
@@ -145,10 +166,16 @@ impl Batcher {
                     }
                 }
             }
-            self.emit(&mut encoders, &mut sealed);
+            self.emit(&mut compress, &mut sealed);
         }
         builder.flush_all(&mut sealed);
-        self.emit(&mut encoders, &mut sealed);
+        self.emit(&mut compress, &mut sealed);
+        if let Compress::Pool(p) = &mut compress {
+            let left = p.finish(BEAT_EVERY, &mut || self.stats.progress.beat(Stage::Batcher));
+            for e in left {
+                self.deliver(e);
+            }
+        }
         self.store_memory_gauges();
     }
 
@@ -275,57 +302,82 @@ impl Batcher {
         lane.spool_trouble.set(t);
     }
 
-    /// Encodes each sealed batch once per (bucket, gzip_level) among its lanes and gives every
-    /// lane its copy.
-    fn emit(&self, encoders: &mut Encoders, sealed: &mut Vec<RawBatch>) {
+    /// Encodes each sealed batch once per (bucket, gzip_level) among its lanes (here, or on
+    /// the pool's threads) and gives every lane its copy, in the order the batches were sealed.
+    fn emit(&self, compress: &mut Compress, sealed: &mut Vec<RawBatch>) {
         for raw in sealed.drain(..) {
             self.stats.batches_sealed.fetch_add(1, Relaxed);
-            let route = raw.dest.route;
-            if route.count_ones() == 1 {
-                let l = route.trailing_zeros() as usize;
-                let lane = &self.lanes[l];
-                let mut raw = raw;
-                if raw.dest.bucket.is_empty() {
-                    raw.dest.bucket = lane.bucket.clone();
+            let wants = self.wants(&raw);
+            match compress {
+                Compress::Inline(encoders) => {
+                    let e = encode_all(encoders, raw, wants);
+                    self.deliver(e);
                 }
-                raw.dest.route = 1 << l;
-                let batch = encoders.get(lane.gzip_level).encode(raw);
-                self.emit_to(lane, batch);
-                continue;
+                Compress::Pool(p) => {
+                    p.submit(raw, wants, BEAT_EVERY, &mut || {
+                        self.stats.progress.beat(Stage::Batcher)
+                    });
+                }
             }
-            let mut left = route;
-            while left != 0 {
-                let first = left.trailing_zeros() as usize;
-                let key = |l: usize| {
-                    let lane = &self.lanes[l];
-                    let bucket = if raw.dest.bucket.is_empty() {
-                        lane.bucket.clone()
-                    } else {
-                        raw.dest.bucket.clone()
-                    };
-                    (bucket, lane.gzip_level)
+        }
+        if let Compress::Pool(p) = compress {
+            for e in p.ready() {
+                self.deliver(e);
+            }
+        }
+    }
+
+    /// The encodings a batch needs: one per distinct (bucket, gzip_level) among its lanes.
+    fn wants(&self, raw: &RawBatch) -> Vec<Want<Copies>> {
+        let key = |l: usize| {
+            let lane = &self.lanes[l];
+            let bucket = if raw.dest.bucket.is_empty() {
+                lane.bucket.clone()
+            } else {
+                raw.dest.bucket.clone()
+            };
+            (bucket, lane.gzip_level)
+        };
+        let mut wants = Vec::new();
+        let mut left = raw.dest.route;
+        while left != 0 {
+            let (bucket, level) = key(left.trailing_zeros() as usize);
+            let group: u64 = bits(left)
+                .filter(|&l| {
+                    let (b, lv) = key(l);
+                    lv == level && b == bucket
+                })
+                .fold(0, |m, l| m | 1 << l);
+            left &= !group;
+            wants.push(Want {
+                level,
+                tag: Copies {
+                    lanes: group,
+                    bucket,
+                },
+            });
+        }
+        wants
+    }
+
+    /// Gives each lane its copy of an encoded batch.
+    fn deliver(&self, e: Encoded<Copies>) {
+        let Encoded { raw, bodies } = e;
+        for (copies, body, encoding) in bodies {
+            for l in bits(copies.lanes) {
+                let batch = Batch {
+                    dest: Dest {
+                        bucket: copies.bucket.clone(),
+                        precision: raw.dest.precision,
+                        route: 1 << l,
+                    },
+                    body: body.clone(),
+                    encoding,
+                    lines: raw.lines,
+                    raw_len: raw.data.len(),
+                    acks: raw.acks.clone(),
                 };
-                let (bucket, level) = key(first);
-                let group: u64 = bits(left)
-                    .filter(|&l| key(l) == (bucket.clone(), level))
-                    .fold(0, |m, l| m | 1 << l);
-                left &= !group;
-                let (body, encoding) = encoders.get(level).encode_slice(&raw.data);
-                for l in bits(group) {
-                    let batch = Batch {
-                        dest: Dest {
-                            bucket: bucket.clone(),
-                            precision: raw.dest.precision,
-                            route: 1 << l,
-                        },
-                        body: body.clone(),
-                        encoding,
-                        lines: raw.lines,
-                        raw_len: raw.data.len(),
-                        acks: raw.acks.clone(),
-                    };
-                    self.emit_to(&self.lanes[l], batch);
-                }
+                self.emit_to(&self.lanes[l], batch);
             }
         }
     }
@@ -443,6 +495,7 @@ mod tests {
             }],
             acks: Default::default(),
             stats,
+            compress_threads: 1,
         }
         .spawn()
         .unwrap();
@@ -507,6 +560,7 @@ mod tests {
     /// output is sharded over two URLs. Returns the batcher, its input, and each lane's batches.
     fn start_lanes(
         dir: &std::path::Path,
+        compress_threads: usize,
     ) -> (
         std::thread::JoinHandle<()>,
         ChunkTx,
@@ -570,6 +624,7 @@ mod tests {
             ],
             acks: Default::default(),
             stats,
+            compress_threads,
         }
         .spawn()
         .unwrap();
@@ -578,8 +633,14 @@ mod tests {
 
     #[test]
     fn a_batch_is_compressed_once_per_bucket_and_level_and_each_lane_gets_its_copy() {
+        for threads in [1, 3] {
+            compressed_once(threads);
+        }
+    }
+
+    fn compressed_once(threads: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let (thread, tx, mut outs) = start_lanes(dir.path());
+        let (thread, tx, mut outs) = start_lanes(dir.path(), threads);
         let mut data = Vec::new();
         for i in 0..200 {
             data.extend_from_slice(format!("m,host=h{i} v={i}i {i}\n").as_bytes());
@@ -634,7 +695,7 @@ mod tests {
     #[test]
     fn a_chunk_for_some_outputs_reaches_only_their_lanes() {
         let dir = tempfile::tempdir().unwrap();
-        let (thread, tx, mut outs) = start_lanes(dir.path());
+        let (thread, tx, mut outs) = start_lanes(dir.path(), 2);
         tx.send(Chunk {
             dest: Dest::routed("own", Precision::Ms, 0b100),
             data: b"m v=1i 1\n".to_vec(),
@@ -649,5 +710,58 @@ mod tests {
             .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
             .collect();
         assert_eq!(counts, [0, 0, 1, 0, 0]);
+    }
+
+    /// Long lines in the big chunks, so their batches take far longer to compress.
+    fn line(c: u32, i: u32) -> String {
+        if c % 5 == 0 {
+            format!(
+                "m,c={c} v=\"{}{i}\" {i}\n",
+                "x".repeat(900 + (i as usize * 7919) % 97)
+            )
+        } else {
+            format!("m,c={c} v={i}i {i}\n")
+        }
+    }
+
+    /// With a pool of compression threads, each lane still gets its batches in the order they
+    /// were sealed: the concatenated bodies are the input, byte for byte.
+    #[test]
+    fn the_pool_keeps_the_order_batches_were_sealed_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (thread, tx, mut outs) = start_lanes(dir.path(), 4);
+        let mut all = Vec::new();
+        let sender = std::thread::spawn(move || {
+            for c in 0..300 {
+                let mut data = Vec::new();
+                // Chunks of very different sizes, so some batches compress much longer.
+                let n = if c % 5 == 0 { 900 } else { 7 };
+                for i in 0..n {
+                    data.extend_from_slice(line(c, i).as_bytes());
+                }
+                tx.send(Chunk {
+                    dest: Dest::routed("", Precision::Ns, 0b1),
+                    data,
+                    lines: n,
+                    ack: None,
+                })
+                .unwrap();
+            }
+        });
+        for c in 0..300 {
+            let n = if c % 5 == 0 { 900 } else { 7 };
+            for i in 0..n {
+                all.extend_from_slice(line(c, i).as_bytes());
+            }
+        }
+        sender.join().unwrap();
+        assert!(ends_within(&thread, Duration::from_secs(10)));
+        let batches: Vec<Batch> = std::iter::from_fn(|| outs[0].try_recv().ok()).collect();
+        assert!(batches.len() > 50, "{} batches", batches.len());
+        let got: Vec<u8> = batches
+            .iter()
+            .flat_map(|b| crate::batch::decode(b).unwrap())
+            .collect();
+        assert!(got == all, "the lane's batches are in seal order");
     }
 }

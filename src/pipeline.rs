@@ -161,6 +161,7 @@ impl Pipeline {
             routes: plan.routes,
             acks: acks.clone(),
             stats: stats.clone(),
+            compress_threads: settings.agent.compress_threads,
         }
         .spawn()
         .context("cannot start the batcher thread")?;

@@ -270,7 +270,8 @@ fn a_removed_output_leaves_its_spool_and_check_names_it() {
 
 fn shard_config(dir: &Path, fakes: &[&FakeInflux]) -> std::path::PathBuf {
     let urls: Vec<String> = fakes.iter().map(|f| format!("{:?}", f.url())).collect();
-    config(
+    // The shard run also goes through the compression pool.
+    let cfg = config(
         dir,
         &format!(
             r#"
@@ -285,7 +286,14 @@ max_backoff = "200ms"
             urls.join(", ")
         ),
         "",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[agent]\n", "[agent]\ncompress_threads = 2\n"),
     )
+    .unwrap();
+    cfg
 }
 
 /// 50 series, `per` points each, starting at point `from`.

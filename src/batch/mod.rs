@@ -7,6 +7,8 @@
 //! - `encoder.rs`: [`Encoder`] (gzip) and [`decode`].
 //! - `ack.rs`: [`Ack`] tokens and the [`AckRouter`] that hands them back to their inputs.
 //! - `lines.rs`: whole-line prefixes of a body and [`split_lines`].
+//! - `pool.rs`: [`CompressPool`], sealed batches compressed on several threads and handed
+//!   back in the order they were sealed.
 
 use std::sync::Arc;
 
@@ -18,11 +20,13 @@ mod ack;
 mod builder;
 mod encoder;
 mod lines;
+pub mod pool;
 
 pub use ack::{Ack, AckRouter, Fate};
 pub use builder::{Builder, Limits};
 pub use encoder::{decode, Encoder};
 pub use lines::{split_lines, Lines};
+pub use pool::{CompressPool, Encoded, Want};
 
 /// Where a batch goes: one bucket at one precision, to a set of outputs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

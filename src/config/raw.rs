@@ -51,6 +51,8 @@ pub struct RawAgent {
     /// How often the summary line is logged.
     #[serde(deserialize_with = "de_duration")]
     pub summary_interval: Duration,
+    /// Threads that compress sealed batches (default 1: the batcher thread itself).
+    pub compress_threads: Option<u64>,
 }
 
 impl Default for RawAgent {
@@ -66,6 +68,7 @@ impl Default for RawAgent {
             log_format: LogFormat::Text,
             rejected_max_size: 64 << 20,
             summary_interval: Duration::from_secs(60),
+            compress_threads: None,
         }
     }
 }

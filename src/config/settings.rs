@@ -37,6 +37,8 @@ pub struct AgentSettings {
     pub log_format: LogFormat,
     pub rejected_max_bytes: u64,
     pub summary_interval: Duration,
+    /// Threads compressing sealed batches; 1 compresses on the batcher thread itself.
+    pub compress_threads: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -580,3 +580,25 @@ fn lineship_token_goes_only_to_the_default_output() {
     assert_eq!(s.outputs[0].token.expose(), "envtok");
     assert!(s.outputs[1].token.is_empty());
 }
+
+#[test]
+fn compress_threads_default_and_range_name_the_key() {
+    assert_eq!(load(MINIMAL).unwrap().agent.compress_threads, 1);
+    let with = |n: &str| load(&format!("{MINIMAL}[agent]\ncompress_threads = {n}\n"));
+    assert_eq!(with("2").unwrap().agent.compress_threads, 2);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        with(&(cores * 4).to_string())
+            .unwrap()
+            .agent
+            .compress_threads,
+        cores * 4
+    );
+    for bad in ["0".to_owned(), (cores * 4 + 1).to_string()] {
+        let e = format!("{:#}", with(&bad).unwrap_err());
+        assert!(
+            e.contains("`agent.compress_threads`") && e.contains("cores"),
+            "{bad}: {e}"
+        );
+    }
+}

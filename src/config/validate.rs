@@ -79,6 +79,19 @@ impl RawConfig {
             )
         })?;
         limits::size("agent.rejected_max_size", a.rejected_max_size, MIB, TIB)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        // Default 1 (compress on the batcher thread): on a 2-core machine a pool made the
+        // stdin path costlier per line (README, Performance); a relay with cores to spare
+        // sets it.
+        let compress_threads = match a.compress_threads {
+            None => 1,
+            Some(n) => {
+                limits::count("agent.compress_threads", n, 1, cores * 4).map_err(|e| {
+                    anyhow::anyhow!("{e} (4 × the {cores} cores of this machine; more threads than that only wait for a core)")
+                })?;
+                n
+            }
+        };
         let agent = AgentSettings {
             flush_interval: a.flush_interval,
             batch_max_lines: to_usize("agent.batch_max_lines", a.batch_max_lines)?,
@@ -89,6 +102,7 @@ impl RawConfig {
             log_format: a.log_format,
             rejected_max_bytes: a.rejected_max_size,
             summary_interval: a.summary_interval,
+            compress_threads: compress_threads as usize,
         };
 
         let outputs = validate_outputs(self.output, self.outputs, &env)?;

@@ -50,6 +50,9 @@ pub struct DaemonOpts {
     /// Tokio worker threads for the in-process sink.
     #[arg(long, default_value_t = 2)]
     pub sink_threads: usize,
+    /// `agent.compress_threads` (default: the daemon's own, the cores up to 4).
+    #[arg(long)]
+    pub compress_threads: Option<u32>,
 }
 
 impl DaemonOpts {
@@ -92,6 +95,7 @@ impl DaemonOpts {
             batch_max_bytes: &self.batch_max_bytes,
             max_in_flight: self.max_in_flight,
             flush_interval: &self.flush_interval,
+            compress_threads: self.compress_threads,
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct Settings<'a> {
     pub batch_max_bytes: &'a str,
     pub max_in_flight: u32,
     pub flush_interval: &'a str,
+    pub compress_threads: Option<u32>,
 }
 
 /// A TOML basic string: JSON string escapes are a subset of TOML's.
@@ -132,7 +137,7 @@ batch_max_lines = {bml}
 batch_max_bytes = {bmb}
 shutdown_timeout = "30s"
 log_level = {log}
-
+{compress}
 [output]
 url = {url}
 org = "bench"
@@ -148,6 +153,10 @@ max_in_flight = {mif}
         bml = c.settings.batch_max_lines,
         bmb = toml_str(c.settings.batch_max_bytes),
         log = toml_str(c.log_level),
+        compress = c
+            .settings
+            .compress_threads
+            .map_or(String::new(), |n| format!("compress_threads = {n}\n")),
         url = toml_str(&format!("http://{}", c.sink)),
         gz = c.settings.gzip_level,
         mif = c.settings.max_in_flight,
@@ -197,6 +206,7 @@ pub fn example_config(log_level: &str, input_section: &str, state_dir: &str) -> 
                 batch_max_bytes: "1MiB",
                 max_in_flight: 4,
                 flush_interval: "200ms",
+                compress_threads: None,
             },
             log_level,
             input_section,

@@ -173,6 +173,7 @@ mod tests {
                 batch_max_bytes: "1MiB",
                 max_in_flight: 4,
                 flush_interval: "200ms",
+                compress_threads: None,
             },
             offered_lines_per_sec: Some(1e6),
             median: None,

@@ -1,0 +1,273 @@
+//! [`CompressPool`]: sealed batches compressed on several threads, handed back in the order
+//! they were sealed, so a destination's batches (and a lane's spool) keep their order.
+//!
+//! The batcher submits each sealed batch with the encodings its lanes need (one per distinct
+//! bucket and gzip level, see `batcher.rs`); a worker encodes it; [`CompressPool::ready`]
+//! returns finished batches strictly by submission number, holding back any that finished
+//! early. At most `2 × threads` batches are out at once: [`CompressPool::submit`] waits for a
+//! finished one past that, so memory stays bounded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{Encoder, Encoding, RawBatch};
+
+/// One encoding a batch needs: the gzip level, and what the caller wants back with it (the
+/// lanes and bucket it is for).
+#[derive(Debug, Clone)]
+pub struct Want<T> {
+    pub level: u32,
+    pub tag: T,
+}
+
+/// A batch with its encoded bodies, one per [`Want`], in the order asked.
+#[derive(Debug)]
+pub struct Encoded<T> {
+    pub raw: RawBatch,
+    pub bodies: Vec<(T, Bytes, Encoding)>,
+}
+
+struct Job<T> {
+    seq: u64,
+    raw: RawBatch,
+    wants: Vec<Want<T>>,
+}
+
+/// A finished batch as a worker sends it (see [`CompressPool::finished`]).
+pub struct Done<T> {
+    seq: u64,
+    encoded: Encoded<T>,
+}
+
+/// Encodes `raw` for each of `wants` with `encoders` (one per level, made on first use).
+pub fn encode_all<T>(
+    encoders: &mut Vec<Option<Encoder>>,
+    raw: RawBatch,
+    wants: Vec<Want<T>>,
+) -> Encoded<T> {
+    let mut bodies = Vec::with_capacity(wants.len());
+    for w in wants {
+        let i = w.level as usize;
+        if encoders.len() <= i {
+            encoders.resize_with(i + 1, || None);
+        }
+        let enc = encoders[i].get_or_insert_with(|| Encoder::new(w.level));
+        let (body, encoding) = enc.encode_slice(&raw.data);
+        bodies.push((w.tag, body, encoding));
+    }
+    Encoded { raw, bodies }
+}
+
+pub struct CompressPool<T> {
+    jobs: Option<Sender<Job<T>>>,
+    done: Receiver<Done<T>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next_seq: u64,
+    next_out: u64,
+    /// Finished early: waiting for an earlier one.
+    early: BTreeMap<u64, Encoded<T>>,
+    max_out: u64,
+}
+
+impl<T: Send + 'static> CompressPool<T> {
+    /// Starts `threads` workers (at least 1).
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let threads_n = threads.max(1);
+        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job<T>>();
+        let (done_tx, done) = crossbeam_channel::unbounded::<Done<T>>();
+        let job_rx = Arc::new(job_rx);
+        let mut handles = Vec::with_capacity(threads_n);
+        for i in 0..threads_n {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("lineship-gzip-{i}"))
+                    .spawn(move || {
+                        let mut encoders = Vec::new();
+                        for job in rx.iter() {
+                            let encoded = encode_all(&mut encoders, job.raw, job.wants);
+                            if tx
+                                .send(Done {
+                                    seq: job.seq,
+                                    encoded,
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(CompressPool {
+            jobs: Some(jobs),
+            done,
+            threads: handles,
+            next_seq: 0,
+            next_out: 0,
+            early: BTreeMap::new(),
+            max_out: 2 * threads_n as u64,
+        })
+    }
+
+    /// Batches submitted and not yet returned by [`CompressPool::ready`].
+    pub fn outstanding(&self) -> u64 {
+        self.next_seq - self.next_out
+    }
+
+    /// Hands a batch to the workers. With the pool full, first waits for a finished batch
+    /// (calling `beat` every `every` while it waits), which [`CompressPool::ready`] returns.
+    pub fn submit(
+        &mut self,
+        raw: RawBatch,
+        wants: Vec<Want<T>>,
+        every: Duration,
+        beat: &mut dyn FnMut(),
+    ) {
+        while self.next_seq - self.next_out >= self.max_out
+            && self.early.len() as u64 + self.next_out < self.next_seq
+        {
+            if !self.take_one(every, beat) {
+                break;
+            }
+        }
+        let job = Job {
+            seq: self.next_seq,
+            raw,
+            wants,
+        };
+        self.next_seq += 1;
+        if let Some(j) = &self.jobs {
+            // The workers end only when `jobs` is dropped, so this cannot fail.
+            let _ = j.send(job);
+        }
+    }
+
+    /// Waits for one finished batch; false if the workers are gone.
+    fn take_one(&mut self, every: Duration, beat: &mut dyn FnMut()) -> bool {
+        loop {
+            match self.done.recv_timeout(every) {
+                Ok(d) => {
+                    self.early.insert(d.seq, d.encoded);
+                    return true;
+                }
+                Err(RecvTimeoutError::Timeout) => beat(),
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// The receiver to select on: a message there means [`CompressPool::ready`] may return
+    /// more (call [`CompressPool::accept`] with it first).
+    pub fn finished(&self) -> &Receiver<Done<T>> {
+        &self.done
+    }
+
+    /// Takes a message received from [`CompressPool::finished`].
+    pub fn accept(&mut self, d: Done<T>) {
+        self.early.insert(d.seq, d.encoded);
+    }
+
+    /// Finished batches in submission order, as far as they are contiguous.
+    pub fn ready(&mut self) -> Vec<Encoded<T>> {
+        while let Ok(d) = self.done.try_recv() {
+            self.early.insert(d.seq, d.encoded);
+        }
+        let mut out = Vec::new();
+        while let Some(e) = self.early.remove(&self.next_out) {
+            out.push(e);
+            self.next_out += 1;
+        }
+        out
+    }
+
+    /// Waits for every submitted batch and returns the rest in order.
+    pub fn finish(&mut self, every: Duration, beat: &mut dyn FnMut()) -> Vec<Encoded<T>> {
+        while self.early.len() as u64 + self.next_out < self.next_seq {
+            if !self.take_one(every, beat) {
+                break;
+            }
+        }
+        self.ready()
+    }
+}
+
+impl<T> Drop for CompressPool<T> {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{decode, Batch, Dest};
+    use crate::line::Precision;
+
+    fn raw(i: usize, len: usize) -> RawBatch {
+        let mut data = Vec::new();
+        while data.len() < len {
+            data.extend_from_slice(format!("m,b={i} v={}i {i}\n", data.len()).as_bytes());
+        }
+        RawBatch {
+            dest: Dest::new("b", Precision::Ns),
+            lines: data.iter().filter(|&&c| c == b'\n').count() as u32,
+            data,
+            acks: vec![],
+        }
+    }
+
+    #[test]
+    fn batches_come_back_in_the_order_they_were_submitted_whatever_finishes_first() {
+        let mut pool = CompressPool::start(3).unwrap();
+        let mut got = Vec::new();
+        let mut beat = || {};
+        for i in 0..200 {
+            // Big and small batches mixed, so later ones often finish first.
+            let len = if i % 7 == 0 { 400_000 } else { 300 };
+            let wants = vec![
+                Want {
+                    level: 1,
+                    tag: (i, 1),
+                },
+                Want {
+                    level: 0,
+                    tag: (i, 0),
+                },
+            ];
+            pool.submit(raw(i, len), wants, Duration::from_secs(1), &mut beat);
+            assert!(
+                pool.outstanding() <= 6 + 1,
+                "bounded: {}",
+                pool.outstanding()
+            );
+            got.extend(pool.ready());
+        }
+        got.extend(pool.finish(Duration::from_secs(1), &mut beat));
+        assert_eq!(got.len(), 200);
+        for (i, e) in got.iter().enumerate() {
+            let want = raw(i, if i % 7 == 0 { 400_000 } else { 300 }).data;
+            assert_eq!(e.raw.data, want);
+            assert_eq!(e.bodies.len(), 2);
+            for (tag, body, encoding) in &e.bodies {
+                assert_eq!(tag.0, i);
+                let b = Batch {
+                    dest: e.raw.dest.clone(),
+                    body: body.clone(),
+                    encoding: *encoding,
+                    lines: e.raw.lines,
+                    raw_len: e.raw.data.len(),
+                    acks: vec![],
+                };
+                assert_eq!(decode(&b).unwrap(), want, "byte for byte");
+            }
+        }
+    }
+}
