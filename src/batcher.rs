@@ -362,7 +362,11 @@ impl Batcher {
 
     /// Gives each lane its copy of an encoded batch.
     fn deliver(&self, e: Encoded<Copies>) {
-        let Encoded { raw, bodies } = e;
+        let Encoded {
+            raw,
+            raw_len,
+            bodies,
+        } = e;
         for (copies, body, encoding) in bodies {
             for l in bits(copies.lanes) {
                 let batch = Batch {
@@ -374,7 +378,7 @@ impl Batcher {
                     body: body.clone(),
                     encoding,
                     lines: raw.lines,
-                    raw_len: raw.data.len(),
+                    raw_len,
                     acks: raw.acks.clone(),
                 };
                 self.emit_to(&self.lanes[l], batch);

@@ -24,10 +24,13 @@ pub struct Want<T> {
     pub tag: T,
 }
 
-/// A batch with its encoded bodies, one per [`Want`], in the order asked.
+/// A batch with its encoded bodies, one per [`Want`], in the order asked. `raw.data` is
+/// empty when its bytes became the one body (no compression, one encoding).
 #[derive(Debug)]
 pub struct Encoded<T> {
     pub raw: RawBatch,
+    /// Uncompressed size.
+    pub raw_len: usize,
     pub bodies: Vec<(T, Bytes, Encoding)>,
 }
 
@@ -46,9 +49,20 @@ pub struct Done<T> {
 /// Encodes `raw` for each of `wants` with `encoders` (one per level, made on first use).
 pub fn encode_all<T>(
     encoders: &mut Vec<Option<Encoder>>,
-    raw: RawBatch,
-    wants: Vec<Want<T>>,
+    mut raw: RawBatch,
+    mut wants: Vec<Want<T>>,
 ) -> Encoded<T> {
+    let raw_len = raw.data.len();
+    // One body, uncompressed: the batch's bytes themselves, not a copy.
+    if wants.len() == 1 && wants[0].level == 0 {
+        let w = wants.pop().expect("one want");
+        let body = Bytes::from(std::mem::take(&mut raw.data));
+        return Encoded {
+            raw,
+            raw_len,
+            bodies: vec![(w.tag, body, Encoding::Identity)],
+        };
+    }
     let mut bodies = Vec::with_capacity(wants.len());
     for w in wants {
         let i = w.level as usize;
@@ -59,7 +73,11 @@ pub fn encode_all<T>(
         let (body, encoding) = enc.encode_slice(&raw.data);
         bodies.push((w.tag, body, encoding));
     }
-    Encoded { raw, bodies }
+    Encoded {
+        raw,
+        raw_len,
+        bodies,
+    }
 }
 
 pub struct CompressPool<T> {
@@ -255,6 +273,7 @@ mod tests {
         for (i, e) in got.iter().enumerate() {
             let want = raw(i, if i % 7 == 0 { 400_000 } else { 300 }).data;
             assert_eq!(e.raw.data, want);
+            assert_eq!(e.raw_len, want.len());
             assert_eq!(e.bodies.len(), 2);
             for (tag, body, encoding) in &e.bodies {
                 assert_eq!(tag.0, i);
@@ -263,11 +282,41 @@ mod tests {
                     body: body.clone(),
                     encoding: *encoding,
                     lines: e.raw.lines,
-                    raw_len: e.raw.data.len(),
+                    raw_len: e.raw_len,
                     acks: vec![],
                 };
                 assert_eq!(decode(&b).unwrap(), want, "byte for byte");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod identity {
+    use super::*;
+    use crate::batch::Dest;
+    use crate::line::Precision;
+
+    #[test]
+    fn one_uncompressed_body_is_the_batch_itself_and_two_are_copies() {
+        let raw = || RawBatch {
+            dest: Dest::new("b", Precision::Ns),
+            data: b"m v=1i 1\n".to_vec(),
+            lines: 1,
+            acks: vec![],
+        };
+        let r = raw();
+        let ptr = r.data.as_ptr();
+        let e = encode_all(&mut Vec::new(), r, vec![Want { level: 0, tag: () }]);
+        assert_eq!(e.bodies[0].1.as_ptr(), ptr, "no copy");
+        assert_eq!((e.raw_len, &e.bodies[0].1[..]), (9, &b"m v=1i 1\n"[..]));
+        let e = encode_all(
+            &mut Vec::new(),
+            raw(),
+            vec![Want { level: 0, tag: 0 }, Want { level: 1, tag: 1 }],
+        );
+        assert_eq!(&e.bodies[0].1[..], b"m v=1i 1\n");
+        assert_eq!(e.bodies[1].2, Encoding::Gzip);
+        assert_eq!(e.raw_len, 9);
     }
 }
