@@ -126,8 +126,6 @@ impl Batcher {
             Compress::Inline(_) => crossbeam_channel::never(),
         };
         let mut sealed: Vec<RawBatch> = Vec::new();
-        // One lane and no shards: every chunk goes to lane 0 as it is.
-        let simple = self.lanes.len() == 1;
         loop {
             self.stats.progress.beat(Stage::Batcher);
             self.release_hold_if_delivering();
@@ -142,15 +140,7 @@ impl Batcher {
             });
             select! {
                 recv(self.chunks.select_handle()) -> msg => match msg {
-                    Ok(c) => {
-                        let mut c = self.chunks.taken(c);
-                        if simple {
-                            c.dest.route = 1;
-                            builder.push(c, Instant::now(), &mut sealed);
-                        } else {
-                            self.route(c, &mut builder, &mut sealed);
-                        }
-                    }
+                    Ok(c) => self.route(self.chunks.taken(c), &mut builder, &mut sealed),
                     Err(_) => break, // every input hung up
                 },
                 recv(finished) -> done => {

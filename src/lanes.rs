@@ -87,7 +87,8 @@ pub fn plan(settings: &Settings) -> Plan {
         }
         let ids: Vec<usize> = (first..lanes.len()).collect();
         let mask = ids.iter().fold(0u64, |m, &l| m | 1 << l);
-        let shards = (o.balance == Balance::Shard).then(|| Shards {
+        // One URL needs no hashing: its lane takes everything.
+        let shards = (o.balance == Balance::Shard && o.urls.len() > 1).then(|| Shards {
             seeds: o.urls.iter().map(|u| url_seed(u.base.as_str())).collect(),
             lanes: ids,
         });

@@ -346,20 +346,6 @@ impl Stats {
         self.outputs.lock().unwrap().iter().map(|o| f(o)).sum()
     }
 
-    /// The least healthy output's health (the first in order on a tie): what the sd_notify
-    /// status shows. `None` before any output is registered.
-    pub fn worst_health(&self) -> Option<(String, Health)> {
-        let outs = self.outputs.lock().unwrap();
-        let all: Vec<(String, Health)> = outs
-            .iter()
-            .map(|o| (o.name.clone(), o.health.lock().unwrap().clone()))
-            .collect();
-        all.iter()
-            .find(|(_, h)| !h.ok)
-            .or_else(|| all.first())
-            .cloned()
-    }
-
     pub fn register_input(&self, name: impl Into<String>) -> Arc<InputStats> {
         let s = Arc::new(InputStats::new(name));
         self.inputs.lock().unwrap().push(s.clone());

@@ -40,6 +40,18 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// What `config` writes for `agent.shutdown_timeout`.
+const SHUTDOWN_20S: &str = "shutdown_timeout = \"20s\"";
+
+/// Replaces `from` by `to` in the config file `cfg` (which must hold it); returns the new text.
+fn edit(cfg: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains(from), "{from:?} not in {text}");
+    let text = text.replace(from, to);
+    std::fs::write(cfg, &text).unwrap();
+    text
+}
+
 fn start(cfg: &Path) -> (Daemon, std::net::SocketAddr) {
     let mut cmd = lineship_command();
     cmd.arg("--config").arg(cfg);
@@ -165,15 +177,9 @@ fn stdin_exits_75_when_one_output_could_not_deliver_and_the_next_run_delivers_it
     let lake = FakeInflux::start();
     lake.set_default_reply(Reply::influx_error(503, "down"));
     lake.set_ping_reply(Reply::status(503));
-    let outputs = two_outputs(&main, &lake, "").replace("shutdown_timeout = \"20s\"", "");
-    let cfg = config(dir.path(), &outputs, "")
-        .to_string_lossy()
-        .to_string();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"1s\"");
-    std::fs::write(&cfg, text).unwrap();
-    let out = run_stdin(Path::new(&cfg), &lines(0, 500), T);
+    let cfg = config(dir.path(), &two_outputs(&main, &lake, ""), "");
+    edit(&cfg, SHUTDOWN_20S, "shutdown_timeout = \"1s\"");
+    let out = run_stdin(&cfg, &lines(0, 500), T);
     assert_eq!(out.code, Some(75), "{}", out.stderr);
     assert!(
         out.stderr
@@ -183,7 +189,7 @@ fn stdin_exits_75_when_one_output_could_not_deliver_and_the_next_run_delivers_it
     );
     assert_exactly(&main, 0, 500, "main");
     // spool status shows each output's spool.
-    let status = common::lineship_cli(&["spool", "status"], Path::new(&cfg));
+    let status = common::lineship_cli(&["spool", "status"], &cfg);
     assert!(
         status.stdout.contains("output default:") && status.stdout.contains("output lake:"),
         "{}",
@@ -191,7 +197,7 @@ fn stdin_exits_75_when_one_output_could_not_deliver_and_the_next_run_delivers_it
     );
     let lake_part = status.stdout.split("output lake:").nth(1).unwrap();
     assert!(lake_part.contains("lines:    500"), "{}", status.stdout);
-    let verify = common::lineship_cli(&["spool", "verify"], Path::new(&cfg));
+    let verify = common::lineship_cli(&["spool", "verify"], &cfg);
     assert_eq!(verify.code, Some(0), "{}", verify.stdout);
     assert_eq!(
         verify.stdout.matches("is intact").count(),
@@ -204,7 +210,7 @@ fn stdin_exits_75_when_one_output_could_not_deliver_and_the_next_run_delivers_it
     // The next run delivers the lake's share from its spool, and nothing twice to main.
     lake.set_default_reply(Reply::no_content());
     lake.set_ping_reply(Reply::no_content());
-    let out = run_stdin(Path::new(&cfg), b"", T);
+    let out = run_stdin(&cfg, b"", T);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_exactly(&main, 0, 500, "main");
     assert_exactly(&lake, 0, 500, "lake");
@@ -235,10 +241,7 @@ fn a_removed_output_leaves_its_spool_and_check_names_it() {
     let lake = FakeInflux::start();
     lake.set_default_reply(Reply::influx_error(503, "down"));
     let cfg = config(dir.path(), &two_outputs(&main, &lake, ""), "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"1s\"");
-    std::fs::write(&cfg, &text).unwrap();
+    let text = edit(&cfg, SHUTDOWN_20S, "shutdown_timeout = \"1s\"");
     let out = run_stdin(&cfg, &lines(0, 100), T);
     assert_eq!(out.code, Some(75), "{}", out.stderr);
     // The lake is taken out of the config.

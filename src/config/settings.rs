@@ -118,18 +118,6 @@ pub type OutputSet = u64;
 pub const MAX_OUTPUTS: usize = 16;
 pub const MAX_LANES: usize = 64;
 
-impl Settings {
-    /// The output named `name`.
-    pub fn output_named(&self, name: &str) -> Option<&OutputSettings> {
-        self.outputs.iter().find(|o| o.name == name)
-    }
-
-    /// The first output (`default` when `[output]` is configured).
-    pub fn first_output(&self) -> &OutputSettings {
-        &self.outputs[0]
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct SpoolSettings {
     pub max_size: u64,

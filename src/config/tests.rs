@@ -477,7 +477,7 @@ fn named_outputs_and_the_outputs_an_input_names() {
     assert_eq!(s.inputs.tcp[0].line.outputs, 0b11);
     assert_eq!(s.inputs.tcp[0].line.bucket, "own");
     assert_eq!(s.inputs.udp[0].line.bucket, "");
-    assert_eq!(s.output_named("lake").unwrap().bucket, "raw");
+    assert_eq!(s.outputs[1].bucket, "raw");
     // Only [outputs.NAME] tables: no default output.
     let only = TWO_OUTPUTS.replace(
         "[output]\nurl = \"http://localhost:8086/\"\nbucket = \"b\"\n",
@@ -485,7 +485,7 @@ fn named_outputs_and_the_outputs_an_input_names() {
     );
     let s = load(&only).unwrap();
     assert_eq!(s.outputs.len(), 1);
-    assert_eq!(s.first_output().name, "lake");
+    assert_eq!(s.outputs[0].name, "lake");
 }
 
 #[test]
