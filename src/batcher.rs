@@ -30,7 +30,7 @@ use crate::output::MemoryGate;
 use crate::output::Sender;
 use crate::spool::{Appended, Spool};
 use crate::telemetry::{OutputStats, Stats};
-use crate::watchdog::{Stage, BEAT_EVERY};
+use crate::watchdog::{Stage, BEAT_EVERY, IDLE_BEAT_EVERY};
 
 /// How long spool writes must work before an episode of failures is over.
 const SPOOL_QUIET: Duration = Duration::from_secs(10);
@@ -134,8 +134,9 @@ impl Batcher {
                 .store(self.chunks.queued_bytes() as u64, Relaxed);
             self.store_memory_gauges();
             let now = Instant::now();
-            // Wake at least every BEAT_EVERY even when idle, so the watchdog sees the loop alive.
-            let timeout = builder.next_deadline().map_or(BEAT_EVERY, |d| {
+            // Wake at least every BEAT_EVERY while a batch is open, and every IDLE_BEAT_EVERY
+            // when none is, so the watchdog sees the loop alive.
+            let timeout = builder.next_deadline().map_or(IDLE_BEAT_EVERY, |d| {
                 d.saturating_duration_since(now).min(BEAT_EVERY)
             });
             select! {

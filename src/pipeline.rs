@@ -115,10 +115,18 @@ impl Pipeline {
                     _ => Duration::from_millis(500),
                 };
                 tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
                     loop {
+                        // With nothing to sync, sleep until the spool changes (an idle agent
+                        // does not wake for this); then sync `every` after the change.
+                        if !spool.needs_sync() {
+                            tokio::select! {
+                                _ = spool.sync_wanted().notified() => {}
+                                _ = stop.cancelled() => break,
+                            }
+                            continue;
+                        }
                         tokio::select! {
-                            _ = tick.tick() => sync_spool(&spool, &acks).await,
+                            _ = tokio::time::sleep(every) => sync_spool(&spool, &acks).await,
                             _ = stop.cancelled() => break,
                         }
                     }

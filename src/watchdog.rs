@@ -8,6 +8,10 @@
 //! failing server keeps beating, and one that is deadlocked, spinning inside one iteration or
 //! stuck in a syscall (a hung disk under the spool) stops.
 //!
+//! A loop with nothing to do may park instead ([`Progress::park`]): while every running loop
+//! of a stage is parked (waiting for work, not inside any wait that could wedge), the stage
+//! counts as fresh, so an idle agent need not wake just to beat. Leaving the park beats.
+//!
 //! `WATCHDOG=1` is sent every `WATCHDOG_USEC / 2` only while no stage is older than the stall
 //! limit (`max(WATCHDOG_USEC, MIN_STALL)`); otherwise the pings are withheld and systemd,
 //! after `WatchdogSec`, kills and restarts the service (`Restart=on-failure`). The decision is
@@ -16,7 +20,7 @@
 //! Not progress: the server accepting data. An outage is reported by `/health`, not by a
 //! restart, which would not help.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,10 @@ use crate::sd_notify::Notifier;
 
 /// Longest a stage loop sleeps before going round again (and beating) when idle.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest a stage loop with nothing open sleeps before beating (the batcher with no batch
+/// open): idle, it wakes every 2 s rather than every second.
+pub const IDLE_BEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// A stage is stalled only after at least this long without a beat, however short
 /// `WatchdogSec` is: a few missed beats on a loaded machine are not a wedge.
@@ -53,6 +61,37 @@ impl Stage {
 pub struct Progress {
     epoch: Instant,
     beats: [AtomicU64; 2],
+    /// Loops of each stage that are running ([`Progress::running`]), and of those, parked.
+    running: [AtomicU32; 2],
+    parked: [AtomicU32; 2],
+}
+
+/// A loop of a stage, counted while this lives (see [`Progress::running`]).
+#[must_use]
+pub struct Running {
+    progress: Arc<Progress>,
+    stage: Stage,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.progress.running[self.stage as usize].fetch_sub(1, SeqCst);
+    }
+}
+
+/// A parked loop (see [`Progress::park`]); dropping it beats and unparks.
+#[must_use]
+pub struct Parked<'a> {
+    progress: &'a Progress,
+    stage: Stage,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        // Beat first: the stage must not look stale in between.
+        self.progress.beat(self.stage);
+        self.progress.parked[self.stage as usize].fetch_sub(1, SeqCst);
+    }
 }
 
 impl Default for Progress {
@@ -67,7 +106,36 @@ impl Progress {
         Progress {
             epoch,
             beats: [AtomicU64::new(0), AtomicU64::new(0)],
+            running: [AtomicU32::new(0), AtomicU32::new(0)],
+            parked: [AtomicU32::new(0), AtomicU32::new(0)],
         }
+    }
+
+    /// Counts a loop of `stage` as running until the guard is dropped. Only a stage whose
+    /// running loops are all parked is exempt from beating.
+    pub fn running(self: &Arc<Self>, stage: Stage) -> Running {
+        self.beat(stage);
+        self.running[stage as usize].fetch_add(1, SeqCst);
+        Running {
+            progress: self.clone(),
+            stage,
+        }
+    }
+
+    /// Parks a running loop of `stage` while it waits for work with nothing else to watch
+    /// (call it only from a loop that holds a [`Running`]).
+    pub fn park(&self, stage: Stage) -> Parked<'_> {
+        self.parked[stage as usize].fetch_add(1, SeqCst);
+        Parked {
+            progress: self,
+            stage,
+        }
+    }
+
+    /// Whether every running loop of `stage` is parked (and there is one).
+    fn all_parked(&self, stage: Stage) -> bool {
+        let running = self.running[stage as usize].load(SeqCst);
+        running > 0 && self.parked[stage as usize].load(SeqCst) >= running
     }
 
     pub fn beat(&self, stage: Stage) {
@@ -83,6 +151,9 @@ impl Progress {
     pub fn ages(&self, now: Instant) -> [(Stage, Duration); 2] {
         let since = now.saturating_duration_since(self.epoch).as_millis() as u64;
         Stage::ALL.map(|s| {
+            if self.all_parked(s) {
+                return (s, Duration::ZERO);
+            }
             let last = self.beats[s as usize].load(Relaxed);
             (s, Duration::from_millis(since.saturating_sub(last)))
         })
@@ -232,6 +303,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stage_whose_loops_are_all_parked_is_not_stalled() {
+        let t0 = Instant::now();
+        let p = Arc::new(Progress::new(t0));
+        let late = t0 + Duration::from_secs(60);
+        let one = p.running(Stage::Sender);
+        let two = p.running(Stage::Sender);
+        {
+            let _a = p.park(Stage::Sender);
+            // One loop of two parked: the other must still beat.
+            assert_eq!(p.stalled(late, LIMIT).map(|s| s.0), Some(Stage::Sender));
+            let _b = p.park(Stage::Sender);
+            p.beat_at(Stage::Batcher, late);
+            assert_eq!(p.stalled(late, LIMIT), None);
+        }
+        // Leaving the park beat (at the real clock, after t0), so the stage is fresh...
+        assert!(p.ages(Instant::now())[1].1 < LIMIT);
+        // ...and ages again from there.
+        assert!(p.stalled(Instant::now() + LIMIT * 2, LIMIT).is_some());
+        drop((one, two));
+        // No loop running: parking has nothing to exempt.
+        let _p = p.park(Stage::Sender);
+        assert!(p.stalled(Instant::now() + LIMIT * 2, LIMIT).is_some());
+    }
+
+    #[test]
     fn stall_limit_is_never_shorter_than_a_few_beats() {
         assert_eq!(stall_limit(Duration::from_millis(200)), MIN_STALL);
         assert_eq!(
@@ -239,5 +335,6 @@ mod tests {
             Duration::from_secs(30)
         );
         assert!(MIN_STALL >= BEAT_EVERY * 3);
+        assert!(MIN_STALL >= IDLE_BEAT_EVERY * 2);
     }
 }

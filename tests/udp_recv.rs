@@ -41,8 +41,29 @@ impl Loop {
         slots: usize,
         slot_bytes: usize,
         hold_bytes: usize,
+        chans: (ChunkTx, ChunkRx),
+        stop: CancellationToken,
+    ) -> Loop {
+        Loop::gathering(
+            socket,
+            slots,
+            slot_bytes,
+            hold_bytes,
+            chans,
+            stop,
+            Duration::ZERO,
+        )
+    }
+
+    /// [`Loop::start`] with a gathering wait after each read that empties the socket.
+    fn gathering(
+        socket: UdpSocket,
+        slots: usize,
+        slot_bytes: usize,
+        hold_bytes: usize,
         (tx, rx): (ChunkTx, ChunkRx),
         stop: CancellationToken,
+        gather: Duration,
     ) -> Loop {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(InputStats::new("udp:test"));
@@ -68,6 +89,7 @@ impl Loop {
             slots,
             slot_bytes,
             hold_bytes,
+            gather,
             drops_baseline: 0,
         };
         let thread = std::thread::spawn(move || worker.run());
@@ -388,4 +410,63 @@ fn stop_is_prompt_without_traffic_and_drains_what_arrived() {
     let (lines, _) = chunk_text(&rx);
     assert_eq!(lines, 100, "the datagrams queued before stop were drained");
     assert_eq!(stats.datagrams.load(Relaxed), 100);
+}
+
+#[test]
+fn a_gathering_wait_makes_fewer_bigger_chunks_and_loses_nothing() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    socket2::SockRef::from(&sock)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
+    let l = Loop::gathering(
+        sock,
+        64,
+        2048,
+        0,
+        lineship::queue::channel(4096, 1 << 30),
+        CancellationToken::new(),
+        Duration::from_millis(20),
+    );
+    let client = client_for(addr);
+    // 400 datagrams at about one per 0.5 ms: without the wait, nearly one read (and chunk)
+    // per datagram.
+    let sent = 400;
+    for i in 0..sent {
+        client
+            .send_to(format!("m v={i}i {i}").as_bytes(), addr)
+            .unwrap();
+        if i % 8 == 7 {
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    }
+    assert!(
+        eventually(T, || l.stats.datagrams.load(Relaxed) == sent),
+        "read {} of {sent} datagrams",
+        l.stats.datagrams.load(Relaxed)
+    );
+    let (stats, rx) = l.stop();
+    let mut chunks = 0;
+    let mut seen = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        chunks += 1;
+        for line in std::str::from_utf8(&c.data).unwrap().lines() {
+            seen.push(line.to_string());
+        }
+    }
+    assert_eq!(seen.len() as u64, sent);
+    assert_eq!(
+        seen,
+        (0..sent)
+            .map(|i| format!("m v={i}i {i}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(stats.kernel_drops.load(Relaxed), 0);
+    eprintln!("{sent} datagrams in {chunks} chunks");
+    // About 200 ms of sending in 20 ms waits: ~10-20 reads; a loaded machine only sleeps
+    // longer, which makes fewer.
+    assert!(
+        chunks <= sent / 5,
+        "{chunks} chunks for {sent} datagrams: the wait did not gather"
+    );
 }

@@ -15,6 +15,7 @@ pub mod tcp;
 pub mod text;
 pub mod tls;
 pub mod udp;
+pub mod wake;
 
 pub use lifecycle::{open, Links, Opened, Running, Sources};
 pub use tokio_util::sync::CancellationToken;

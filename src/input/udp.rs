@@ -13,8 +13,10 @@
 //!   the log shows the kernel's figure. An existing larger buffer (e.g. systemd's
 //!   `ReceiveBuffer=`) is never shrunk.
 //!
-//! The receive thread sets what its loop relies on itself: `SO_RXQ_OVFL` (kernel drop counts)
-//! and `SO_RCVTIMEO` (noticing stop without waiting for a datagram).
+//! The receive thread sets what its loop relies on itself: `SO_RXQ_OVFL` (kernel drop counts).
+//! It waits in `poll(2)` with an `eventfd` that shutdown writes, so idle it never wakes. After a
+//! read that empties the socket it lets datagrams gather for a time sized to the applied
+//! buffer ([`recv::gather_for`]); a buffer too small for that is logged once, with the sysctl.
 //!
 //! Socket activation: sockets systemd passes (see [`listen_fds`]) or a caller injects
 //! (`Io::udp_sockets`) are claimed by the input whose `listen` equals their local address, and
@@ -61,8 +63,8 @@ impl Inherited {
         let socks = socks
             .into_iter()
             .map(|s| {
-                // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
-                // in non-blocking mode would make it spin.
+                // The receive loop reads with MSG_DONTWAIT and waits in poll(2), so either
+                // mode works; blocking is what systemd passes and what the loop was tested with.
                 s.set_nonblocking(false)
                     .context("cannot make a passed UDP socket blocking")?;
                 Ok((
@@ -180,6 +182,17 @@ pub fn open(s: &UdpSettings, inherited: &mut Inherited) -> anyhow::Result<Opened
             "the kernel capped the UDP receive buffer (Linux reports twice the usable size); raise net.core.rmem_max to at least receive_buffer (sysctl -w net.core.rmem_max={asked}) or grant CAP_NET_ADMIN, or bursts overflow it sooner (see kernel_drops)"
         );
     }
+    if recv::gather_for(applied).is_zero() {
+        let need = recv::gather_min_buffer();
+        tracing::warn!(
+            input = %s.name,
+            applied,
+            needed = need,
+            "the UDP receive buffer is too small to let datagrams gather between reads, so every datagram costs a wake-up (more CPU at moderate rates); set receive_buffer to at least {} and, without CAP_NET_ADMIN, sysctl -w net.core.rmem_max={}",
+            need / 2,
+            need / 2
+        );
+    }
     Ok(Opened {
         settings: s.clone(),
         sockets,
@@ -201,6 +214,7 @@ impl Opened {
         let stats = links.stats.register_input(self.name());
         let mut threads = Vec::with_capacity(self.sockets.len());
         for (i, (socket, drops_baseline)) in self.sockets.into_iter().enumerate() {
+            let gather = recv::gather_for(socket.recv_buffer_size().unwrap_or(0));
             let worker = recv::Worker {
                 socket,
                 intake: Intake::new(
@@ -214,6 +228,7 @@ impl Opened {
                 slots: recv::SLOTS,
                 slot_bytes: recv::SLOT_BYTES,
                 hold_bytes: recv::HOLD_BYTES,
+                gather,
                 drops_baseline,
             };
             threads.push(

@@ -153,6 +153,7 @@ impl Sender {
         mut rx: mpsc::UnboundedReceiver<Batch>,
         memory: Arc<MemoryGate>,
     ) {
+        let _running = self.links.stats.progress.running(Stage::Sender);
         let probe = tokio::spawn(self.clone().probe_health());
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks: JoinSet<()> = JoinSet::new();
@@ -190,18 +191,25 @@ impl Sender {
                     }
                     continue;
                 }
-                None => tokio::select! {
-                    b = rx.recv() => match b {
-                        Some(b) => Work::Live(b),
-                        None => {
-                            rx_open = false;
-                            continue;
-                        }
-                    },
-                    _ = self.links.spooled.notified() => continue,
-                    // Re-check the deadline and the spool now and then.
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                },
+                None => {
+                    // Nothing in flight and nothing spooled: only a batch or a spool append
+                    // can give this loop work, so it parks rather than waking to beat.
+                    let idle = tasks.is_empty() && self.links.spool.unacked() == 0;
+                    let _parked = idle.then(|| self.links.stats.progress.park(Stage::Sender));
+                    tokio::select! {
+                        b = rx.recv() => match b {
+                            Some(b) => Work::Live(b),
+                            None => {
+                                rx_open = false;
+                                continue;
+                            }
+                        },
+                        _ = self.links.spooled.notified() => continue,
+                        // Otherwise re-check the deadline and the spool now and then (and
+                        // beat).
+                        _ = tokio::time::sleep(BEAT_EVERY), if !idle => continue,
+                    }
+                }
             };
             let (me, memory) = (self.clone(), memory.clone());
             tasks.spawn(async move {

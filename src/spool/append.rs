@@ -23,6 +23,7 @@ impl Spool {
         batch: &Batch,
         give_up: impl Fn() -> bool,
     ) -> io::Result<(Appended, Vec<Ack>)> {
+        let _wake = self.wants_sync();
         let mut st = self.state.lock().unwrap();
         let seq = st.next_seq;
         let rec = encode_record(batch, now_ms(), seq);

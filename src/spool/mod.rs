@@ -158,6 +158,19 @@ pub struct Spool {
     state: Mutex<State>,
     /// Signalled when space is freed (for `when_full = "block"`).
     freed: Condvar,
+    /// Signalled after every change that may leave something to sync (see
+    /// [`Spool::sync_wanted`]).
+    sync_wanted: tokio::sync::Notify,
+}
+
+/// Signals a [`Spool::sync_wanted`] when dropped: declared before the state guard, it fires
+/// after the lock is released, so a waiter that wakes sees the change.
+struct SyncWanted<'a>(&'a tokio::sync::Notify);
+
+impl Drop for SyncWanted<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 struct State {
@@ -228,6 +241,7 @@ impl Spool {
                 reader: None,
             }),
             freed: Condvar::new(),
+            sync_wanted: tokio::sync::Notify::new(),
         };
         {
             let mut st = spool.state.lock().unwrap();
@@ -256,6 +270,30 @@ impl Spool {
     pub fn unacked(&self) -> u64 {
         let st = self.state.lock().unwrap();
         st.segments.iter().map(|s| s.live).sum()
+    }
+
+    /// Whether [`Spool::sync`] has anything to do: data not yet fsynced, acks waiting for it,
+    /// records not yet counted as durable, or a cursor that differs from the one on disk (or
+    /// was written without fsync, or failed).
+    pub fn needs_sync(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.dirty
+            || !st.pending_acks.is_empty()
+            || st.synced_seq != st.next_seq
+            || st.cursor_failing
+            || !st.persisted_durable
+            || st.persisted_cursor != Some(Self::cursor_now(&st))
+    }
+
+    /// Notified after each append, acknowledgement and skipped record: a periodic sync may
+    /// sleep on it while [`Spool::needs_sync`] is false instead of waking for nothing. A
+    /// notification sent while nobody waits is kept for the next waiter.
+    pub fn sync_wanted(&self) -> &tokio::sync::Notify {
+        &self.sync_wanted
+    }
+
+    fn wants_sync(&self) -> SyncWanted<'_> {
+        SyncWanted(&self.sync_wanted)
     }
 
     /// Whether some record waits to be handed out.

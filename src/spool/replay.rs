@@ -17,6 +17,7 @@ impl Spool {
     /// Hands out the oldest pending record, reading it from disk. Damaged records found now
     /// are skipped and counted.
     pub fn next(&self) -> Option<(RecordId, Batch)> {
+        let _wake = self.wants_sync();
         let mut st = self.state.lock().unwrap();
         loop {
             let (seg_id, offset, len) = st
@@ -73,6 +74,7 @@ impl Spool {
     /// [`Spool::ack`] at `now`, the clock that paces the replay progress written after
     /// acknowledgements (tests pass their own).
     pub fn ack_at(&self, id: RecordId, now: Instant) {
+        let _wake = self.wants_sync();
         let mut st = self.state.lock().unwrap();
         if let Some(s) = st.segments.iter_mut().find(|s| s.id == id.segment) {
             s.update(id.offset, |_| RecState::Acked);

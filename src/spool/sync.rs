@@ -42,7 +42,7 @@ impl Spool {
 
     /// The cursor as things stand: at the first record not yet acknowledged (or past the
     /// newest), with the numbering synced so far.
-    fn cursor_now(st: &State) -> Cursor {
+    pub(super) fn cursor_now(st: &State) -> Cursor {
         let front = st
             .segments
             .iter()

@@ -12,9 +12,10 @@
 //! Backpressure: a chunk is sent with a blocking `send`; while the channel is full the thread
 //! reads nothing more, and the file is the buffer. Delivery: the checkpoint only advances past
 //! lines whose batch was acknowledged, so after `kill -9` reading resumes at or before the
-//! first undelivered line (at-least-once). Idle cost: with inotify a thread wakes every
-//! [`IDLE_WAKE`] to check for cancellation, and looks at every file only every
-//! [`SAFETY_POLL`]; 1,000 idle files cost a few `fstat`s per second.
+//! first undelivered line (at-least-once). Idle cost: with inotify a thread wakes for an
+//! event, for shutdown (an [`OnCancel`] hook sends it a message) and otherwise at most every
+//! [`IDLE_WAKE`]; it rescans the globs every [`RESCAN_EVERY`] and looks at every file only
+//! every [`SAFETY_POLL`]; 1,000 idle files cost a few `fstat`s per second.
 
 pub mod checkpoint;
 pub mod fds;
@@ -40,6 +41,7 @@ pub use checkpoint::Store;
 pub use tailer::{AckInbox, Closed, Config, Tailer};
 
 use super::text::TextFormat;
+use super::wake::OnCancel;
 use super::{Intake, Links};
 use crate::config::{InputFormat, Settings};
 use crate::queue::{self, ChunkTx};
@@ -51,8 +53,10 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// Without inotify: how often every file is looked at.
 pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
-/// Longest sleep of an idle tail thread (bounds how long a stop takes to be noticed).
-pub const IDLE_WAKE: Duration = Duration::from_millis(200);
+/// Longest sleep of an idle tail thread (bounds how late a SIGHUP rescan and a checkpoint of
+/// newly acknowledged lines can be; a stop wakes it at once). The same as [`RESCAN_EVERY`] and
+/// [`SAFETY_POLL`], so an idle thread wakes once per period for all three.
+pub const IDLE_WAKE: Duration = Duration::from_secs(2);
 /// Checkpoint writes while offsets move, at most this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -161,9 +165,15 @@ fn run(mut tailer: Tailer, thread: Thread) {
         mut reloads,
         pipeline_done,
     } = thread;
-    let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+    let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Wake>();
+    let stop_tx = ev_tx.clone();
+    let _on_stop = OnCancel::new(&cancel, move || {
+        let _ = stop_tx.send(Wake::Stop);
+    });
     let mut watcher = match notify::recommended_watcher(move |r| {
-        let _ = ev_tx.send(r);
+        if !is_noise(&r) {
+            let _ = ev_tx.send(Wake::Fs(r));
+        }
     }) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -205,12 +215,21 @@ fn run(mut tailer: Tailer, thread: Thread) {
                 sync_watches(w, &mut watched, tailer.watch_dirs());
             }
         }
-        let wait = if more { Duration::ZERO } else { IDLE_WAKE };
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            // Sleep until the next periodic look, at most IDLE_WAKE.
+            let next = (last_rescan + RESCAN_EVERY).min(last_poll + poll_every);
+            next.saturating_duration_since(Instant::now())
+                .min(IDLE_WAKE)
+        };
         match ev_rx.recv_timeout(wait) {
-            Ok(ev) => {
-                on_event(&mut tailer, ev);
-                for ev in ev_rx.try_iter() {
-                    on_event(&mut tailer, ev);
+            Ok(first) => {
+                for ev in std::iter::once(first).chain(ev_rx.try_iter()) {
+                    match ev {
+                        Wake::Fs(ev) => on_event(&mut tailer, ev),
+                        Wake::Stop => {}
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
@@ -232,6 +251,32 @@ fn run(mut tailer: Tailer, thread: Thread) {
         std::thread::sleep(Duration::from_millis(50));
     }
     tailer.finish(Instant::now());
+}
+
+/// Events that tell the tailer nothing: a file or directory opened, read or closed without
+/// writing (the glob rescan itself opens every watched directory). Passing them on would
+/// wake the thread for its own reads.
+fn is_noise(ev: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        ev,
+        Ok(notify::Event {
+            kind: EventKind::Access(
+                AccessKind::Open(_)
+                    | AccessKind::Read
+                    | AccessKind::Close(AccessMode::Read | AccessMode::Execute)
+            ),
+            ..
+        })
+    ) && !ev.as_ref().is_ok_and(|e| e.need_rescan())
+}
+
+/// What wakes a tail thread.
+enum Wake {
+    /// A filesystem event from inotify.
+    Fs(notify::Result<notify::Event>),
+    /// Shutdown began (the loop condition looks at the token).
+    Stop,
 }
 
 fn on_event(tailer: &mut Tailer, ev: notify::Result<notify::Event>) {

@@ -85,8 +85,8 @@ pub fn take_from_env() -> Vec<(SocketAddr, UdpSocket)> {
                     tracing::warn!(fd, %addr, error = %e, "cannot set FD_CLOEXEC on a UDP socket passed by systemd; a child process would inherit it");
                 }
                 let sock = UdpSocket::from(sock);
-                // The receive loop relies on blocking reads with SO_RCVTIMEO; a socket passed
-                // in non-blocking mode would make it spin.
+                // The receive loop reads with MSG_DONTWAIT and waits in poll(2); the socket is
+                // made blocking all the same, as systemd passes it and as it was tested.
                 if let Err(e) = sock.set_nonblocking(false) {
                     tracing::error!(fd, %addr, error = %e, "cannot make a UDP socket passed by systemd blocking; not using it");
                     continue;

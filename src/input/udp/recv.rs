@@ -18,10 +18,13 @@
 //!   buffer are dropped because a cut line can still look valid (`m v=1 17000` cut from
 //!   `m v=1 1700000000000000000` would be stored at the wrong time).
 //! - Kernel drops (receive buffer full) are counted from the `SO_RXQ_OVFL` value each read
-//!   carries, and reconciled with `/proc/net/udp{,6}` when idle (every [`RECONCILE_EVERY`])
-//!   and at exit.
-//! - On stop the loop wakes within [`POLL_INTERVAL`], reads what already arrived for at most
-//!   [`DRAIN_FOR`], sends its last chunk and returns, dropping its channel sender.
+//!   carries, and reconciled with `/proc/net/udp{,6}` once traffic stops and at exit.
+//! - Idle costs nothing: the loop sleeps in `poll(2)` on the socket and a [`StopFd`] with no
+//!   timeout (once, [`RECONCILE_AFTER`] after traffic stops, it looks at `/proc/net/udp`).
+//!   Busy, a read that empties the socket is followed by a gathering wait ([`gather_for`] the
+//!   receive buffer) so that moderate rates make fewer, fuller reads.
+//! - On stop the loop wakes at once (the stop descriptor), reads what already arrived for at
+//!   most [`DRAIN_FOR`], sends its last chunk and returns, dropping its channel sender.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -39,31 +42,57 @@ use crate::reject::RateLimited;
 
 use super::drops::KernelDrops;
 use super::mmsg::Buffers;
+use crate::input::wake::{wait_readable, Ready, StopFd};
 
 /// Datagrams read per `recvmmsg` call.
 pub const SLOTS: usize = 64;
 /// Bytes per datagram buffer: more than any UDP payload short of an IPv6 jumbogram (65,507
 /// bytes over IPv4, 65,527 over IPv6), so in practice nothing is truncated.
 pub const SLOT_BYTES: usize = 64 << 10;
-/// How long a read waits for the first datagram before looking at the stop flag
-/// (`SO_RCVTIMEO`).
+/// How often the loop looks at the stop flag and retries held lines while the pipeline is
+/// full, and how often it looks at the stop flag when no stop descriptor could be made.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// At stop, how long the loop keeps reading datagrams that had already arrived.
 pub const DRAIN_FOR: Duration = Duration::from_millis(250);
 /// Checked lines a receive thread may hold while the channel is full, before it drops: at
 /// 1M lines/s of ~75 bytes about 100 ms of a stalled batcher (a busy machine, a slow gzip).
 pub const HOLD_BYTES: usize = 8 << 20;
-/// After a read that emptied the socket, how long to let datagrams gather before reading
-/// again (latency this adds is far below any flush interval).
-pub const COALESCE: Duration = Duration::from_millis(1);
-/// The smallest receive buffer (as the kernel reports it) that makes [`COALESCE`] safe: at
-/// 1M lines/s, 1 ms is ~100 datagrams, ~250 KB of kernel memory; 4 MiB leaves a wide margin
-/// for a late wake-up. Smaller buffers (a stock `net.core.rmem_max` gives ~416 KiB) read
-/// again at once instead.
-pub const COALESCE_MIN_BUFFER: usize = 4 << 20;
-/// How often an idle loop compares its kernel-drop count with `/proc/net/udp`.
-pub const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for datagrams to gather in the socket buffer after a read that emptied it.
+/// The latency it adds is far below any flush interval.
+pub const GATHER_MAX: Duration = Duration::from_millis(10);
+/// Shorter gathering waits than this are not worth their wake-up: the loop reads at once.
+pub const GATHER_MIN: Duration = Duration::from_millis(1);
+/// Kernel memory per second the loop drains at its fastest (about 1.5M lines/s in
+/// datagrams of 10 lines; the kernel charges roughly twice the payload per datagram).
+/// Waiting delays draining by the wait, so a burst then needs at most this rate times the
+/// wait more of the buffer than it would otherwise.
+pub const DRAIN_BYTES_PER_SEC: u64 = 256 << 20;
+/// The share of the receive buffer (as the kernel reports it) a gathering wait may cost a
+/// burst.
+pub const GATHER_BUFFER_SHARE: u64 = 8;
+/// How long after the last datagram an idle loop compares its kernel-drop count with
+/// `/proc/net/udp` (once; an idle socket drops nothing).
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a loop may let datagrams gather after a read that emptied its socket, given the
+/// receive buffer the kernel reports: what [`DRAIN_BYTES_PER_SEC`] fills of
+/// 1/[`GATHER_BUFFER_SHARE`] of it, at most [`GATHER_MAX`]; zero (read at once) when that is
+/// under [`GATHER_MIN`].
+pub fn gather_for(receive_buffer: usize) -> Duration {
+    let secs = receive_buffer as f64 / GATHER_BUFFER_SHARE as f64 / DRAIN_BYTES_PER_SEC as f64;
+    let wait = Duration::from_secs_f64(secs).min(GATHER_MAX);
+    if wait < GATHER_MIN {
+        Duration::ZERO
+    } else {
+        wait
+    }
+}
+
+/// The smallest receive buffer (as the kernel reports it) that allows a gathering wait.
+pub fn gather_min_buffer() -> usize {
+    (GATHER_MIN.as_secs_f64() * (DRAIN_BYTES_PER_SEC * GATHER_BUFFER_SHARE) as f64).ceil() as usize
+}
 
 /// One receive thread's world.
 pub struct Worker {
@@ -78,6 +107,9 @@ pub struct Worker {
     /// How many bytes of checked lines may wait for a full channel ([`HOLD_BYTES`] in the
     /// daemon; 0 drops at once).
     pub hold_bytes: usize,
+    /// How long to let datagrams gather after a read that emptied the socket ([`gather_for`]
+    /// the socket's receive buffer in the daemon; zero reads at once).
+    pub gather: Duration,
     /// The socket's kernel drop count when this process got it: 0 for a socket it bound,
     /// the `/proc` value for one inherited from systemd (drops before we owned it are not ours
     /// to count again).
@@ -89,9 +121,14 @@ impl Worker {
     pub fn run(mut self) {
         let fd = self.socket.as_raw_fd();
         let name = self.intake.stats().name.clone();
-        if let Err(e) = self.socket.set_read_timeout(Some(POLL_INTERVAL)) {
-            tracing::error!(input = %name, error = %e, "cannot set SO_RCVTIMEO: stopping will wait for the next datagram");
-        }
+        // Idle, the loop sleeps in poll(2) on the socket and this descriptor, with no timeout.
+        let stop_fd = match StopFd::new(&self.stop) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(input = %name, error = %e, "cannot create an eventfd: the UDP thread wakes every 100 ms to look for a stop");
+                None
+            }
+        };
         if let Err(e) = setsockopt(&self.socket, sockopt::RxqOvfl, &1) {
             tracing::warn!(input = %name, error = %e, "cannot enable SO_RXQ_OVFL: kernel drops are seen only through /proc/net/udp");
         }
@@ -104,34 +141,60 @@ impl Worker {
             warn_trunc: RateLimited::new(WARN_EVERY),
             warn_err: RateLimited::new(WARN_EVERY),
         };
-        let mut last_reconcile = Instant::now();
-        let coalesce = match self.socket.recv_buffer_size() {
-            Ok(b) if b >= COALESCE_MIN_BUFFER => COALESCE,
-            _ => Duration::ZERO,
-        };
-        let flags = libc::MSG_WAITFORONE | libc::MSG_TRUNC;
+        // Datagrams were read (or the loop started) since the last look at /proc/net/udp.
+        let mut reconcile_due = true;
+        // The last read emptied the socket (or nothing was read yet): wait before reading.
+        let mut empty = true;
+        let flags = libc::MSG_DONTWAIT | libc::MSG_WAITFORONE | libc::MSG_TRUNC;
         let mut alive = true;
         while alive && !self.stop.is_cancelled() {
+            if empty {
+                // Held lines are retried, and a missing stop descriptor made up for, every
+                // POLL_INTERVAL; kernel drops are reconciled once after traffic stops; else
+                // only a datagram or the stop wakes the loop.
+                let timeout = if st.held.is_some() || stop_fd.is_none() {
+                    POLL_INTERVAL
+                } else if reconcile_due {
+                    RECONCILE_AFTER
+                } else {
+                    Duration::MAX
+                };
+                match wait_readable(fd, stop_fd.as_ref(), timeout) {
+                    Ok(Ready::Readable) => {}
+                    Ok(Ready::Stop) => break,
+                    Ok(Ready::TimedOut) => {
+                        if st.held.is_some() {
+                            alive = self.send(&mut st);
+                        } else if reconcile_due {
+                            st.drops.reconcile(self.intake.stats());
+                            reconcile_due = false;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.read_error(e, &mut st);
+                        continue;
+                    }
+                }
+            }
             match bufs.recv(fd, flags) {
                 Ok(n) => {
                     alive = self.process(&bufs, n, &mut st);
-                    if n < self.slots && !coalesce.is_zero() {
-                        // The queue is empty: let datagrams gather in the socket buffer
-                        // rather than waking per datagram. Fewer, fuller reads cost less
-                        // CPU and make fewer, bigger chunks.
-                        std::thread::sleep(coalesce);
+                    reconcile_due = true;
+                    empty = n < self.slots;
+                    if empty && !self.gather.is_zero() {
+                        // The socket is empty: let datagrams gather in its buffer rather than
+                        // waking per datagram. Fewer, fuller reads cost less CPU and make
+                        // fewer, bigger chunks; the wait is sized to the buffer's headroom.
+                        std::thread::sleep(self.gather);
+                        empty = false;
                     }
                 }
-                Err(e) if is_timeout(&e) => {
-                    if st.held.is_some() {
-                        alive = self.send(&mut st);
-                    }
-                    if last_reconcile.elapsed() >= RECONCILE_EVERY {
-                        st.drops.reconcile(self.intake.stats());
-                        last_reconcile = Instant::now();
-                    }
+                Err(e) if is_timeout(&e) => empty = true,
+                Err(e) => {
+                    self.read_error(e, &mut st);
+                    empty = true;
                 }
-                Err(e) => self.read_error(e, &mut st),
             }
         }
         if alive {
@@ -336,6 +399,26 @@ mod tests {
         assert_eq!(all(b"a\nb"), vec![b"a" as &[u8], b"b"]);
         assert_eq!(all(b"a\n\nb\n"), vec![b"a" as &[u8], b"", b"b"]);
         assert_eq!(all(b"a\r\nb\r\n"), vec![b"a\r" as &[u8], b"b\r"]);
+    }
+
+    #[test]
+    fn the_gathering_wait_follows_the_buffer_and_is_bounded() {
+        // A stock net.core.rmem_max (416 KiB as the kernel reports it): too small to wait.
+        assert_eq!(gather_for(416 << 10), Duration::ZERO);
+        assert_eq!(gather_for(0), Duration::ZERO);
+        // The daemon's default 8 MiB, reported as 16 MiB: 1/8 of it at 256 MiB/s is 7.8 ms.
+        let w = gather_for(16 << 20);
+        assert!(
+            w > Duration::from_millis(7) && w < Duration::from_millis(8),
+            "{w:?}"
+        );
+        // Large buffers are capped.
+        assert_eq!(gather_for(256 << 20), GATHER_MAX);
+        assert_eq!(gather_for(usize::MAX), GATHER_MAX);
+        // The threshold the warning names is where waiting starts.
+        let min = gather_min_buffer();
+        assert!(gather_for(min) >= GATHER_MIN);
+        assert_eq!(gather_for(min - 4096), Duration::ZERO);
     }
 
     #[test]

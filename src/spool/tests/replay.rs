@@ -96,3 +96,57 @@ fn recovery_never_refuses_to_start() {
     let (_, b) = sp.next().unwrap();
     assert!(same(&b, &batch(5, 100)));
 }
+
+#[test]
+fn needs_sync_says_when_a_sync_has_work_and_changes_are_signalled() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    // Whether a notification is waiting (a notified() future completes at once).
+    fn signalled(sp: &Spool) -> bool {
+        let mut f = std::pin::pin!(sp.sync_wanted().notified());
+        matches!(
+            f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(())
+        )
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(1 << 30, WhenFull::DropOldest, FsyncPolicy::Interval);
+    let sp = open(dir.path(), &s);
+    // A new spool has no cursor on disk yet.
+    assert!(sp.needs_sync());
+    sp.sync().unwrap();
+    assert!(!sp.needs_sync(), "synced and unchanged: nothing to do");
+    assert!(!signalled(&sp));
+
+    let (_, acks) = sp.append(&batch(1, 100), || false).unwrap();
+    assert!(
+        acks.is_empty(),
+        "interval: durable only after the next sync"
+    );
+    assert!(signalled(&sp), "an append wakes the sync task");
+    assert!(sp.needs_sync());
+    sp.append(&batch(2, 100), || false).unwrap();
+    assert_eq!(sp.sync().unwrap().len(), 2);
+    assert!(!sp.needs_sync());
+
+    // The first of two records delivered: the cursor moves within the segment, written
+    // without fsync at most (the next sync makes it durable).
+    let (id, _) = sp.next().unwrap();
+    signalled(&sp);
+    sp.ack(id);
+    assert!(signalled(&sp), "an acknowledgement wakes the sync task");
+    assert!(sp.needs_sync(), "the cursor moved and is not yet durable");
+    sp.sync().unwrap();
+    assert!(!sp.needs_sync());
+    // The last one: the segment goes, and its cursor is written durably with it.
+    let (id, _) = sp.next().unwrap();
+    sp.ack(id);
+    sp.sync().unwrap();
+    assert!(!sp.needs_sync());
+
+    // Reopened: at most one sync brings the cursor on disk up to date, then none is needed.
+    drop(sp);
+    let sp = open(dir.path(), &s);
+    sp.sync().unwrap();
+    assert!(!sp.needs_sync());
+}
