@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-/// Settings of the daemon runs, shared by `stdin` and `udp`.
+/// Settings of the daemon runs, shared by every mode that runs it.
 #[derive(Args)]
 pub struct DaemonOpts {
     /// The lineship binary (default: `lineship` next to this executable).
@@ -73,7 +73,8 @@ impl DaemonOpts {
         Ok(lineship)
     }
 
-    /// The daemon config for a sink at `sink`, with the caller's `[input...]` section.
+    /// The daemon config for an output server at `sink` (the counting sink, or VictoriaMetrics
+    /// for `compare`), with the caller's `[input...]` section.
     pub fn config<'a>(
         &'a self,
         sink: SocketAddr,
@@ -103,6 +104,7 @@ impl DaemonOpts {
 /// Settings written into the daemon's config; the `[input...]` section is the caller's, so a UDP
 /// mode can reuse everything else.
 pub struct DaemonConfig<'a> {
+    /// The server the output writes to (`url = "http://ADDR"`).
     pub sink: SocketAddr,
     pub settings: Settings<'a>,
     pub log_level: &'a str,
@@ -178,6 +180,24 @@ pub fn make_run_dir(run: u32) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Runs `f` in a fresh run directory ([`make_run_dir`]), then removes the directory, or with
+/// `keep` (`--keep-config`) says where it is and what it holds (`what`).
+pub fn in_run_dir<T>(
+    run: u32,
+    keep: bool,
+    what: &str,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let dir = make_run_dir(run)?;
+    let result = f(&dir);
+    if keep {
+        eprintln!("kept {} ({what})", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
 /// Writes a run's config readable by the owner only: it holds the sink's token, and the
 /// daemon warns about a token in a file every user can read.
 pub fn write_config(path: &Path, config: &str) -> Result<()> {
@@ -191,6 +211,24 @@ pub fn write_config(path: &Path, config: &str) -> Result<()> {
         .open(path)
         .and_then(|mut f| f.write_all(config.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `dir/lineship.toml` for output server `sink` with `d`'s settings and the caller's
+/// `[input...]` section, its `state_dir` `dir/state`; returns the config's path.
+pub fn write_run_config(
+    d: &DaemonOpts,
+    dir: &Path,
+    sink: SocketAddr,
+    log_level: &str,
+    input_section: &str,
+) -> Result<PathBuf> {
+    let config = dir.join("lineship.toml");
+    let text = render_config(
+        &d.config(sink, log_level, input_section),
+        &dir.join("state"),
+    );
+    write_config(&config, &text)?;
+    Ok(config)
 }
 
 /// The config of a run with the default options, a sink at 127.0.0.1:9 and `input_section`,

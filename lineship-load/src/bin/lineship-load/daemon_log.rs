@@ -118,19 +118,27 @@ pub fn spawn_log_reader(
         for line in io::BufReader::new(out).lines() {
             let Ok(line) = line else { break };
             let _ = writeln!(stderr.lock(), "{line}");
-            let mut l = log.lock().unwrap();
-            if line.contains(" lineship started") {
-                l.started = true;
-            } else if let Some(f) = LISTENING_MESSAGES.iter().find_map(|m| log_fields(&line, m)) {
-                l.listening = Some(f);
-            } else if let Some(f) = log_fields(&line, "summary") {
-                l.summary = Some(f);
-            }
-            if line.contains(" ERROR ") {
-                l.errors += 1;
-            }
+            log.lock().unwrap().note(&line);
         }
     })
+}
+
+impl DaemonLog {
+    /// Notes what one log line says.
+    pub fn note(&mut self, line: &str) {
+        if line.contains(" lineship started") {
+            self.started = true;
+        } else if let Some(f) = LISTENING_MESSAGES.iter().find_map(|m| log_fields(line, m)) {
+            self.listening = Some(f);
+        } else if line.contains(" output summary ") {
+            // Each output's own summary, logged after the daemon's: not the one read here.
+        } else if let Some(f) = log_fields(line, "summary") {
+            self.summary = Some(f);
+        }
+        if line.contains(" ERROR ") {
+            self.errors += 1;
+        }
+    }
 }
 
 /// The daemon's own counters, from its final summary log line.
@@ -211,5 +219,14 @@ mod tests {
         };
         assert_eq!(http.listen_addr(), Some("127.0.0.1:40123".parse().unwrap()));
         assert_eq!(DaemonLog::default().listen_addr(), None);
+    }
+
+    #[test]
+    fn an_output_summary_does_not_hide_the_daemon_summary() {
+        let mut log = DaemonLog::default();
+        log.note("2026-12-04T04:23:41.707744Z  INFO summary lines_in=10000 delivered=10000 invalid=0 invalid_by_reason= dropped=0 dropped_by_reason= udp_datagrams=1000 udp_kernel_drops=0 udp_truncated=0");
+        log.note("2026-12-04T04:23:41.707763Z  INFO output summary output=default delivered=10000 dead_lettered=0 partial_dropped=0 undelivered=0 retries=0 spool_records=0 last_status=204 healthy=true");
+        let c = DaemonCounters::from_log(&log);
+        assert_eq!((c.lines_in, c.udp_kernel_drops), (Some(10000), Some(0)));
     }
 }

@@ -17,9 +17,12 @@
 //!   bound address read from the daemon's `... input listening listen=ADDR` log line).
 //! - `stdin`, `tail`, `http` (with `http::post`, the keep-alive clients, and `http::vmagent`,
 //!   the vmagent comparison), `tcp`, `udp` (with `udp::send`, the paced `sendmmsg` senders, and `udp::proc`,
-//!   the kernel's loss counters): the modes. `selftest` checks generator and sink against each
-//!   other. `run` is the scaffolding every mode's run shares (run dir, config, sink, harness CPU,
-//!   waiting for the sink); `report` holds what all of them print alike.
+//!   the kernel's loss counters), `compare` (lineship vs vmagent on UDP at several rates, and
+//!   `compare::table`, its result): the modes. `victoria` is the local VictoriaMetrics (and
+//!   vmagent) the comparisons deliver into, counted by exported seq. `selftest` checks
+//!   generator and sink against each other. `run` is the scaffolding every mode's run shares
+//!   (run dir, config, sink, harness CPU, waiting for the sink); `report` holds what all of them
+//!   print alike.
 //!
 //! Subcommands:
 //!
@@ -45,6 +48,14 @@
 //!
 //! # TCP: 4 connections write their share -> [[input.tcp]] -> sink
 //! target/release/lineship-load tcp --lines 5000000 --repeat 3
+//!
+//! # lineship vs vmagent: the same UDP datagrams (10 lines each) at 10k, 30k, 100k, 300k and 1M
+//! # lines/s for 5 s, into a fresh VictoriaMetrics each (Debian package victoria-metrics);
+//! # 3 runs per agent and rate, one table (delivered/lost/dup, CPU-s per M delivered, peak RSS,
+//! # the CPU ratio, verdicts); lineship alone when vmagent is not installed
+//! target/release/lineship-load compare
+//! target/release/lineship-load compare --rates 10000 --secs 1 --repeat 1   # CI's short run
+//! target/release/lineship-load compare --rates 100000,1000000 --secs 10 --repeat 5 --keep-config
 //!
 //! # generator alone, to stdout
 //! target/release/lineship-load gen --lines 1000000 --start 0 --tag-cardinality 1000 > data.lp
@@ -77,8 +88,19 @@
 //! `dropped_by_reason`, /proc/net/softnet_stat backlog drops, /proc/net/snmp RcvbufErrors), and
 //! the CPU of the senders and the sink; then medians, and JSON last. It exits 1 when a run lost
 //! lines. `--find-max` steps the rate up instead and exits 1 only when no step was loss-free.
+//!
+//! `compare` runs lineship and vmagent in turn on the same generated UDP load at each rate of
+//! `--rates` (see the `compare` module for how delivery, CPU and memory are measured), prints a
+//! line per run, then one table with a row per rate and the verdicts against issue 15's targets
+//! (lineship delivers every line, spends at most 1/5 of vmagent's CPU per delivered line, peaks
+//! at 64 MiB RSS at most), and JSON last. It exits 1 when lineship lost a line in some run (the
+//! other targets are verdicts only) and 2 when the harness failed, e.g. without VictoriaMetrics.
+//! Every process a mode starts is killed and reaped when it ends, however it ends (and gets
+//! SIGKILL if this tool is killed).
+//!
 //! Traffic goes only to 127.0.0.1 and every run ends by itself.
 
+mod compare;
 mod daemon;
 mod daemon_log;
 mod http;
@@ -92,6 +114,7 @@ mod stdin;
 mod tail;
 mod tcp;
 mod udp;
+mod victoria;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -101,6 +124,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lineship_load::gen::{GenOpts, LineGen};
 
+use compare::CompareArgs;
 use http::HttpArgs;
 use measure::HELPER_SUBCOMMAND;
 use selftest::SelftestArgs;
@@ -138,6 +162,9 @@ enum Cmd {
     Http(HttpArgs),
     /// Benchmark TCP connections -> lineship's TCP input -> in-process sink, end to end.
     Tcp(TcpArgs),
+    /// lineship vs vmagent on the same UDP load at several rates, each delivering into its own
+    /// VictoriaMetrics: delivered, lost, duplicated, CPU per delivered line, peak RSS.
+    Compare(CompareArgs),
     /// Check the generator and the sink against each other; measure the sink's throughput.
     Selftest(SelftestArgs),
     /// Internal: run a command and report its rusage (used by `stdin` and `udp`).
@@ -167,6 +194,7 @@ fn main() -> ExitCode {
         Cmd::Tail(a) => tail::cmd_tail(&a),
         Cmd::Http(a) => http::cmd_http(&a),
         Cmd::Tcp(a) => tcp::cmd_tcp(&a),
+        Cmd::Compare(a) => compare::cmd_compare(&a),
         Cmd::Selftest(a) => selftest::cmd_selftest(&a),
         Cmd::ExecMeasured { command } => measure::cmd_exec_measured(&command),
     };

@@ -76,11 +76,51 @@ pub fn reap(pid: libc::pid_t) -> io::Result<DaemonExit> {
 /// `VmHWM` of this process in KiB, or 0.
 pub fn own_peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    parse_vmhwm_kib(&status).unwrap_or(0)
+}
+
+/// `VmHWM` (peak RSS since exec) of process `pid` in KiB, from /proc/PID/status; None once it
+/// has exited or where that is unavailable.
+pub fn pid_peak_rss_kib(pid: libc::pid_t) -> Option<u64> {
+    parse_vmhwm_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The `VmHWM:` line of /proc/PID/status text (`VmHWM:\t   12345 kB`), in KiB.
+pub fn parse_vmhwm_kib(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+}
+
+/// Makes the program `cmd` starts get SIGKILL when this process dies (`PR_SET_PDEATHSIG`), so
+/// nothing this tool starts outlives it, even when it is killed. The signal comes when the
+/// spawning *thread* exits, so `cmd` must be spawned from a thread that outlives the child (here
+/// always the main thread).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
+    // calls (prctl, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before the prctl took effect: no signal is coming.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The daemon's pid, for the helper's signal handler.
@@ -120,7 +160,7 @@ pub fn cmd_exec_measured(command: &[OsString]) -> Result<ExitCode> {
         }
     }
     let rss_floor_kib = own_peak_rss_kib();
-    let child = Command::new(program)
+    let child = die_with_parent(&mut Command::new(program))
         .args(args)
         .stdin(Stdio::inherit())
         // Our stdout is the report channel to `stdin`; the daemon's output goes to stderr.
@@ -177,7 +217,7 @@ pub fn spawn_measured_command(
     stderr: Stdio,
 ) -> Result<Measured> {
     let this = std::env::current_exe().context("locating this executable")?;
-    let mut helper = Command::new(this)
+    let mut helper = die_with_parent(&mut Command::new(this))
         .arg(HELPER_SUBCOMMAND)
         .arg("--")
         .arg(program)
@@ -207,10 +247,24 @@ pub fn spawn_measured_command(
     })
 }
 
+/// A helper (and so its program) still running when its [`Measured`] is dropped, e.g. on an
+/// error path, is killed (SIGUSR1: the helper SIGKILLs the program and reaps it) and reaped.
+impl Drop for Measured {
+    fn drop(&mut self) {
+        // `try_wait` keeps answering once the helper has been reaped, so a reaped helper's pid
+        // (perhaps reused by now) is never signalled.
+        if matches!(self.helper.try_wait(), Ok(None)) {
+            self.signal(libc::SIGUSR1);
+            let _ = self.helper.wait();
+        }
+    }
+}
+
 impl Measured {
     /// Sends `sig` to the helper, which forwards it to the daemon (SIGUSR1 as SIGKILL).
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: the helper is our child and is reaped only in `wait`, which consumes self.
+        // SAFETY: the helper is our child and is reaped only in `wait`, which consumes self,
+        // and in `drop`.
         unsafe { libc::kill(self.helper_pid, sig) };
     }
 
@@ -326,9 +380,26 @@ pub fn threads_cpu_s(pid: libc::pid_t) -> Vec<(String, f64)> {
     by_name
 }
 
-/// CPU seconds (user + sys) so far of process `pid` (all its threads, live or exited), from
-/// /proc/PID/stat; 0 where that is unavailable.
+/// CPU seconds (user + sys) so far of process `pid` (all its threads, live or exited): from its
+/// process CPU clock (`clock_getcpuclockid`, ns resolution), else from /proc/PID/stat (clock
+/// ticks, 10 ms); 0 where neither is available.
 pub fn pid_cpu_s(pid: libc::pid_t) -> f64 {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: zeroed timespec is a valid out-parameter.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointers; a clock id from clock_getcpuclockid is valid for clock_gettime.
+    if pid > 0
+        && unsafe { libc::clock_getcpuclockid(pid, &mut clock) } == 0
+        && unsafe { libc::clock_gettime(clock, &mut ts) } == 0
+    {
+        return ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+    }
+    pid_stat_cpu_s(pid)
+}
+
+/// CPU seconds (utime + stime) of process `pid` from /proc/PID/stat, in clock ticks; 0 where
+/// that is unavailable.
+fn pid_stat_cpu_s(pid: libc::pid_t) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -348,4 +419,49 @@ pub fn thread_cpu_s() -> f64 {
     // SAFETY: valid clock id and pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vmhwm() {
+        let status =
+            "Name:\tlineship\nVmPeak:\t  123456 kB\nVmHWM:\t   34816 kB\nVmRSS:\t   30000 kB\n";
+        assert_eq!(parse_vmhwm_kib(status), Some(34816));
+        assert_eq!(parse_vmhwm_kib("Name:\tx\nVmRSS:\t 1 kB\n"), None);
+        assert_eq!(parse_vmhwm_kib("VmHWM:\t many kB\n"), None);
+        // This process has a peak RSS, and a pid that does not exist has none.
+        assert!(pid_peak_rss_kib(std::process::id() as libc::pid_t).is_some_and(|k| k > 0));
+        assert_eq!(pid_peak_rss_kib(-1), None);
+    }
+
+    #[test]
+    fn a_process_cpu_clock_agrees_with_rusage() {
+        let pid = std::process::id() as libc::pid_t;
+        // Burn a few ms so there is something to measure.
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let (before, clock, after) = (process_cpu_s(), pid_cpu_s(pid), process_cpu_s());
+        assert!(
+            clock >= before - 0.02 && clock <= after + 0.02,
+            "{before} <= {clock} <= {after}"
+        );
+        let (a, b) = (pid_cpu_s(pid), pid_cpu_s(pid));
+        assert!(b >= a, "{a} {b}");
+        assert!(pid_stat_cpu_s(pid) > 0.0);
+        // No pid reaches pid_max. (A pid beyond 2^28 would not fit the clock id and could name
+        // this process instead.)
+        let pid_max: libc::pid_t = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid_cpu_s(pid_max), 0.0);
+    }
 }

@@ -249,6 +249,56 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `median [min–max]` of `v`, with `prec` decimals (just the value for one run).
+pub fn med_range(v: &[f64], prec: usize) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let m = median(v.to_vec());
+    if v.len() == 1 {
+        format!("{m:.prec$}")
+    } else {
+        format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]")
+    }
+}
+
+/// Sum over runs, or `?` if some run could not say.
+pub fn sum_opt(v: &[Option<u64>]) -> String {
+    v.iter()
+        .try_fold(0u64, |acc, x| x.map(|x| acc + x))
+        .map_or_else(|| "?".into(), |n| n.to_string())
+}
+
+/// A Markdown table: `head`, a `|---|` rule, then `rows`, every column padded to its widest
+/// cell.
+pub fn text_table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let fmt_row = |cells: Vec<&str>| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", line.join(" | "))
+    };
+    let mut out = fmt_row(head.to_vec());
+    out.push_str(&fmt_row(widths.iter().map(|_| "").collect()).replace(' ', "-"));
+    for r in rows {
+        out.push_str(&fmt_row(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 pub fn rate(n: f64, secs: f64) -> f64 {
     if secs > 0.0 {
         n / secs
@@ -282,4 +332,31 @@ pub fn seq_line(s: &SeqSummary) -> String {
         s.out_of_range,
         s.malformed
     )
+}
+
+/// The lines of `table` (from [`text_table`]), checked to line up: every line as wide, the
+/// second a `|---|` rule.
+#[cfg(test)]
+pub fn table_lines(table: &str) -> Vec<&str> {
+    let lines: Vec<&str> = table.lines().collect();
+    let width = lines[0].chars().count();
+    assert!(lines.iter().all(|l| l.chars().count() == width), "{table}");
+    assert!(
+        lines[1].starts_with("|--") && !lines[1].contains(' '),
+        "{table}"
+    );
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn med_range_formats() {
+        assert_eq!(med_range(&[], 0), "-");
+        assert_eq!(med_range(&[1.26], 1), "1.3");
+        assert_eq!(med_range(&[3.0, 1.0, 2.0], 0), "2 [1-3]");
+        assert_eq!(med_range(&[0.5, 0.3], 2), "0.40 [0.30-0.50]");
+    }
 }

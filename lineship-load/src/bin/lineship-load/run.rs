@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use lineship_load::gen::{GenOpts, LineGen};
 
-use crate::daemon::{make_run_dir, render_config, write_config, DaemonOpts};
+use crate::daemon::{make_run_dir, write_run_config, DaemonOpts};
 use crate::measure::{process_cpu_s, sink_cpu_s, Measured};
 use crate::sink::Sink;
 
@@ -32,12 +32,7 @@ impl RunSetup {
         let sink = Sink::for_run(!d.no_check_seq, d.sink_threads)?;
         let dir = make_run_dir(run)?;
         let input = input(&dir)?;
-        let config = dir.join("lineship.toml");
-        let text = render_config(
-            &d.config(sink.addr(), log_level, &input),
-            &dir.join("state"),
-        );
-        write_config(&config, &text)?;
+        let config = write_run_config(d, &dir, sink.addr(), log_level, &input)?;
         Ok(RunSetup { sink, dir, config })
     }
 

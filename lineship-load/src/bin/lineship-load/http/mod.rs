@@ -8,7 +8,7 @@
 mod post;
 mod vmagent;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,14 @@ use crate::daemon::{toml_str, DaemonOpts};
 use crate::daemon_log::{DaemonCounters, Logged};
 use crate::listen::{chunks_of_lines, input_section, wait_listening};
 use crate::measure::threads_cpu_s;
-use crate::report::{median, DaemonUsage, Delivery, EndToEnd, Medians, RunOutcome, Summary};
+use crate::report::{
+    med_range, sum_opt, text_table, DaemonUsage, Delivery, EndToEnd, Medians, RunOutcome, Summary,
+};
 use crate::run::{load_average, pregenerate, wait_for_sink, CpuPressure, HarnessCpu, RunSetup};
 use crate::stdin::PREGEN_LIMIT_BYTES;
+use crate::victoria::{expected_rows, VictoriaOpts};
 use post::{post_all, Body, PostStats};
-use vmagent::{expected_rows, run_vmagent, VmagentRunReport};
+use vmagent::{run_vmagent, VmagentRunReport};
 
 /// No README target exists for the HTTP input yet; the stdin one is the yardstick.
 pub const TARGET_HTTP_LINES_PER_SEC: f64 = crate::report::TARGET_LINES_PER_SEC;
@@ -60,10 +63,8 @@ pub struct HttpArgs {
     /// VictoriaMetrics) and print a comparison table.
     #[arg(long)]
     pub vmagent: bool,
-    #[arg(long, default_value = "/usr/bin/vmagent")]
-    pub vmagent_bin: PathBuf,
-    #[arg(long, default_value = "/usr/bin/victoria-metrics")]
-    pub victoria_metrics_bin: PathBuf,
+    #[command(flatten)]
+    pub vm: VictoriaOpts,
     #[command(flatten)]
     pub d: DaemonOpts,
     #[command(flatten)]
@@ -191,31 +192,6 @@ pub struct TableRow {
     pub delivery: &'static str,
 }
 
-/// `median [min–max]` of `v`, with `prec` decimals (just the value for one run).
-pub fn med_range(v: &[f64], prec: usize) -> String {
-    if v.is_empty() {
-        return "-".into();
-    }
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    let m = median(v.to_vec());
-    if v.len() == 1 {
-        format!("{m:.prec$}")
-    } else {
-        format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]")
-    }
-}
-
-/// Sum over runs, or `?` if some run could not say.
-fn sum_opt(v: &[Option<u64>]) -> String {
-    v.iter()
-        .try_fold(0u64, |acc, x| x.map(|x| acc + x))
-        .map_or_else(|| "?".into(), |n| n.to_string())
-}
-
 /// The comparison table, one row per agent, medians with [min-max] over runs.
 pub fn comparison_table(rows: &[TableRow]) -> String {
     let head = [
@@ -229,10 +205,10 @@ pub fn comparison_table(rows: &[TableRow]) -> String {
         "503s",
         "delivery",
     ];
-    let body: Vec<[String; 9]> = rows
+    let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.agent.to_string(),
                 med_range(&r.lines_per_sec, 0),
                 r.timed.to_string(),
@@ -245,26 +221,7 @@ pub fn comparison_table(rows: &[TableRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = head.map(str::len);
-    for r in &body {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let fmt_row = |cells: Vec<&str>| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        format!("| {} |\n", line.join(" | "))
-    };
-    let mut out = fmt_row(head.to_vec());
-    out.push_str(&fmt_row(widths.iter().map(|_| "").collect()).replace(' ', "-"));
-    for r in &body {
-        out.push_str(&fmt_row(r.iter().map(String::as_str).collect()));
-    }
-    out
+    text_table(&head, &body)
 }
 
 #[derive(Serialize)]
@@ -460,6 +417,7 @@ pub fn cmd_http(a: &HttpArgs) -> Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::daemon::example_config;
+    use crate::report::table_lines;
 
     #[test]
     fn http_config_is_valid_toml() {
@@ -470,14 +428,6 @@ mod tests {
             v["input"]["http"][0]["listen"].as_str(),
             Some("127.0.0.1:0")
         );
-    }
-
-    #[test]
-    fn med_range_formats() {
-        assert_eq!(med_range(&[], 0), "-");
-        assert_eq!(med_range(&[1.26], 1), "1.3");
-        assert_eq!(med_range(&[3.0, 1.0, 2.0], 0), "2 [1-3]");
-        assert_eq!(med_range(&[0.5, 0.3], 2), "0.40 [0.30-0.50]");
     }
 
     #[test]
@@ -497,14 +447,8 @@ mod tests {
             row("lineship", vec![Some(0), Some(1)]),
             row("vmagent", vec![Some(0), None]),
         ]);
-        let lines: Vec<&str> = t.lines().collect();
+        let lines = table_lines(&t);
         assert_eq!(lines.len(), 4, "{t}");
-        let width = lines[0].chars().count();
-        assert!(lines.iter().all(|l| l.chars().count() == width), "{t}");
-        assert!(
-            lines[1].starts_with("|--") && !lines[1].contains(' '),
-            "{t}"
-        );
         assert!(lines[2].contains("| 1000000 [900000-1200000] |"), "{t}");
         assert!(lines[2].contains("| 0.400 "), "{t}");
         assert!(lines[2].contains("| 30.5 [30.0-31.0] |"), "{t}");

@@ -4,9 +4,10 @@
 
 pub mod proc;
 mod report;
-mod run;
-mod send;
+pub mod run;
+pub mod send;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,16 +21,11 @@ use report::{
     print_udp_medians, print_udp_run, FindMaxStep, UdpMedians, UdpSummary, TARGET_UDP_LINES_PER_SEC,
 };
 use run::{run_udp, SENDER_LIMITED_SHARE};
-use send::prepare_slices;
+use send::{prepare_slices, send_all, SenderSlice, SenderStats};
 
+/// How a UDP load is sent and received, shared by `udp` and `compare`.
 #[derive(Args)]
-pub struct UdpArgs {
-    /// Offered rate in lines/s, paced from the first datagram (required unless --find-max).
-    #[arg(long, required_unless_present = "find_max")]
-    pub rate: Option<f64>,
-    /// Lines to send per run.
-    #[arg(long, default_value_t = 5_000_000)]
-    pub lines: u64,
+pub struct UdpOpts {
     /// Lines per datagram (the last datagram of a sender may hold fewer).
     #[arg(long, default_value_t = 10)]
     pub lines_per_datagram: u64,
@@ -50,6 +46,61 @@ pub struct UdpArgs {
     /// within this much, so no burst is longer than this.
     #[arg(long, default_value_t = 500)]
     pub pace_us: u64,
+}
+
+impl UdpOpts {
+    /// Checks the ranges.
+    pub fn check(&self) -> Result<()> {
+        ensure!(
+            self.lines_per_datagram > 0,
+            "--lines-per-datagram must be > 0"
+        );
+        ensure!(self.senders > 0, "--senders must be > 0");
+        ensure!(
+            (1..=64).contains(&self.workers),
+            "--workers must be between 1 and 64"
+        );
+        ensure!(
+            (1..=1024).contains(&self.send_batch),
+            "--send-batch must be between 1 and 1024"
+        );
+        Ok(())
+    }
+
+    /// The `[[input.udp]]` section for lineship on 127.0.0.1:`port`.
+    pub fn input_section(&self, port: u16) -> String {
+        run::udp_input_section(port, &self.receive_buffer, self.workers)
+    }
+
+    /// Sends every slice to `target` at `rate` lines/s with these pacing settings; the
+    /// schedule's start and each sender's stats.
+    pub fn send(
+        &self,
+        slices: &[SenderSlice],
+        target: SocketAddr,
+        rate: f64,
+    ) -> Result<(Instant, Vec<SenderStats>)> {
+        send_all(
+            slices,
+            target,
+            self.lines_per_datagram,
+            rate,
+            Duration::from_micros(self.pace_us),
+            self.send_batch,
+        )
+    }
+}
+
+#[derive(Args)]
+pub struct UdpArgs {
+    /// Offered rate in lines/s, paced from the first datagram (required unless --find-max).
+    #[arg(long, required_unless_present = "find_max")]
+    pub rate: Option<f64>,
+    /// Lines to send per run.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub lines: u64,
+    #[command(flatten)]
+    pub u: UdpOpts,
     /// After sending, stop waiting once the sink has seen no new line for this many seconds.
     #[arg(long, default_value_t = 2.0)]
     pub idle_secs: f64,
@@ -76,16 +127,7 @@ pub struct UdpArgs {
 pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
     ensure!(a.lines > 0, "--lines must be > 0");
     ensure!(a.d.repeat > 0, "--repeat must be > 0");
-    ensure!(a.lines_per_datagram > 0, "--lines-per-datagram must be > 0");
-    ensure!(a.senders > 0, "--senders must be > 0");
-    ensure!(
-        (1..=64).contains(&a.workers),
-        "--workers must be between 1 and 64"
-    );
-    ensure!(
-        (1..=1024).contains(&a.send_batch),
-        "--send-batch must be between 1 and 1024"
-    );
+    a.u.check()?;
     let rates: Vec<f64> = if a.find_max {
         a.find_max_rates.clone()
     } else {
@@ -99,7 +141,7 @@ pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
     let gen_opts = a.gen.fixed();
     // Generated once, before any clock starts; every run sends the same datagrams.
     let t = Instant::now();
-    let slices = prepare_slices(&gen_opts, a.lines, a.lines_per_datagram, a.senders)?;
+    let slices = prepare_slices(&gen_opts, a.lines, a.u.lines_per_datagram, a.u.senders)?;
     let bytes: usize = slices.iter().map(|s| s.data.len()).sum();
     let datagrams: usize = slices.iter().map(|s| s.ends.len()).sum();
     eprintln!(
@@ -114,12 +156,12 @@ pub fn cmd_udp(a: &UdpArgs) -> Result<ExitCode> {
         tool: "lineship-load",
         mode,
         lines: a.lines,
-        lines_per_datagram: a.lines_per_datagram,
+        lines_per_datagram: a.u.lines_per_datagram,
         senders: slices.len(),
-        workers: a.workers,
-        receive_buffer: &a.receive_buffer,
-        send_batch: a.send_batch,
-        pace_us: a.pace_us,
+        workers: a.u.workers,
+        receive_buffer: &a.u.receive_buffer,
+        send_batch: a.u.send_batch,
+        pace_us: a.u.pace_us,
         repeat: a.d.repeat,
         settings: a.d.settings(),
         offered_lines_per_sec: None,

@@ -11,7 +11,7 @@ use lineship_load::fake::Counts;
 use serde::Serialize;
 
 use super::proc::{cpu_pressure_us, proc_udp_port, NetCounters, ProcUdpSocket};
-use super::send::{free_udp_port, send_all, SenderSlice, SenderStats};
+use super::send::{free_udp_port, SenderSlice, SenderStats};
 use super::UdpArgs;
 use crate::daemon::toml_str;
 use crate::daemon_log::{DaemonCounters, Logged};
@@ -34,6 +34,37 @@ pub fn udp_input_section(port: u16, receive_buffer: &str, workers: u32) -> Strin
         "[[input.udp]]\nlisten = \"127.0.0.1:{port}\"\nreceive_buffer = {}\nworkers = {workers}\n\n[input.stdin]\nenabled = false",
         toml_str(receive_buffer)
     )
+}
+
+/// Waits until the daemon spawned at `t_spawn` has `workers` sockets bound to 127.0.0.1:`port`
+/// and has logged that it started (or [`READY_GRACE`] has passed since the port was bound);
+/// fails if it exits first or takes longer than [`READY_TIMEOUT`].
+pub fn wait_udp_ready(
+    logged: &mut Logged,
+    port: u16,
+    workers: u32,
+    t_spawn: Instant,
+) -> Result<()> {
+    let mut bound_at: Option<Instant> = None;
+    loop {
+        ensure!(
+            !logged.daemon.has_exited(),
+            "lineship exited before it was ready"
+        );
+        let started = logged.started();
+        if bound_at.is_none() && proc_udp_port(port).len() >= workers as usize {
+            bound_at = Some(Instant::now());
+        }
+        match bound_at {
+            Some(t) if started || t.elapsed() >= READY_GRACE => return Ok(()),
+            _ => {}
+        }
+        ensure!(
+            t_spawn.elapsed() < READY_TIMEOUT,
+            "lineship did not bind 127.0.0.1:{port} within {READY_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -103,9 +134,7 @@ pub fn run_udp(
     let port = free_udp_port()?;
     let target: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     let log_level = a.d.log_level.as_deref().unwrap_or("info");
-    let setup = RunSetup::new(&a.d, run, log_level, |_| {
-        Ok(udp_input_section(port, &a.receive_buffer, a.workers))
-    })?;
+    let setup = RunSetup::new(&a.d, run, log_level, |_| Ok(a.u.input_section(port)))?;
     let sink = &setup.sink;
 
     let net_before = NetCounters::read();
@@ -116,34 +145,8 @@ pub fn run_udp(
     // Everything between start and stop; the daemon is stopped and reaped whatever happens.
     let t_spawn = Instant::now();
     let phase = (|| -> Result<SendPhase> {
-        let mut bound_at: Option<Instant> = None;
-        loop {
-            ensure!(
-                !logged.daemon.has_exited(),
-                "lineship exited before it was ready"
-            );
-            let started = logged.started();
-            if bound_at.is_none() && proc_udp_port(port).len() >= a.workers as usize {
-                bound_at = Some(Instant::now());
-            }
-            match bound_at {
-                Some(t) if started || t.elapsed() >= READY_GRACE => break,
-                _ => {}
-            }
-            ensure!(
-                t_spawn.elapsed() < READY_TIMEOUT,
-                "lineship did not bind 127.0.0.1:{port} within {READY_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (t0, senders) = send_all(
-            slices,
-            target,
-            a.lines_per_datagram,
-            offered,
-            Duration::from_micros(a.pace_us),
-            a.send_batch,
-        )?;
+        wait_udp_ready(&mut logged, port, a.u.workers, t_spawn)?;
+        let (t0, senders) = a.u.send(slices, target, offered)?;
         let sent: u64 = senders.iter().map(|s| s.lines).sum();
         wait_for_sink(
             sink,
