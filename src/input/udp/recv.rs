@@ -70,6 +70,12 @@ pub const DRAIN_BYTES_PER_SEC: u64 = 256 << 20;
 /// The share of the receive buffer (as the kernel reports it) a gathering wait may cost a
 /// burst.
 pub const GATHER_BUFFER_SHARE: u64 = 8;
+/// A gathering wait is slept in this many steps; after each, the socket's queue is looked at
+/// (`SO_MEMINFO`), and the wait ends once it holds 1/[`BURST_SHARE`] of the buffer: a burst
+/// then costs at most one step of draining, not the whole wait.
+pub const GATHER_STEPS: u32 = 4;
+/// See [`GATHER_STEPS`].
+pub const BURST_SHARE: usize = 32;
 /// How long after the last datagram an idle loop compares its kernel-drop count with
 /// `/proc/net/udp` (once; an idle socket drops nothing).
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(1);
@@ -87,6 +93,36 @@ pub fn gather_for(receive_buffer: usize) -> Duration {
     } else {
         wait
     }
+}
+
+/// Sleeps `wait` in [`GATHER_STEPS`] steps, returning early once the socket's receive queue
+/// holds `burst_bytes` or more (when the kernel cannot say, the whole wait is slept).
+fn gather_wait(fd: std::os::fd::RawFd, wait: Duration, burst_bytes: usize) {
+    let step = wait / GATHER_STEPS;
+    for _ in 0..GATHER_STEPS {
+        std::thread::sleep(step);
+        if queued_bytes(fd).is_some_and(|q| q >= burst_bytes) {
+            return;
+        }
+    }
+}
+
+/// The memory the kernel charges for the socket's receive queue (`SK_MEMINFO_RMEM_ALLOC`).
+fn queued_bytes(fd: std::os::fd::RawFd) -> Option<usize> {
+    // SK_MEMINFO_VARS is 9 or 10 depending on the kernel; room for more.
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a live buffer of `len` bytes; the kernel writes at most that much.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len >= 4).then(|| info[0] as usize)
 }
 
 /// The smallest receive buffer (as the kernel reports it) that allows a gathering wait.
@@ -141,6 +177,8 @@ impl Worker {
             warn_trunc: RateLimited::new(WARN_EVERY),
             warn_err: RateLimited::new(WARN_EVERY),
         };
+        // Queued bytes (as the kernel counts them) that end a gathering wait early.
+        let burst_bytes = self.socket.recv_buffer_size().unwrap_or(0) / BURST_SHARE;
         // Datagrams were read (or the loop started) since the last look at /proc/net/udp.
         let mut reconcile_due = true;
         // The last read emptied the socket (or nothing was read yet): wait before reading.
@@ -185,8 +223,9 @@ impl Worker {
                     if empty && !self.gather.is_zero() {
                         // The socket is empty: let datagrams gather in its buffer rather than
                         // waking per datagram. Fewer, fuller reads cost less CPU and make
-                        // fewer, bigger chunks; the wait is sized to the buffer's headroom.
-                        std::thread::sleep(self.gather);
+                        // fewer, bigger chunks; the wait is sized to the buffer's headroom
+                        // and cut short when a burst starts filling it.
+                        gather_wait(fd, self.gather, burst_bytes);
                         empty = false;
                     }
                 }
@@ -419,6 +458,29 @@ mod tests {
         let min = gather_min_buffer();
         assert!(gather_for(min) >= GATHER_MIN);
         assert_eq!(gather_for(min - 4096), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_queue_size_is_read_from_the_kernel() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = sock.as_raw_fd();
+        assert_eq!(queued_bytes(fd), Some(0));
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..10 {
+            tx.send_to(&[b'x'; 1000], sock.local_addr().unwrap())
+                .unwrap();
+        }
+        let q = queued_bytes(fd).unwrap();
+        // The kernel charges the payload and its bookkeeping.
+        assert!(q >= 10_000, "{q}");
+        // A full queue ends the wait at the first step.
+        let t = Instant::now();
+        gather_wait(fd, Duration::from_millis(400), 5_000);
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
