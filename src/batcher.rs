@@ -157,10 +157,10 @@ impl Batcher {
                     }
                 }
             }
-            self.emit(&mut compress, &mut sealed);
+            self.emit(&mut compress, &mut sealed, &mut builder);
         }
         builder.flush_all(&mut sealed);
-        self.emit(&mut compress, &mut sealed);
+        self.emit(&mut compress, &mut sealed, &mut builder);
         if let Compress::Pool(p) = &mut compress {
             let left = p.finish(BEAT_EVERY, &mut || self.stats.progress.beat(Stage::Batcher));
             for e in left {
@@ -295,14 +295,14 @@ impl Batcher {
 
     /// Encodes each sealed batch once per (bucket, gzip_level) among its lanes (here, or on
     /// the pool's threads) and gives every lane its copy, in the order the batches were sealed.
-    fn emit(&self, compress: &mut Compress, sealed: &mut Vec<RawBatch>) {
+    fn emit(&self, compress: &mut Compress, sealed: &mut Vec<RawBatch>, builder: &mut Builder) {
         for raw in sealed.drain(..) {
             self.stats.batches_sealed.fetch_add(1, Relaxed);
             let wants = self.wants(&raw);
             match compress {
                 Compress::Inline(encoders) => {
                     let e = encode_all(encoders, raw, wants);
-                    self.deliver(e);
+                    builder.recycle(self.deliver(e));
                 }
                 Compress::Pool(p) => {
                     p.submit(raw, wants, BEAT_EVERY, &mut || {
@@ -313,7 +313,7 @@ impl Batcher {
         }
         if let Compress::Pool(p) = compress {
             for e in p.ready() {
-                self.deliver(e);
+                builder.recycle(self.deliver(e));
             }
         }
     }
@@ -352,7 +352,9 @@ impl Batcher {
     }
 
     /// Gives each lane its copy of an encoded batch.
-    fn deliver(&self, e: Encoded<Copies>) {
+    /// Hands an encoded batch to its lanes; returns the batch's buffer (empty when it became
+    /// the body) for [`Builder::recycle`].
+    fn deliver(&self, e: Encoded<Copies>) -> Vec<u8> {
         let Encoded {
             raw,
             raw_len,
@@ -375,6 +377,7 @@ impl Batcher {
                 self.emit_to(&self.lanes[l], batch);
             }
         }
+        raw.data
     }
 
     /// Hands a batch to its lane's sender, or appends it to the lane's spool.

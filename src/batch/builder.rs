@@ -31,13 +31,34 @@ struct Open {
 pub struct Builder {
     limits: Limits,
     open: HashMap<Dest, Open>,
+    /// Buffers of batches already compressed, kept to start new batches in (see
+    /// [`Builder::recycle`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Most buffers [`Builder::recycle`] keeps.
+const SPARE_MAX: usize = 8;
 
 impl Builder {
     pub fn new(limits: Limits) -> Self {
         Builder {
             limits,
             open: HashMap::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back the buffer of a batch whose bytes are no longer needed (compressed and
+    /// handed on), to start a later batch in: memory the process already has, instead of
+    /// fresh pages the kernel must fault in and zero for every batch. At most [`SPARE_MAX`]
+    /// are kept, and none larger than `max_bytes`, so idle memory stays bounded.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX
+            && buf.capacity() >= 64 << 10
+            && buf.capacity() <= self.limits.max_bytes.max(64 << 10)
+        {
+            buf.clear();
+            self.spare.push(buf);
         }
     }
 
@@ -55,8 +76,18 @@ impl Builder {
         let lim = self.limits;
         let mut rest: &[u8] = &data;
         while !rest.is_empty() {
+            let spare = &mut self.spare;
             let open = self.open.entry(dest.clone()).or_insert_with(|| Open {
-                data: Vec::with_capacity(lim.max_bytes.min(rest.len().max(64 << 10))),
+                data: {
+                    let want = expected_batch_bytes(&lim, rest.len(), lines);
+                    match spare.pop() {
+                        Some(mut buf) => {
+                            buf.reserve(want);
+                            buf
+                        }
+                        None => Vec::with_capacity(want),
+                    }
+                },
                 lines: 0,
                 first_at: now,
                 acks: Vec::new(),
@@ -150,6 +181,17 @@ fn seal(dest: Dest, o: Open) -> RawBatch {
         acks: o.acks,
     }
 }
+
+/// The room a new batch starts with: what `max_lines` lines of the first chunk's average
+/// length take, at least 64 KiB and at most `max_bytes`, so that a batch is not grown
+/// (and copied) several times while it fills. Only the bytes written are touched, so a
+/// batch sealed early by the flush interval costs no more memory than its lines.
+fn expected_batch_bytes(lim: &Limits, chunk_bytes: usize, chunk_lines: u32) -> usize {
+    let per_line = chunk_bytes.div_ceil(chunk_lines.max(1) as usize);
+    let want = per_line.saturating_mul(lim.max_lines.saturating_add(1));
+    want.max(64 << 10).min(lim.max_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +219,44 @@ mod tests {
             max_bytes: bytes,
             flush_interval: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn a_new_batch_has_room_for_its_lines_and_reuses_recycled_buffers() {
+        // 5,000 lines of ~75 bytes: room for all of them at once, within max_bytes.
+        let lim = limits(5000, 4 << 20);
+        let room = expected_batch_bytes(&lim, 75 * 100, 100);
+        assert!((375_000..=400_000).contains(&room), "{room}");
+        assert_eq!(
+            expected_batch_bytes(&limits(5000, 100 << 10), 7500, 100),
+            100 << 10
+        );
+        assert_eq!(expected_batch_bytes(&limits(10, 4 << 20), 20, 2), 64 << 10);
+        assert_eq!(
+            expected_batch_bytes(&limits(usize::MAX, 4 << 20), 20, 0),
+            4 << 20
+        );
+
+        let d = Dest::new("b", Precision::Ns);
+        let mut b = Builder::new(limits(2, 1 << 20));
+        let mut sealed = Vec::new();
+        b.push(chunk(&d, &["m v=1", "m v=2"]), Instant::now(), &mut sealed);
+        let first = sealed.pop().unwrap();
+        let ptr = first.data.as_ptr();
+        b.recycle(first.data);
+        b.push(chunk(&d, &["m v=3", "m v=4"]), Instant::now(), &mut sealed);
+        let second = sealed.pop().unwrap();
+        assert_eq!(second.data.as_ptr(), ptr, "the recycled buffer was used");
+        assert_eq!(second.data, b"m v=3\nm v=4\n", "and started empty");
+
+        // Bounded: at most SPARE_MAX kept, none too small or larger than max_bytes.
+        for _ in 0..SPARE_MAX + 5 {
+            b.recycle(Vec::with_capacity(64 << 10));
+        }
+        b.recycle(Vec::with_capacity(16));
+        b.recycle(Vec::with_capacity(4 << 20));
+        assert_eq!(b.spare.len(), SPARE_MAX);
+        assert!(b.spare.iter().all(|v| v.capacity() == 64 << 10));
     }
 
     #[test]

@@ -583,10 +583,12 @@ fn lineship_token_goes_only_to_the_default_output() {
 
 #[test]
 fn compress_threads_default_and_range_name_the_key() {
-    assert_eq!(load(MINIMAL).unwrap().agent.compress_threads, 1);
-    let with = |n: &str| load(&format!("{MINIMAL}[agent]\ncompress_threads = {n}\n"));
-    assert_eq!(with("2").unwrap().agent.compress_threads, 2);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The default: a thread per core, at most 4.
+    assert_eq!(load(MINIMAL).unwrap().agent.compress_threads, cores.min(4));
+    let with = |n: &str| load(&format!("{MINIMAL}[agent]\ncompress_threads = {n}\n"));
+    assert_eq!(with("1").unwrap().agent.compress_threads, 1);
+    assert_eq!(with("2").unwrap().agent.compress_threads, 2);
     assert_eq!(
         with(&(cores * 4).to_string())
             .unwrap()

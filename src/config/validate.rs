@@ -80,11 +80,11 @@ impl RawConfig {
         })?;
         limits::size("agent.rejected_max_size", a.rejected_max_size, MIB, TIB)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        // Default 1 (compress on the batcher thread): on a 2-core machine a pool made the
-        // stdin path costlier per line (README, Performance); a relay with cores to spare
-        // sets it.
+        // Default: one compressing thread per core, at most 4 (1 compresses on the batcher
+        // thread itself). Since batch buffers are sized once and reused, 2 threads on 2
+        // cores cost no more per line than 1 end to end (README, Performance).
         let compress_threads = match a.compress_threads {
-            None => 1,
+            None => cores.min(4),
             Some(n) => {
                 limits::count("agent.compress_threads", n, 1, cores * 4).map_err(|e| {
                     anyhow::anyhow!("{e} (4 × the {cores} cores of this machine; more threads than that only wait for a core)")

@@ -59,7 +59,7 @@ pub const DRAIN_FOR: Duration = Duration::from_millis(250);
 pub const HOLD_BYTES: usize = 8 << 20;
 /// Longest wait for datagrams to gather in the socket buffer after a read that emptied it.
 /// The latency it adds is far below any flush interval.
-pub const GATHER_MAX: Duration = Duration::from_millis(10);
+pub const GATHER_MAX: Duration = Duration::from_millis(20);
 /// Shorter gathering waits than this are not worth their wake-up: the loop reads at once.
 pub const GATHER_MIN: Duration = Duration::from_millis(1);
 /// Kernel memory per second the loop drains at its fastest (about 1.5M lines/s in
@@ -70,11 +70,13 @@ pub const DRAIN_BYTES_PER_SEC: u64 = 256 << 20;
 /// The share of the receive buffer (as the kernel reports it) a gathering wait may cost a
 /// burst.
 pub const GATHER_BUFFER_SHARE: u64 = 8;
-/// A gathering wait is slept in this many steps; after each, the socket's queue is looked at
-/// (`SO_MEMINFO`), and the wait ends once it holds 1/[`BURST_SHARE`] of the buffer: a burst
-/// then costs at most one step of draining, not the whole wait.
-pub const GATHER_STEPS: u32 = 4;
-/// See [`GATHER_STEPS`].
+/// The fastest a burst is assumed to fill the receive buffer, in kernel memory per second
+/// (loopback senders here reach about 3.5M lines/s in datagrams of 10 lines, ~600 MB/s).
+pub const BURST_BYTES_PER_SEC: u64 = 1 << 30;
+/// A gathering wait is slept in steps short enough that a burst at [`BURST_BYTES_PER_SEC`]
+/// fills at most 1/[`GATHER_BUFFER_SHARE`] of the buffer in one; after each step the socket's
+/// queue is looked at (`SO_MEMINFO`), and the wait ends once it holds 1/[`BURST_SHARE`] of
+/// the buffer. With a large buffer the wait is one step.
 pub const BURST_SHARE: usize = 32;
 /// How long after the last datagram an idle loop compares its kernel-drop count with
 /// `/proc/net/udp` (once; an idle socket drops nothing).
@@ -95,13 +97,24 @@ pub fn gather_for(receive_buffer: usize) -> Duration {
     }
 }
 
-/// Sleeps `wait` in [`GATHER_STEPS`] steps, returning early once the socket's receive queue
+/// The longest step of a gathering wait for a receive buffer of `receive_buffer` bytes (see
+/// [`BURST_BYTES_PER_SEC`]).
+pub fn gather_step(receive_buffer: usize) -> Duration {
+    Duration::from_secs_f64(
+        receive_buffer as f64 / GATHER_BUFFER_SHARE as f64 / BURST_BYTES_PER_SEC as f64,
+    )
+    .max(Duration::from_micros(500))
+}
+
+/// Sleeps `wait` in steps of at most `step`, returning early once the socket's receive queue
 /// holds `burst_bytes` or more (when the kernel cannot say, the whole wait is slept).
-fn gather_wait(fd: std::os::fd::RawFd, wait: Duration, burst_bytes: usize) {
-    let step = wait / GATHER_STEPS;
-    for _ in 0..GATHER_STEPS {
-        std::thread::sleep(step);
-        if queued_bytes(fd).is_some_and(|q| q >= burst_bytes) {
+fn gather_wait(fd: std::os::fd::RawFd, wait: Duration, step: Duration, burst_bytes: usize) {
+    let mut left = wait;
+    while !left.is_zero() {
+        let now = left.min(step);
+        std::thread::sleep(now);
+        left -= now;
+        if !left.is_zero() && queued_bytes(fd).is_some_and(|q| q >= burst_bytes) {
             return;
         }
     }
@@ -177,8 +190,10 @@ impl Worker {
             warn_trunc: RateLimited::new(WARN_EVERY),
             warn_err: RateLimited::new(WARN_EVERY),
         };
-        // Queued bytes (as the kernel counts them) that end a gathering wait early.
-        let burst_bytes = self.socket.recv_buffer_size().unwrap_or(0) / BURST_SHARE;
+        // The gathering wait's steps, and the queued bytes (as the kernel counts them) that
+        // end it early.
+        let buffer = self.socket.recv_buffer_size().unwrap_or(0);
+        let (step, burst_bytes) = (gather_step(buffer), buffer / BURST_SHARE);
         // Datagrams were read (or the loop started) since the last look at /proc/net/udp.
         let mut reconcile_due = true;
         // The last read emptied the socket (or nothing was read yet): wait before reading.
@@ -225,7 +240,7 @@ impl Worker {
                         // waking per datagram. Fewer, fuller reads cost less CPU and make
                         // fewer, bigger chunks; the wait is sized to the buffer's headroom
                         // and cut short when a burst starts filling it.
-                        gather_wait(fd, self.gather, burst_bytes);
+                        gather_wait(fd, self.gather, step, burst_bytes);
                         empty = false;
                     }
                 }
@@ -452,7 +467,7 @@ mod tests {
             "{w:?}"
         );
         // Large buffers are capped.
-        assert_eq!(gather_for(256 << 20), GATHER_MAX);
+        assert_eq!(gather_for(512 << 20), GATHER_MAX);
         assert_eq!(gather_for(usize::MAX), GATHER_MAX);
         // The threshold the warning names is where waiting starts.
         let min = gather_min_buffer();
@@ -475,12 +490,25 @@ mod tests {
         assert!(q >= 10_000, "{q}");
         // A full queue ends the wait at the first step.
         let t = Instant::now();
-        gather_wait(fd, Duration::from_millis(400), 5_000);
+        gather_wait(
+            fd,
+            Duration::from_millis(400),
+            Duration::from_millis(100),
+            5_000,
+        );
         assert!(
             t.elapsed() < Duration::from_millis(300),
             "{:?}",
             t.elapsed()
         );
+        // Steps: 16 MiB (the default 8 MiB as reported) waits in steps of about 2 ms; a
+        // 128 MiB buffer waits in steps of about 16 ms.
+        let s = gather_step(16 << 20);
+        assert!(
+            s > Duration::from_millis(1) && s < Duration::from_millis(3),
+            "{s:?}"
+        );
+        assert!(gather_step(128 << 20) > Duration::from_millis(15));
     }
 
     #[test]
