@@ -74,7 +74,8 @@ pub struct Batcher {
     pub routes: Vec<OutputRoute>,
     pub acks: Arc<AckRouter>,
     pub stats: Arc<Stats>,
-    /// Threads compressing sealed batches (`agent.compress_threads`); 1: on this thread.
+    /// Threads compressing sealed batches (`agent.compress_threads`), this one included: 1 on
+    /// this thread alone, n on it and n - 1 pool workers.
     pub compress_threads: usize,
 }
 

@@ -2,10 +2,16 @@
 //! they were sealed, so a destination's batches (and a lane's spool) keep their order.
 //!
 //! The batcher submits each sealed batch with the encodings its lanes need (one per distinct
-//! bucket and gzip level, see `batcher.rs`); a worker encodes it; [`CompressPool::ready`]
-//! returns finished batches strictly by submission number, holding back any that finished
-//! early. At most `2 × threads` batches are out at once: [`CompressPool::submit`] waits for a
-//! finished one past that, so memory stays bounded.
+//! bucket and gzip level, see `batcher.rs`); [`CompressPool::ready`] returns finished batches
+//! strictly by submission number, holding back any that finished early.
+//!
+//! The submitting thread is one of the pool's `threads`: it starts `threads - 1` workers, and
+//! encodes a batch itself when each worker already has [`QUEUED_PER_WORKER`] waiting or in
+//! hand. So `threads` compressing threads use `threads` cores, not `threads + 1` (the batcher
+//! would otherwise compete with its own workers for the cores while it builds the next batch),
+//! and a worker always finds its next batch ready. At most [`OUT_PER_THREAD`] × `threads`
+//! batches are out at once (submitted, not yet returned by `ready`): [`CompressPool::submit`]
+//! waits for a finished one past that, so memory stays bounded even when a worker stalls.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,6 +86,12 @@ pub fn encode_all<T>(
     }
 }
 
+/// Batches a worker may have waiting or in hand before the submitting thread encodes one
+/// itself.
+pub const QUEUED_PER_WORKER: u64 = 2;
+/// Batches out per compressing thread before [`CompressPool::submit`] waits.
+pub const OUT_PER_THREAD: u64 = 2;
+
 pub struct CompressPool<T> {
     jobs: Option<Sender<Job<T>>>,
     done: Receiver<Done<T>>,
@@ -89,17 +101,24 @@ pub struct CompressPool<T> {
     /// Finished early: waiting for an earlier one.
     early: BTreeMap<u64, Encoded<T>>,
     max_out: u64,
+    /// Batches sent to the workers and not yet received back from them.
+    at_workers: u64,
+    workers: u64,
+    /// The submitting thread's own encoders.
+    encoders: Vec<Option<Encoder>>,
 }
 
 impl<T: Send + 'static> CompressPool<T> {
-    /// Starts `threads` workers (at least 1).
+    /// A pool of `threads` compressing threads (at least 2): this one and `threads - 1`
+    /// workers.
     pub fn start(threads: usize) -> std::io::Result<Self> {
-        let threads_n = threads.max(1);
+        let threads_n = threads.max(2);
+        let workers = threads_n - 1;
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Job<T>>();
         let (done_tx, done) = crossbeam_channel::unbounded::<Done<T>>();
         let job_rx = Arc::new(job_rx);
-        let mut handles = Vec::with_capacity(threads_n);
-        for i in 0..threads_n {
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
             let (rx, tx) = (job_rx.clone(), done_tx.clone());
             handles.push(
                 std::thread::Builder::new()
@@ -128,7 +147,10 @@ impl<T: Send + 'static> CompressPool<T> {
             next_seq: 0,
             next_out: 0,
             early: BTreeMap::new(),
-            max_out: 2 * threads_n as u64,
+            max_out: OUT_PER_THREAD * threads_n as u64,
+            at_workers: 0,
+            workers: workers as u64,
+            encoders: Vec::new(),
         })
     }
 
@@ -137,7 +159,8 @@ impl<T: Send + 'static> CompressPool<T> {
         self.next_seq - self.next_out
     }
 
-    /// Hands a batch to the workers. With the pool full, first waits for a finished batch
+    /// Hands a batch to a worker, or encodes it here when every worker has
+    /// [`QUEUED_PER_WORKER`] already. With the pool full, first waits for a finished batch
     /// (calling `beat` every `every` while it waits), which [`CompressPool::ready`] returns.
     pub fn submit(
         &mut self,
@@ -153,15 +176,26 @@ impl<T: Send + 'static> CompressPool<T> {
                 break;
             }
         }
-        let job = Job {
-            seq: self.next_seq,
-            raw,
-            wants,
-        };
+        let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(j) = &self.jobs {
-            // The workers end only when `jobs` is dropped, so this cannot fail.
-            let _ = j.send(job);
+        self.collect();
+        match &self.jobs {
+            Some(j) if self.at_workers < QUEUED_PER_WORKER * self.workers => {
+                self.at_workers += 1;
+                // The workers end only when `jobs` is dropped, so this cannot fail.
+                let _ = j.send(Job { seq, raw, wants });
+            }
+            _ => {
+                let encoded = encode_all(&mut self.encoders, raw, wants);
+                self.early.insert(seq, encoded);
+            }
+        }
+    }
+
+    /// Takes every batch the workers have finished, without waiting.
+    fn collect(&mut self) {
+        while let Ok(d) = self.done.try_recv() {
+            self.accept(d);
         }
     }
 
@@ -170,7 +204,7 @@ impl<T: Send + 'static> CompressPool<T> {
         loop {
             match self.done.recv_timeout(every) {
                 Ok(d) => {
-                    self.early.insert(d.seq, d.encoded);
+                    self.accept(d);
                     return true;
                 }
                 Err(RecvTimeoutError::Timeout) => beat(),
@@ -187,14 +221,13 @@ impl<T: Send + 'static> CompressPool<T> {
 
     /// Takes a message received from [`CompressPool::finished`].
     pub fn accept(&mut self, d: Done<T>) {
+        self.at_workers -= 1;
         self.early.insert(d.seq, d.encoded);
     }
 
     /// Finished batches in submission order, as far as they are contiguous.
     pub fn ready(&mut self) -> Vec<Encoded<T>> {
-        while let Ok(d) = self.done.try_recv() {
-            self.early.insert(d.seq, d.encoded);
-        }
+        self.collect();
         let mut out = Vec::new();
         while let Some(e) = self.early.remove(&self.next_out) {
             out.push(e);
@@ -287,6 +320,44 @@ mod tests {
                 };
                 assert_eq!(decode(&b).unwrap(), want, "byte for byte");
             }
+        }
+    }
+    #[test]
+    fn with_one_worker_busy_the_submitting_thread_compresses_and_order_is_kept() {
+        let mut pool = CompressPool::start(2).unwrap();
+        assert_eq!(pool.workers, 1);
+        let mut got = Vec::new();
+        let mut beat = || {};
+        let mut here = 0;
+        for i in 0..60 {
+            // A big batch keeps the worker busy while the small ones after it arrive.
+            let len = if i % 10 == 0 { 2_000_000 } else { 500 };
+            let before = pool.at_workers;
+            let want = vec![Want { level: 1, tag: i }];
+            pool.submit(raw(i, len), want, Duration::from_secs(1), &mut beat);
+            if pool.at_workers <= before {
+                here += 1;
+            }
+            assert!(pool.at_workers <= QUEUED_PER_WORKER, "{}", pool.at_workers);
+            assert!(pool.outstanding() <= OUT_PER_THREAD * 2 + 1);
+            got.extend(pool.ready());
+        }
+        got.extend(pool.finish(Duration::from_secs(1), &mut beat));
+        assert!(here > 0, "the submitting thread never compressed a batch");
+        assert_eq!(pool.at_workers, 0);
+        let tags: Vec<usize> = got.iter().map(|e| e.bodies[0].0).collect();
+        assert_eq!(tags, (0..60).collect::<Vec<_>>());
+        for (i, e) in got.iter().enumerate() {
+            let b = Batch {
+                dest: e.raw.dest.clone(),
+                body: e.bodies[0].1.clone(),
+                encoding: e.bodies[0].2,
+                lines: e.raw.lines,
+                raw_len: e.raw_len,
+                acks: vec![],
+            };
+            let len = if i % 10 == 0 { 2_000_000 } else { 500 };
+            assert_eq!(decode(&b).unwrap(), raw(i, len).data);
         }
     }
 }

@@ -37,7 +37,8 @@ pub struct AgentSettings {
     pub log_format: LogFormat,
     pub rejected_max_bytes: u64,
     pub summary_interval: Duration,
-    /// Threads compressing sealed batches; 1 compresses on the batcher thread itself.
+    /// Threads compressing sealed batches, the batcher thread included: 1 compresses on the
+    /// batcher thread alone, n on it and n - 1 workers.
     pub compress_threads: usize,
 }
 
