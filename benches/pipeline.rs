@@ -2,7 +2,8 @@
 //! `batch::Encoder`, as the batcher thread runs them; then `agent.compress_threads = 1` (on the
 //! batcher thread) against 2 (`batch::CompressPool`); then plain gzip on 1 and 2 independent
 //! threads, the most two threads can gain on this machine; then what level-1 gzip alone costs
-//! per line of the load tool's.
+//! per line of the load tool's, with libdeflate and with ISA-L (`agent.gzip_engine`). Every
+//! group but the last uses the process default, `auto` (ISA-L where `libisal.so.2` loads).
 //!
 //! `cargo bench --bench pipeline`
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lineship::batch::{
-    Builder, Chunk, CompressPool, Dest, Encoded, Encoder, Limits, RawBatch, Want,
+    Builder, Chunk, CompressPool, Dest, Encoded, Encoder, GzipEngine, Limits, RawBatch, Want,
 };
 use lineship::line::Precision;
 use lineship_load::gen::{GenOpts, LineGen};
@@ -228,10 +229,18 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("gzip_floor");
     g.throughput(Throughput::Elements(44 * 5000));
     g.sample_size(10);
-    g.bench_function("level 1, the load tool's lines", |b| {
-        let mut enc = Encoder::new(1);
-        b.iter(|| gzip_all(&load_batches, &mut enc))
-    });
+    for engine in [GzipEngine::Libdeflate, GzipEngine::Isal] {
+        let mut enc = Encoder::with_engine(1, engine);
+        if enc.engine() != engine.as_str() {
+            eprintln!(
+                "gzip_floor: SKIPPED {}: libisal.so.2 cannot be loaded",
+                engine.as_str()
+            );
+            continue;
+        }
+        let name = format!("level 1 {}, the load tool's lines", engine.as_str());
+        g.bench_function(name, |b| b.iter(|| gzip_all(&load_batches, &mut enc)));
+    }
     g.finish();
 }
 

@@ -90,6 +90,8 @@ pub async fn run(
         warn_about_output(o);
     }
     // Open: what can fail is checked before anything starts.
+    let gzip_engine =
+        crate::batch::select_engine(settings.agent.gzip_engine).map_err(anyhow::Error::msg)?;
     let _lock = crate::state_dir::prepare(&settings.state_dir)?;
     let mut service = Service::prepare(&settings)?;
     // SIGHUP: inputs that react to reloads watch `links.reloads`.
@@ -118,6 +120,7 @@ pub async fn run(
         urls = %all_urls(&settings),
         state_dir = %settings.state_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
+        gzip_level_1 = gzip_engine,
         "lineship started"
     );
     service.ready(&settings, &stats, &pipeline, &reloader);

@@ -5,6 +5,7 @@
 //! - `builder.rs`: [`Builder`] and its [`Limits`], which seal chunks into batches (the
 //!   invariants are stated and property-tested there).
 //! - `encoder.rs`: [`Encoder`] (gzip) and [`decode`].
+//! - `isal.rs`: gzip level 1 through ISA-L where the host has it ([`GzipEngine`]).
 //! - `ack.rs`: [`Ack`] tokens and the [`AckRouter`] that hands them back to their inputs.
 //! - `lines.rs`: whole-line prefixes of a body and [`split_lines`].
 //! - `pool.rs`: [`CompressPool`], sealed batches compressed on several threads and handed
@@ -19,12 +20,14 @@ use crate::line::Precision;
 mod ack;
 mod builder;
 mod encoder;
+pub mod isal;
 mod lines;
 pub mod pool;
 
 pub use ack::{Ack, AckRouter, Fate};
 pub use builder::{Builder, Limits};
-pub use encoder::{decode, Encoder};
+pub use encoder::{decode, select_engine, Encoder};
+pub use isal::GzipEngine;
 pub use lines::{split_lines, Lines};
 pub use pool::{CompressPool, Encoded, Want};
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::batch::GzipEngine;
+
 use super::{Balance, FsyncPolicy, InputFormat, LogFormat, WhenFull};
 
 #[derive(Debug, Deserialize, Default)]
@@ -51,8 +53,10 @@ pub struct RawAgent {
     /// How often the summary line is logged.
     #[serde(deserialize_with = "de_duration")]
     pub summary_interval: Duration,
-    /// Threads that compress sealed batches (default 1: the batcher thread itself).
+    /// Threads that compress sealed batches (default: the cores, at most 4).
     pub compress_threads: Option<u64>,
+    /// Who compresses `gzip_level = 1`: ISA-L where the host has it, or libdeflate.
+    pub gzip_engine: GzipEngine,
 }
 
 impl Default for RawAgent {
@@ -69,6 +73,7 @@ impl Default for RawAgent {
             rejected_max_size: 64 << 20,
             summary_interval: Duration::from_secs(60),
             compress_threads: None,
+            gzip_engine: GzipEngine::Auto,
         }
     }
 }

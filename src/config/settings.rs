@@ -40,6 +40,8 @@ pub struct AgentSettings {
     /// Threads compressing sealed batches, the batcher thread included: 1 compresses on the
     /// batcher thread alone, n on it and n - 1 workers.
     pub compress_threads: usize,
+    /// Who compresses `gzip_level = 1` ([`crate::batch::select_engine`] applies it).
+    pub gzip_engine: crate::batch::GzipEngine,
 }
 
 #[derive(Debug, Clone)]

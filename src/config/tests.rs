@@ -582,6 +582,24 @@ fn lineship_token_goes_only_to_the_default_output() {
 }
 
 #[test]
+fn gzip_engine_default_values_and_a_bad_one_names_the_key() {
+    use crate::batch::GzipEngine;
+    assert_eq!(load(MINIMAL).unwrap().agent.gzip_engine, GzipEngine::Auto);
+    let with = |v: &str| load(&format!("{MINIMAL}[agent]\ngzip_engine = {v}\n"));
+    for (v, want) in [
+        ("\"auto\"", GzipEngine::Auto),
+        ("\"libdeflate\"", GzipEngine::Libdeflate),
+        ("\"isal\"", GzipEngine::Isal),
+    ] {
+        assert_eq!(with(v).unwrap().agent.gzip_engine, want, "{v}");
+    }
+    for bad in ["\"zlib\"", "\"ISAL\"", "1"] {
+        let e = format!("{:#}", with(bad).unwrap_err());
+        assert!(e.contains("gzip_engine"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn compress_threads_default_and_range_name_the_key() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The default: a thread per core, at most 4.

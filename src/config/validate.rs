@@ -103,6 +103,7 @@ impl RawConfig {
             rejected_max_bytes: a.rejected_max_size,
             summary_interval: a.summary_interval,
             compress_threads: compress_threads as usize,
+            gzip_engine: a.gzip_engine,
         };
 
         let outputs = validate_outputs(self.output, self.outputs, &env)?;

@@ -53,6 +53,9 @@ pub struct DaemonOpts {
     /// `agent.compress_threads` (default: the daemon's own, the cores up to 4).
     #[arg(long)]
     pub compress_threads: Option<u32>,
+    /// `agent.gzip_engine`: auto, libdeflate or isal (default: the daemon's own, auto).
+    #[arg(long)]
+    pub gzip_engine: Option<String>,
 }
 
 impl DaemonOpts {
@@ -97,6 +100,7 @@ impl DaemonOpts {
             max_in_flight: self.max_in_flight,
             flush_interval: &self.flush_interval,
             compress_threads: self.compress_threads,
+            gzip_engine: self.gzip_engine.as_deref(),
         }
     }
 }
@@ -121,6 +125,7 @@ pub struct Settings<'a> {
     pub max_in_flight: u32,
     pub flush_interval: &'a str,
     pub compress_threads: Option<u32>,
+    pub gzip_engine: Option<&'a str>,
 }
 
 /// A TOML basic string: JSON string escapes are a subset of TOML's.
@@ -139,7 +144,7 @@ batch_max_lines = {bml}
 batch_max_bytes = {bmb}
 shutdown_timeout = "30s"
 log_level = {log}
-{compress}
+{compress}{engine}
 [output]
 url = {url}
 org = "bench"
@@ -159,6 +164,10 @@ max_in_flight = {mif}
             .settings
             .compress_threads
             .map_or(String::new(), |n| format!("compress_threads = {n}\n")),
+        engine = c.settings.gzip_engine.map_or(String::new(), |e| format!(
+            "gzip_engine = {}\n",
+            toml_str(e)
+        )),
         url = toml_str(&format!("http://{}", c.sink)),
         gz = c.settings.gzip_level,
         mif = c.settings.max_in_flight,
@@ -245,6 +254,7 @@ pub fn example_config(log_level: &str, input_section: &str, state_dir: &str) -> 
                 max_in_flight: 4,
                 flush_interval: "200ms",
                 compress_threads: None,
+                gzip_engine: None,
             },
             log_level,
             input_section,

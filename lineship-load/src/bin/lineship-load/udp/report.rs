@@ -174,6 +174,7 @@ mod tests {
                 max_in_flight: 4,
                 flush_interval: "200ms",
                 compress_threads: None,
+                gzip_engine: None,
             },
             offered_lines_per_sec: Some(1e6),
             median: None,
