@@ -1,6 +1,7 @@
 //! The UDP receive loop: one thread per socket reads up to `slots` datagrams per `recvmmsg`
 //! call into preallocated buffers ([`super::mmsg`]), checks their lines and sends them as one
-//! chunk. Kernel drops are accounted in [`super::drops`].
+//! chunk once the socket is empty (or [`CHUNK_BYTES`] have gathered). Kernel drops are
+//! accounted in [`super::drops`].
 //!
 //! Invariants:
 //! - The loop never blocks on the pipeline. When the channel is full, the checked lines wait
@@ -10,7 +11,10 @@
 //!   ([`crate::queue`]), so the queue plus the hold bound this input's memory however far the
 //!   batcher falls behind; the kernel buffer absorbs stalls of this thread.
 //! - No allocation per datagram: the `recvmmsg` buffers are allocated once; the only
-//!   allocation per read is the chunk handed to the batcher.
+//!   allocation is the chunk handed to the batcher, one per wake-up (reads that fill every
+//!   slot are followed by another read at once, and their lines go into the same chunk, up to
+//!   [`CHUNK_BYTES`]), so a busy socket wakes the batcher once per wake-up, not once per read.
+//! - Lines never wait in the loop's buffer while it sleeps: it sends them before any wait.
 //! - A datagram is a complete unit: its last line needs no `\n`, and nothing carries over to
 //!   the next datagram. A bad line loses only itself ([`Intake`] decides).
 //! - A truncated datagram (larger than a buffer) keeps the complete lines before the cut and
@@ -52,6 +56,9 @@ pub const SLOT_BYTES: usize = 64 << 10;
 /// How often the loop looks at the stop flag and retries held lines while the pipeline is
 /// full, and how often it looks at the stop flag when no stop descriptor could be made.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Checked lines gathered over the reads of one wake-up before they are sent anyway (the socket
+/// still holding datagrams): about 14,000 lines of ~75 bytes.
+pub const CHUNK_BYTES: usize = 1 << 20;
 /// At stop, how long the loop keeps reading datagrams that had already arrived.
 pub const DRAIN_FOR: Duration = Duration::from_millis(250);
 /// Checked lines a receive thread may hold while the channel is full, before it drops: at
@@ -232,10 +239,15 @@ impl Worker {
             }
             match bufs.recv(fd, flags) {
                 Ok(n) => {
-                    alive = self.process(&bufs, n, &mut st);
+                    self.process(&bufs, n, &mut st);
                     reconcile_due = true;
                     empty = n < self.slots;
-                    if empty && !self.gather.is_zero() {
+                    // A read that filled every slot is followed by another at once, into the
+                    // same chunk; the lines go before any wait.
+                    if empty || st.out.len() >= CHUNK_BYTES {
+                        alive = self.send(&mut st);
+                    }
+                    if alive && empty && !self.gather.is_zero() {
                         // The socket is empty: let datagrams gather in its buffer rather than
                         // waking per datagram. Fewer, fuller reads cost less CPU and make
                         // fewer, bigger chunks; the wait is sized to the buffer's headroom
@@ -244,8 +256,13 @@ impl Worker {
                         empty = false;
                     }
                 }
-                Err(e) if is_timeout(&e) => empty = true,
+                // Nothing more after a full read: its lines go now.
+                Err(e) if is_timeout(&e) => {
+                    alive = self.send(&mut st);
+                    empty = true;
+                }
                 Err(e) => {
+                    alive = self.send(&mut st);
                     self.read_error(e, &mut st);
                     empty = true;
                 }
@@ -257,13 +274,20 @@ impl Worker {
             while Instant::now() < until {
                 match bufs.recv(fd, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
                     Ok(n) if n > 0 => {
-                        if !self.process(&bufs, n, &mut st) {
-                            break;
+                        self.process(&bufs, n, &mut st);
+                        if st.out.len() >= CHUNK_BYTES {
+                            alive = self.send(&mut st);
+                            if !alive {
+                                break;
+                            }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     _ => break,
                 }
+            }
+            if alive {
+                alive = self.send(&mut st);
             }
             // Lines held for a full channel get until the same deadline to go through.
             while alive && st.held.is_some() && Instant::now() < until {
@@ -279,9 +303,9 @@ impl Worker {
         st.drops.reconcile(self.intake.stats());
     }
 
-    /// Handles the `n` datagrams of one read and sends their lines as one chunk. Returns false
-    /// when the pipeline is gone.
-    fn process(&mut self, bufs: &Buffers, n: usize, st: &mut LoopState) -> bool {
+    /// Checks the lines of the `n` datagrams of one read into `st.out`; [`Worker::send`] hands
+    /// them over.
+    fn process(&mut self, bufs: &Buffers, n: usize, st: &mut LoopState) {
         let stats = self.intake.stats().clone();
         let stamp = self.intake.stamp_now();
         let (mut bytes, mut new_drops, mut truncated) = (0u64, 0u64, 0u64);
@@ -321,7 +345,6 @@ impl Worker {
         if new_drops > 0 {
             st.drops.count(new_drops, &stats);
         }
-        self.send(st)
     }
 
     /// Hands the accepted lines (and any held ones) to the batcher without waiting. When the
@@ -393,7 +416,7 @@ impl Worker {
 }
 
 struct LoopState {
-    /// Accepted lines of the current read.
+    /// Accepted lines of the reads since the last send.
     out: Vec<u8>,
     /// Lines that found the channel full, retried before anything newer.
     held: Option<Chunk>,
