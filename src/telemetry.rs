@@ -32,7 +32,8 @@ pub struct InputStats {
     /// UDP: datagrams read.
     pub datagrams: AtomicU64,
     /// UDP: datagrams the kernel dropped because the socket's receive buffer was full
-    /// (`SO_RXQ_OVFL`, reconciled with `/proc/net/udp`). Their lines were never seen.
+    /// (the socket's counter from `SO_MEMINFO`, reconciled with `/proc/net/udp`). Their lines
+    /// were never seen.
     pub kernel_drops: AtomicU64,
     /// UDP: datagrams larger than the read buffer; the lines after the cut were lost.
     pub truncated: AtomicU64,
@@ -106,7 +107,7 @@ pub const INPUT_METRICS: &[InputMetric] = &[
     },
     InputMetric {
         name: "udp_kernel_drops",
-        help: "UDP datagrams the kernel dropped because the socket receive buffer was full (SO_RXQ_OVFL); raise receive_buffer and net.core.rmem_max.",
+        help: "UDP datagrams the kernel dropped because the socket receive buffer was full (the socket's drop counter); raise receive_buffer and net.core.rmem_max.",
         gauge: false,
         inputs: "udp:",
         get: |i| i.kernel_drops.load(Relaxed),

@@ -1,6 +1,6 @@
 //! The UDP receive loop on its own (`input::udp::recv::Worker` on a socket and a channel):
-//! truncation, a full channel (held and dropped lines), kernel drops (from `SO_RXQ_OVFL` and
-//! from `/proc/net/udp`) and stopping. The pipeline and the binary are in `tests/udp.rs`.
+//! truncation, a full channel (held and dropped lines), kernel drops (from the socket's counter,
+//! `SO_MEMINFO`, and from `/proc/net/udp`) and stopping. The pipeline and the binary are in `tests/udp.rs`.
 
 mod common;
 
@@ -308,8 +308,8 @@ fn kernel_drops_are_counted_exactly() {
         lineship::queue::channel(1024, 1 << 30),
         CancellationToken::new(),
     );
-    // Wait until the queued datagrams are read, then send one more: it carries the drop
-    // count in its SO_RXQ_OVFL message (and /proc/net/udp tells the idle loop anyway).
+    // Wait until the queued datagrams are read, then send one more: the chunk it makes reads
+    // the drop count (SO_MEMINFO; and /proc/net/udp tells the idle loop anyway).
     let read = |l: &Loop| l.stats.datagrams.load(Relaxed) + l.stats.kernel_drops.load(Relaxed);
     assert!(eventually(T, || l.stats.datagrams.load(Relaxed) > 0));
     std::thread::sleep(Duration::from_millis(50));

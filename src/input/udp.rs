@@ -13,8 +13,8 @@
 //!   the log shows the kernel's figure. An existing larger buffer (e.g. systemd's
 //!   `ReceiveBuffer=`) is never shrunk.
 //!
-//! The receive thread sets what its loop relies on itself: `SO_RXQ_OVFL` (kernel drop counts).
-//! It waits in `poll(2)` with an `eventfd` that shutdown writes, so idle it never wakes. After a
+//! The receive thread reads the socket's kernel drop counter itself (`SO_MEMINFO`, once per
+//! chunk). It waits in `poll(2)` with an `eventfd` that shutdown writes, so idle it never wakes. After a
 //! read that empties the socket it lets datagrams gather for a time sized to the applied
 //! buffer ([`recv::gather_for`]); a buffer too small for that is logged once, with the sysctl.
 //!

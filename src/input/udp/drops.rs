@@ -2,9 +2,10 @@
 //! receive buffer was full, counted in `kernel_drops` and logged at error.
 //!
 //! The kernel keeps one cumulative (wrapping u32) drop counter per socket. It reaches us two
-//! ways: in the `SO_RXQ_OVFL` control message of every datagram queued after a drop (read by
-//! `mmsg.rs`), and in the `drops` column of `/proc/net/udp{,6}`, which [`KernelDrops::reconcile`]
-//! reads when the loop is idle and at exit (that catches drops after the last datagram).
+//! ways: from `SO_MEMINFO` (`SK_MEMINFO_DROPS`), which [`KernelDrops::look`] reads each time
+//! the receive loop hands over a chunk, and in the `drops` column of `/proc/net/udp{,6}`,
+//! which [`KernelDrops::reconcile`] reads when the loop is idle and at exit (that catches drops
+//! after the last datagram).
 //!
 //! Invariants:
 //! - Each drop is counted once: readings only ever add what is new since the highest reading
@@ -12,10 +13,10 @@
 //!   before drops `/proc` already reported) add nothing.
 //! - Drops before this process owned the socket (one inherited from systemd) are not ours:
 //!   counting starts from the baseline read when we got it ([`socket_drops`]).
-//! - Nothing here allocates on the per-datagram path: a reading is arithmetic; the log and the
-//!   `/proc` read happen at most once per read, and once per second when idle.
+//! - Nothing here runs per datagram: one `getsockopt` per chunk, the log at most once per
+//!   chunk, and the `/proc` read once after traffic stops.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,14 @@ impl KernelDrops {
         }
     }
 
-    /// New drops implied by a datagram's cumulative `SO_RXQ_OVFL` reading; the caller sums
-    /// them over one read and passes the sum to [`KernelDrops::count`].
-    pub(super) fn observe(&mut self, total: u32) -> u64 {
-        u64::from(self.counter.observe(total))
+    /// Counts the drops since the last look, from the socket's own counter (`SO_MEMINFO`).
+    pub(super) fn look(&mut self, fd: RawFd, stats: &InputStats) {
+        if let Some(total) = meminfo_drops(fd) {
+            let n = self.counter.observe(total);
+            if n > 0 {
+                self.count(u64::from(n), stats);
+            }
+        }
     }
 
     /// Catches drops no datagram told us about (after the last one that arrived).
@@ -97,6 +102,43 @@ impl DropCounter {
         self.seen = total;
         delta
     }
+}
+
+/// `SK_MEMINFO_*` indices of `SO_MEMINFO` (linux/sock_diag.h).
+const SK_MEMINFO_RMEM_ALLOC: usize = 0;
+const SK_MEMINFO_DROPS: usize = 8;
+
+/// The socket's `SO_MEMINFO` counters and how many the kernel filled in.
+fn meminfo(fd: RawFd) -> Option<([u32; 16], usize)> {
+    // SK_MEMINFO_VARS is 9 or 10 depending on the kernel; room for more.
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a live buffer of `len` bytes; the kernel writes at most that much.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some((info, len as usize / 4))
+}
+
+/// The memory the kernel charges for the socket's receive queue (`SK_MEMINFO_RMEM_ALLOC`).
+pub(super) fn queued_bytes(fd: RawFd) -> Option<usize> {
+    meminfo(fd)
+        .filter(|&(_, n)| n > SK_MEMINFO_RMEM_ALLOC)
+        .map(|(info, _)| info[SK_MEMINFO_RMEM_ALLOC] as usize)
+}
+
+/// The socket's cumulative kernel drop count (`SK_MEMINFO_DROPS`, the counter `/proc/net/udp`
+/// shows; kernels before 4.6 do not report it, and then only `/proc` tells).
+pub(super) fn meminfo_drops(fd: RawFd) -> Option<u32> {
+    meminfo(fd)
+        .filter(|&(_, n)| n > SK_MEMINFO_DROPS)
+        .map(|(info, _)| info[SK_MEMINFO_DROPS])
 }
 
 // `ino_t` is 32 bits on some targets.

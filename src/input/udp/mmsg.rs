@@ -1,29 +1,31 @@
-//! The `recvmmsg(2)` buffers of one receive thread: datagram buffers, address and control
-//! buffers and the `mmsghdr` array, allocated once ([`Buffers::new`]) and reused by every read;
-//! plus reading what the kernel wrote into them ([`Datagram`]: length, truncation, source and
-//! the `SO_RXQ_OVFL` drop counter from the control messages).
+//! The `recvmmsg(2)` buffers of one receive thread: datagram buffers, address buffers and the
+//! `mmsghdr` array, allocated once ([`Buffers::new`]) and reused by every read; plus reading
+//! what the kernel wrote into them ([`Datagram`]: length, truncation and source).
 //!
 //! Invariants:
 //! - No allocation per read or per datagram: [`Buffers::recv`] only rewrites the headers.
-//! - Every call hands the kernel the full capacity of every buffer. `msg_namelen` and
-//!   `msg_controllen` are in-out: the kernel shrinks them to what it wrote (0 for a datagram
-//!   without control messages, which is every datagram until the socket has dropped one), so
-//!   headers reused without a reset would see `MSG_CTRUNC` and lose the drop counter forever.
+//! - Every call hands the kernel the full capacity of every buffer. `msg_namelen` is in-out:
+//!   the kernel shrinks it to what it wrote, so headers reused without a reset could cut a
+//!   longer address (an IPv6 source after an IPv4 one).
+//! - Source addresses are asked for only when a datagram can be cut (buffers smaller than
+//!   [`ANY_DATAGRAM`]): they are only ever needed to name the sender of a truncated datagram,
+//!   and copying one out per datagram is a measurable part of the kernel's cost per read.
+//! - No control messages: kernel drops are read per chunk from `SO_MEMINFO` (`drops.rs`), not
+//!   per datagram from `SO_RXQ_OVFL`, whose per-datagram handling cost 2–3% of lineship's CPU
+//!   at 100k–300k lines/s.
 //!
 //! Written by hand on `libc` rather than with a crate, because none does this without a cost
-//! on the hot path: `nix::sys::socket::recvmmsg` (0.32) refills only `msg_iov` between calls,
-//! so a reused `MultiHeaders` loses control messages exactly as described above (nix issue
-//! #2813; the test `reused_buffers_still_receive_the_drop_count` here checks for it), and a fresh
-//! `MultiHeaders` per call is three allocations per read; `rustix` (1.1) has no `recvmmsg`
-//! (rustix issue #1156) and its `recvmsg` parses no `SO_RXQ_OVFL`; `socket2` (0.6) has neither.
+//! on the hot path: `nix::sys::socket::recvmmsg` (0.32) refills only `msg_iov` between calls
+//! (nix issue #2813), and a fresh `MultiHeaders` per call is three allocations per read;
+//! `rustix` (1.1) has no `recvmmsg` (rustix issue #1156); `socket2` (0.6) has none either.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-/// Control buffer per datagram, in u64 words so it is aligned for `cmsghdr`. One
-/// `SO_RXQ_OVFL` message needs 20 bytes; the rest is slack.
-const CONTROL_WORDS: usize = 8;
+/// A datagram buffer at least this large holds any UDP payload (its length field is 16 bits),
+/// so nothing read into it is ever cut.
+pub const ANY_DATAGRAM: usize = 65_535;
 
 /// One datagram of a read.
 #[derive(Debug)]
@@ -33,8 +35,7 @@ pub struct Datagram<'a> {
     /// The datagram's real length (larger than `data` when truncated).
     pub len: usize,
     pub truncated: bool,
-    /// The socket's cumulative kernel drop count (`SO_RXQ_OVFL`), when the kernel sent it.
-    pub drops: Option<u32>,
+    /// The sender, where the buffers ask for it (see [`ANY_DATAGRAM`]).
     pub from: Option<SocketAddr>,
 }
 
@@ -43,7 +44,7 @@ pub struct Datagram<'a> {
 pub(super) struct Buffers {
     slot_bytes: usize,
     data: Vec<u8>,
-    control: Vec<u64>,
+    /// One per slot when datagrams can be cut, else empty (no addresses asked for).
     names: Vec<libc::sockaddr_storage>,
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -64,8 +65,11 @@ impl Buffers {
             slot_bytes,
             // Zeroed allocations are mapped lazily: only the pages datagrams touch use memory.
             data: vec![0; slots * slot_bytes],
-            control: vec![0; slots * CONTROL_WORDS],
-            names: vec![name; slots],
+            names: if slot_bytes < ANY_DATAGRAM {
+                vec![name; slots]
+            } else {
+                Vec::new()
+            },
             iov: vec![iov; slots],
             hdrs: vec![hdr; slots],
         }
@@ -74,21 +78,28 @@ impl Buffers {
     /// One `recvmmsg` call; returns how many datagrams arrived.
     pub(super) fn recv(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         let data = self.data.as_mut_ptr();
-        let control = self.control.as_mut_ptr();
         for i in 0..self.hdrs.len() {
             self.iov[i] = libc::iovec {
-                // SAFETY (all three `add`s): i < slots, within the allocations' bounds.
+                // SAFETY: i < slots, within the allocation's bounds.
                 iov_base: unsafe { data.add(i * self.slot_bytes) }.cast(),
                 iov_len: self.slot_bytes,
             };
             let h = &mut self.hdrs[i];
             h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            match self.names.get_mut(i) {
+                Some(name) => {
+                    h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+                    h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                }
+                None => {
+                    h.msg_hdr.msg_name = std::ptr::null_mut();
+                    h.msg_hdr.msg_namelen = 0;
+                }
+            }
             h.msg_hdr.msg_iov = &mut self.iov[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = unsafe { control.add(i * CONTROL_WORDS) }.cast();
-            h.msg_hdr.msg_controllen = (CONTROL_WORDS * 8) as _;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
             h.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points at live buffers of the lengths it states (set above);
@@ -116,53 +127,16 @@ impl Buffers {
         let len = self.hdrs[i].msg_len as usize;
         let kept = len.min(self.slot_bytes);
         let start = i * self.slot_bytes;
-        let control_words = &self.control[i * CONTROL_WORDS..(i + 1) * CONTROL_WORDS];
-        // SAFETY: viewing initialised u64s as bytes.
-        let control_bytes = unsafe {
-            std::slice::from_raw_parts(control_words.as_ptr().cast::<u8>(), CONTROL_WORDS * 8)
-        };
-        // size_t on glibc, socklen_t on musl.
-        #[allow(clippy::unnecessary_cast)]
-        let control_len = (h.msg_controllen as usize).min(control_bytes.len());
         Datagram {
             data: &self.data[start..start + kept],
             len,
             truncated: h.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot_bytes,
-            drops: rxq_ovfl(&control_bytes[..control_len]),
-            from: sockaddr_to_std(&self.names[i], h.msg_namelen),
+            from: self
+                .names
+                .get(i)
+                .and_then(|name| sockaddr_to_std(name, h.msg_namelen)),
         }
     }
-}
-
-const fn cmsg_align(len: usize) -> usize {
-    let a = std::mem::size_of::<usize>();
-    (len + a - 1) & !(a - 1)
-}
-
-/// The `SO_RXQ_OVFL` counter in a control buffer as `recvmsg` filled it, if present.
-pub fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    let hdr_len = std::mem::size_of::<libc::cmsghdr>();
-    let data_off = cmsg_align(hdr_len);
-    let mut off = 0;
-    while off + hdr_len <= control.len() {
-        // SAFETY: reads hdr_len in-bounds bytes (checked above) as a plain C struct.
-        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[off..].as_ptr().cast()) };
-        let len = c.cmsg_len as usize;
-        if len < hdr_len || off + len > control.len() {
-            return None;
-        }
-        if c.cmsg_level == libc::SOL_SOCKET
-            && c.cmsg_type == libc::SO_RXQ_OVFL
-            && len >= data_off + 4
-        {
-            let at = off + data_off;
-            return Some(u32::from_ne_bytes(
-                control[at..at + 4].try_into().expect("4 bytes"),
-            ));
-        }
-        off += cmsg_align(len);
-    }
-    None
 }
 
 fn sockaddr_to_std(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -195,44 +169,13 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn cmsg(level: libc::c_int, ty: libc::c_int, payload: &[u8]) -> Vec<u8> {
-        let hdr_len = std::mem::size_of::<libc::cmsghdr>();
-        let len = cmsg_align(hdr_len) + payload.len();
-        let mut c: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        c.cmsg_len = len as _;
-        c.cmsg_level = level;
-        c.cmsg_type = ty;
-        let mut out = vec![0u8; cmsg_align(len)];
-        unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), c) };
-        out[cmsg_align(hdr_len)..len].copy_from_slice(payload);
-        out
-    }
-
+    /// `msg_namelen` is in-out: every read hands the kernel the full address buffer again, so
+    /// a reused header still names each sender. And the drop count the receive loop reads per
+    /// chunk (`SO_MEMINFO`, in `drops.rs`) is exact.
     #[test]
-    fn finds_rxq_ovfl_among_control_messages() {
-        assert_eq!(rxq_ovfl(&[]), None);
-        let ovfl = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &77u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&ovfl), Some(77));
-        let mut two = cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[1; 16]);
-        two.extend_from_slice(&ovfl);
-        assert_eq!(rxq_ovfl(&two), Some(77));
-        let other = cmsg(libc::IPPROTO_IP, libc::SO_RXQ_OVFL, &5u32.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&other), None, "wrong level");
-        // A header claiming more than the buffer holds ends the walk.
-        assert_eq!(rxq_ovfl(&ovfl[..ovfl.len() - 8]), None);
-        let mut bad = ovfl.clone();
-        bad[..std::mem::size_of::<usize>()].copy_from_slice(&1usize.to_ne_bytes());
-        assert_eq!(rxq_ovfl(&bad), None, "cmsg_len below the header size");
-    }
-
-    /// The kernel shrinks `msg_controllen` to what it wrote; a read must hand it the full
-    /// control buffer again, or the drop counter of every later datagram in that slot is cut.
-    #[test]
-    fn reused_buffers_still_receive_the_drop_count() {
+    fn reused_buffers_still_receive_the_source_and_drops_are_counted() {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
-        use nix::sys::socket::{setsockopt, sockopt};
-        setsockopt(&sock, sockopt::RxqOvfl, &1).expect("SO_RXQ_OVFL");
         // The smallest receive buffer the kernel allows: a few datagrams fill it.
         socket2::SockRef::from(&sock)
             .set_recv_buffer_size(1)
@@ -240,24 +183,22 @@ mod tests {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = sock.as_raw_fd();
         let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
-        // One slot, so every read reuses the same header and control buffer.
+        // One slot, so every read reuses the same header; small, so addresses are asked for.
         let mut bufs = Buffers::new(1, 2048);
         let read_all = |bufs: &mut Buffers| {
             let mut got = Vec::new();
             while let Ok(1) = bufs.recv(fd, flags) {
                 let d = bufs.get(0);
-                got.push((d.data.to_vec(), d.drops, d.from));
+                got.push((d.data.to_vec(), d.from));
             }
             got
         };
+        let drops = || super::super::drops::meminfo_drops(fd).expect("SO_MEMINFO drops");
+        let me = Some(client.local_addr().unwrap());
 
-        // Before any drop the kernel attaches no SO_RXQ_OVFL message (controllen comes back 0).
         client.send_to(b"first", addr).unwrap();
-        let got = read_all(&mut bufs);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, b"first");
-        assert_eq!(got[0].1, None, "no drops yet");
-        assert_eq!(got[0].2, Some(client.local_addr().unwrap()));
+        assert_eq!(read_all(&mut bufs), vec![(b"first".to_vec(), me)]);
+        assert_eq!(drops(), 0, "no drops yet");
 
         let flood = 300;
         for _ in 0..flood {
@@ -265,16 +206,21 @@ mod tests {
         }
         let queued = read_all(&mut bufs).len();
         assert!(queued < flood, "a tiny buffer took all {flood} datagrams?");
-        // A datagram queued after the drops carries their count.
+        assert_eq!(drops() as usize, flood - queued, "every drop counted, once");
         client.send_to(b"after", addr).unwrap();
-        let got = read_all(&mut bufs);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, b"after");
-        assert_eq!(
-            got[0].1,
-            Some((flood - queued) as u32),
-            "the drop count must arrive through a reused header"
-        );
+        assert_eq!(read_all(&mut bufs), vec![(b"after".to_vec(), me)]);
+    }
+
+    #[test]
+    fn buffers_that_hold_any_datagram_ask_for_no_address() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"m v=1i", sock.local_addr().unwrap()).unwrap();
+        let mut bufs = Buffers::new(2, ANY_DATAGRAM);
+        let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+        assert_eq!(bufs.recv(sock.as_raw_fd(), flags).unwrap(), 1);
+        let d = bufs.get(0);
+        assert_eq!((d.data, d.truncated, d.from), (&b"m v=1i"[..], false, None));
     }
 
     #[test]
