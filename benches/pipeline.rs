@@ -51,6 +51,11 @@ fn chunks(total_bytes: usize) -> Vec<(Vec<u8>, u32)> {
     out
 }
 
+/// Gzips each batch of `part`; the compressed bytes.
+fn gzip_all(part: &[Vec<u8>], enc: &mut Encoder) -> usize {
+    part.iter().map(|b| enc.encode_slice(b).0.len()).sum()
+}
+
 fn bench(c: &mut Criterion) {
     let input = chunks(16 << 20);
     let total: usize = input.iter().map(|(d, _)| d.len()).sum();
@@ -112,103 +117,112 @@ fn bench(c: &mut Criterion) {
             })
             .collect()
     };
-    let every = Duration::from_secs(1);
-    let mut g = c.benchmark_group("compress_threads");
-    g.throughput(Throughput::Bytes(total as u64));
-    g.sample_size(10);
-    g.bench_function("compress_threads = 1 (batcher thread)", |b| {
-        let mut builder = Builder::new(limits);
-        let mut enc = Encoder::new(1);
-        b.iter_batched(
-            ready_made,
-            |chunks| {
-                let mut sealed = Vec::new();
-                let mut out_bytes = 0usize;
-                let now = Instant::now();
-                let mut gzip = |sealed: &mut Vec<RawBatch>, builder: &mut Builder| {
-                    for raw in sealed.drain(..) {
-                        out_bytes += enc.encode_slice(&raw.data).0.len();
-                        builder.recycle(raw.data);
+    // Both groups once per gzip engine (`agent.gzip_engine`, process-wide, as in the daemon):
+    // the pool's workers make their encoders with the engine selected here.
+    for engine in [GzipEngine::Libdeflate, GzipEngine::Isal] {
+        let name = engine.as_str();
+        if lineship::batch::select_engine(engine).as_deref() != Ok(name) {
+            eprintln!(
+                "compress_threads, gzip_ceiling: SKIPPED {name}: libisal.so.2 cannot be loaded"
+            );
+            continue;
+        }
+        let every = Duration::from_secs(1);
+        let mut g = c.benchmark_group(format!("compress_threads ({name})"));
+        g.throughput(Throughput::Bytes(total as u64));
+        g.sample_size(10);
+        g.bench_function("compress_threads = 1 (batcher thread)", |b| {
+            let mut builder = Builder::new(limits);
+            let mut enc = Encoder::new(1);
+            b.iter_batched(
+                ready_made,
+                |chunks| {
+                    let mut sealed = Vec::new();
+                    let mut out_bytes = 0usize;
+                    let now = Instant::now();
+                    let mut gzip = |sealed: &mut Vec<RawBatch>, builder: &mut Builder| {
+                        for raw in sealed.drain(..) {
+                            out_bytes += enc.encode_slice(&raw.data).0.len();
+                            builder.recycle(raw.data);
+                        }
+                    };
+                    for chunk in chunks {
+                        builder.push(chunk, now, &mut sealed);
+                        gzip(&mut sealed, &mut builder);
                     }
-                };
-                for chunk in chunks {
-                    builder.push(chunk, now, &mut sealed);
+                    builder.flush_all(&mut sealed);
                     gzip(&mut sealed, &mut builder);
-                }
-                builder.flush_all(&mut sealed);
-                gzip(&mut sealed, &mut builder);
-                out_bytes
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    g.bench_function("compress_threads = 2 (pool)", |b| {
-        let mut pool = CompressPool::start(2).unwrap();
-        let mut builder = Builder::new(limits);
-        b.iter_batched(
-            ready_made,
-            |chunks| {
-                let mut sealed = Vec::new();
-                let mut out_bytes = 0usize;
-                let now = Instant::now();
-                let mut beat = || {};
-                let mut take = |e: Encoded<()>, builder: &mut Builder| {
-                    out_bytes += e.bodies.iter().map(|b| b.1.len()).sum::<usize>();
-                    builder.recycle(e.raw.data);
-                };
-                for chunk in chunks {
-                    builder.push(chunk, now, &mut sealed);
+                    out_bytes
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        g.bench_function("compress_threads = 2 (pool)", |b| {
+            let mut pool = CompressPool::start(2).unwrap();
+            let mut builder = Builder::new(limits);
+            b.iter_batched(
+                ready_made,
+                |chunks| {
+                    let mut sealed = Vec::new();
+                    let mut out_bytes = 0usize;
+                    let now = Instant::now();
+                    let mut beat = || {};
+                    let mut take = |e: Encoded<()>, builder: &mut Builder| {
+                        out_bytes += e.bodies.iter().map(|b| b.1.len()).sum::<usize>();
+                        builder.recycle(e.raw.data);
+                    };
+                    for chunk in chunks {
+                        builder.push(chunk, now, &mut sealed);
+                        for raw in sealed.drain(..) {
+                            pool.submit(raw, vec![Want { level: 1, tag: () }], every, &mut beat);
+                        }
+                        for e in pool.ready() {
+                            take(e, &mut builder);
+                        }
+                    }
+                    builder.flush_all(&mut sealed);
                     for raw in sealed.drain(..) {
                         pool.submit(raw, vec![Want { level: 1, tag: () }], every, &mut beat);
                     }
-                    for e in pool.ready() {
+                    for e in pool.finish(every, &mut beat) {
                         take(e, &mut builder);
                     }
-                }
-                builder.flush_all(&mut sealed);
-                for raw in sealed.drain(..) {
-                    pool.submit(raw, vec![Want { level: 1, tag: () }], every, &mut beat);
-                }
-                for e in pool.finish(every, &mut beat) {
-                    take(e, &mut builder);
-                }
-                out_bytes
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    g.finish();
+                    out_bytes
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        g.finish();
 
-    // What this machine gives two threads at all: the same sealed batches gzipped by 1 thread,
-    // then split between 2 threads that share nothing (no batcher, no channels). The pool's
-    // scaling can at best match this one's, measured in the same run.
-    let mut builder = Builder::new(limits);
-    let mut sealed = Vec::new();
-    for chunk in ready_made() {
-        builder.push(chunk, Instant::now(), &mut sealed);
-    }
-    builder.flush_all(&mut sealed);
-    let batches: Vec<Vec<u8>> = sealed.into_iter().map(|r| r.data).collect();
-    let gzip_all = |part: &[Vec<u8>], enc: &mut Encoder| -> usize {
-        part.iter().map(|b| enc.encode_slice(b).0.len()).sum()
-    };
-    let mut g = c.benchmark_group("gzip_ceiling");
-    g.throughput(Throughput::Bytes(total as u64));
-    g.sample_size(10);
-    g.bench_function("1 thread", |b| {
-        let mut enc = Encoder::new(1);
-        b.iter(|| gzip_all(&batches, &mut enc))
-    });
-    g.bench_function("2 independent threads", |b| {
-        let (left, right) = batches.split_at(batches.len() / 2);
-        b.iter(|| {
-            std::thread::scope(|s| {
-                let other = s.spawn(|| gzip_all(right, &mut Encoder::new(1)));
-                gzip_all(left, &mut Encoder::new(1)) + other.join().unwrap()
+        // What this machine gives two threads at all: the same sealed batches gzipped by 1 thread,
+        // then split between 2 threads that share nothing (no batcher, no channels). The pool's
+        // scaling can at best match this one's, measured in the same run.
+        let mut builder = Builder::new(limits);
+        let mut sealed = Vec::new();
+        for chunk in ready_made() {
+            builder.push(chunk, Instant::now(), &mut sealed);
+        }
+        builder.flush_all(&mut sealed);
+        let batches: Vec<Vec<u8>> = sealed.into_iter().map(|r| r.data).collect();
+        let mut g = c.benchmark_group(format!("gzip_ceiling ({name})"));
+        g.throughput(Throughput::Bytes(total as u64));
+        g.sample_size(10);
+        g.bench_function("1 thread", |b| {
+            let mut enc = Encoder::new(1);
+            b.iter(|| gzip_all(&batches, &mut enc))
+        });
+        g.bench_function("2 independent threads", |b| {
+            let (left, right) = batches.split_at(batches.len() / 2);
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    let other = s.spawn(|| gzip_all(right, &mut Encoder::new(1)));
+                    gzip_all(left, &mut Encoder::new(1)) + other.join().unwrap()
+                })
             })
-        })
-    });
-    g.finish();
+        });
+        g.finish();
+    }
+    lineship::batch::select_engine(GzipEngine::Auto).expect("auto always resolves");
 
     // What gzip level 1 alone costs per line on the load tool's lines (the ones
     // `lineship-load compare` sends: random values, a sequence number and a timestamp per

@@ -66,6 +66,11 @@ fn main() -> ExitCode {
                     d.display()
                 );
             }
+            // gzip_engine = "isal" on a host without ISA-L would stop the start; say so here.
+            if let Err(e) = lineship::batch::select_engine(settings.agent.gzip_engine) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             // Run as the service user (ExecStartPre), this catches a state_dir it cannot use.
             if settings.state_dir.is_dir() {
                 if let Err(e) = lineship::state_dir::check_writable(&settings.state_dir) {
