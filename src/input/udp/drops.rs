@@ -48,26 +48,25 @@ impl KernelDrops {
 
     /// Counts the drops since the last look, from the socket's own counter (`SO_MEMINFO`).
     pub(super) fn look(&mut self, fd: RawFd, stats: &InputStats) {
-        if let Some(total) = meminfo_drops(fd) {
-            let n = self.counter.observe(total);
-            if n > 0 {
-                self.count(u64::from(n), stats);
-            }
-        }
+        self.add(meminfo_drops(fd), stats);
     }
 
     /// Catches drops no datagram told us about (after the last one that arrived).
     pub(super) fn reconcile(&mut self, stats: &InputStats) {
-        if let Some(total) = self.inode.and_then(|ino| proc_drops(ino, self.v6)) {
-            let n = self.counter.observe(total);
-            if n > 0 {
-                self.count(u64::from(n), stats);
-            }
+        let total = self.inode.and_then(|ino| proc_drops(ino, self.v6));
+        self.add(total, stats);
+    }
+
+    /// Counts what a cumulative reading adds, if there is one.
+    fn add(&mut self, total: Option<u32>, stats: &InputStats) {
+        let n = total.map_or(0, |t| self.counter.observe(t));
+        if n > 0 {
+            self.count(u64::from(n), stats);
         }
     }
 
     /// Counts `n` new drops and logs them (rate-limited).
-    pub(super) fn count(&mut self, n: u64, stats: &InputStats) {
+    fn count(&mut self, n: u64, stats: &InputStats) {
         stats.kernel_drops.fetch_add(n, Relaxed);
         if let Some(suppressed) = self.warn.check(Instant::now()) {
             tracing::error!(
